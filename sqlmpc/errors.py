@@ -1,0 +1,239 @@
+"""The exception hierarchy of sqlmpc (PEP 249, plus specific subclasses).
+
+Every error a user can cause has its own class and a message a person can act
+on.  SQL errors carry the position of the offending token and render a caret
+line under it, like PostgreSQL and DuckDB do.
+"""
+
+from __future__ import annotations
+
+
+class Warning(Exception):  # noqa: A001 - the name is fixed by PEP 249
+    """Important warnings, e.g. data truncation."""
+
+
+class Error(Exception):
+    """Base class of all sqlmpc errors (PEP 249)."""
+
+
+class InterfaceError(Error):
+    """Misuse of the driver interface itself (e.g. a closed cursor)."""
+
+
+class DatabaseError(Error):
+    """Errors related to the federation's data or its processing."""
+
+
+class DataError(DatabaseError):
+    """Data that does not fit the catalog: wrong type, out of range, NULL key."""
+
+
+class OperationalError(DatabaseError):
+    """The federation could not run the query: a party is down, a timeout."""
+
+
+class IntegrityError(DatabaseError):
+    """Relational integrity is affected (unused: sqlmpc is read-only)."""
+
+
+class InternalError(DatabaseError):
+    """sqlmpc reached a state it should not; please report it."""
+
+
+class ProgrammingError(DatabaseError):
+    """The query is wrong or not allowed: syntax, unknown names, policy."""
+
+
+class NotSupportedError(DatabaseError):
+    """A feature that sqlmpc does not offer (e.g. rollback)."""
+
+
+# --------------------------------------------------------------------------
+# Positioned SQL errors
+
+
+def caret_excerpt(sql: str, line: int, column: int, width: int = 1) -> str:
+    """The offending source line with a caret under (line, column), 1-based."""
+    lines = sql.splitlines() or [""]
+    if not 1 <= line <= len(lines):
+        return ""
+    text = lines[line - 1]
+    prefix = f"LINE {line}: "
+    # Tabs would misalign the caret; render them as single spaces.
+    text = text.replace("\t", " ")
+    return f"{prefix}{text}\n{' ' * (len(prefix) + column - 1)}{'^' * max(1, width)}"
+
+
+class PositionedError(ProgrammingError):
+    """A ProgrammingError that points at a place in the SQL text."""
+
+    def __init__(self, message: str, *, sql: str | None = None, line: int | None = None,
+                 column: int | None = None, width: int = 1, hint: str | None = None):
+        self.message = message
+        self.sql = sql
+        self.line = line
+        self.column = column
+        self.width = width
+        self.hint = hint
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        parts = [self.message]
+        if self.line is not None and self.column is not None:
+            parts[0] += f" (line {self.line}, column {self.column})"
+            if self.sql is not None:
+                excerpt = caret_excerpt(self.sql, self.line, self.column, self.width)
+                if excerpt:
+                    parts.append(excerpt)
+        if self.hint:
+            parts.append(f"HINT: {self.hint}")
+        return "\n".join(parts)
+
+
+class SqlSyntaxError(PositionedError):
+    """The text is not valid SQL of the sqlmpc dialect."""
+
+
+class UnsupportedSqlError(SqlSyntaxError):
+    """Valid SQL elsewhere, but outside the sqlmpc dialect (DDL, DML, windows, ...)."""
+
+
+class CatalogError(PositionedError):
+    """A name in the query does not resolve: unknown party, table or column, or ambiguity."""
+
+
+class UnknownTableError(CatalogError):
+    """The query names a table that no party of the federation declares."""
+
+
+class UnknownColumnError(CatalogError):
+    """The query names a column that none of its tables has."""
+
+
+class AmbiguousColumnError(CatalogError):
+    """An unqualified column name exists in more than one table of the query."""
+
+
+class PolicyError(PositionedError):
+    """The query is valid SQL but the federation's policy forbids it.
+
+    ``rule`` names the rule (e.g. ``"key-only-in-join"``), ``column`` the
+    column at fault when there is one, ``party`` the party whose policy refused.
+    """
+
+    rule: str = "policy"
+
+    def __init__(self, message: str, *, column: str | None = None, party: str | None = None,
+                 **kwargs):
+        self.column = column
+        self.party = party
+        super().__init__(message, **kwargs)
+
+    def _render(self) -> str:
+        text = super()._render()
+        head, _, rest = text.partition("\n")
+        prefix = f"policy violation [{self.rule}]"
+        if self.party:
+            prefix += f" at party '{self.party}'"
+        return f"{prefix}: {head}" + (f"\n{rest}" if rest else "")
+
+
+class KeyColumnPolicyError(PolicyError):
+    """A key column used anywhere but a join equality or COUNT(DISTINCT key)."""
+
+    rule = "key-only-in-join"
+
+
+class MeasurePolicyError(PolicyError):
+    """A measure used outside an aggregate (or outside WHERE)."""
+
+    rule = "measure-only-in-aggregate"
+
+
+class AttributePolicyError(PolicyError):
+    """An attribute used anywhere but a filter at its owner."""
+
+    rule = "attribute-only-in-local-filter"
+
+
+class GroupByPolicyError(PolicyError):
+    """GROUP BY on something without a public domain, or spanning parties."""
+
+    rule = "group-by-on-dimensions"
+
+
+class PersonLevelOutputError(PolicyError):
+    """An output column that is neither a dimension nor an aggregate."""
+
+    rule = "no-person-level-output"
+
+
+class JoinPolicyError(PolicyError):
+    """A join the federation does not allow (wrong columns or parties)."""
+
+    rule = "join"
+
+
+class AccessPolicyError(PolicyError):
+    """The analyst or party may not ask this query."""
+
+    rule = "access"
+
+
+class DisclosureError(ProgrammingError):
+    """The result cannot be released under disclosure control."""
+
+
+# --------------------------------------------------------------------------
+# Configuration and data
+
+
+class ConfigError(InterfaceError):
+    """The federation file (TOML) is broken; the message names file and location."""
+
+    def __init__(self, message: str, *, path: str | None = None, location: str | None = None,
+                 line: int | None = None):
+        self.path = path
+        self.location = location
+        self.line = line
+        where = ":".join(str(p) for p in (path, line) if p is not None)
+        if location:
+            where = f"{where} [{location}]" if where else f"[{location}]"
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class DataFileError(DataError):
+    """A party's data file does not match its catalog entry."""
+
+    def __init__(self, message: str, *, path: str | None = None, table: str | None = None,
+                 column: str | None = None, row: int | None = None):
+        self.path = path
+        self.table = table
+        self.column = column
+        self.row = row
+        where = []
+        if table:
+            where.append(f"table {table}")
+        if column:
+            where.append(f"column {column}")
+        if row is not None:
+            where.append(f"row {row}")
+        if path:
+            where.append(f"file {path}")
+        super().__init__(f"{message} ({', '.join(where)})" if where else message)
+
+
+class PartyError(OperationalError):
+    """A party failed, refused, or could not be reached; ``party`` names it."""
+
+    def __init__(self, message: str, *, party: str | None = None):
+        self.party = party
+        super().__init__(f"party '{party}': {message}" if party else message)
+
+
+class QueryRefusedError(ProgrammingError):
+    """A party refused the query during admission; carries its reason."""
+
+    def __init__(self, message: str, *, party: str | None = None):
+        self.party = party
+        super().__init__(f"party '{party}' refused the query: {message}" if party else message)
