@@ -1,0 +1,74 @@
+"""EXPLAIN: the plan as text for people, and as canonical text for hashing."""
+
+from __future__ import annotations
+
+import json
+
+from sqlmpc.plan.plan import Plan
+
+
+def canonical(plan: Plan) -> str:
+    """A deterministic text of everything that decides what the parties compute and open."""
+    return json.dumps({
+        "sql": plan.sql, "catalog": plan.fingerprint, "mode": plan.mode,
+        "relations": plan.relations, "nullable": plan.nullable,
+        "joins": [[j.relation, j.kind, [list(map(list, p)) for p in j.pairs]] for j in plan.joins],
+        "parts": [[p.relation, p.party, p.part, p.sql, [c.__dict__ for c in p.columns], p.cells]
+                  for p in plan.parts],
+        "row_filter": plan.row_filter.sql() if plan.row_filter is not None else None,
+        "grid": [[g.name, g.relation, [repr(v) for v in g.domain]] for g in plan.grid.groups],
+        "cell_relations": plan.cell_relations,
+        "moments": [[m.name, m.kind, m.expr.sql()] for m in plan.moments],
+        "outputs": [o.sql() for o in plan.outputs],
+        "having": plan.having.sql() if plan.having is not None else None,
+        "k": plan.min_cell_size,
+        "leakage": [l.__dict__ for l in plan.leakage],
+    }, sort_keys=True, default=str)
+
+
+def explain(plan: Plan) -> str:
+    out = [f"Plan {plan.digest[:16]}  (mode: {plan.mode}, k = {plan.min_cell_size})", ""]
+    out.append("Local part (each party alone, in its own DuckDB):")
+    for p in plan.parts:
+        cols = ", ".join(f"{c.name}:{c.kind}" + (f"/10^{c.scale}" if c.scale else "") for c in p.columns)
+        out.append(f"  -- {p.party}  [{p.relation}{'' if p.part == 0 else f' part {p.part}'}]  -> {cols}")
+        out.extend("     " + line for line in p.sql.splitlines())
+    out.append("")
+    out.append("Secure part (MPC between the parties):")
+    step = 1
+    if plan.mode == "local":
+        out.append(f"  {step}. secret-share each party's per-cell totals ({plan.grid.size} cells × "
+                   f"{len(plan.moments)} moments) and add them up")
+    else:
+        rels = ", ".join(plan.relations)
+        out.append(f"  {step}. secret-share each relation's rows ({rels}); shuffle each by resharing")
+        step += 1
+        out.append(f"  {step}. join on keyed PRF tokens of the shuffled keys: "
+                   + "; ".join(f"{j.kind.upper()} JOIN {j.relation}" for j in plan.joins))
+        if plan.row_filter is not None:
+            step += 1
+            out.append(f"  {step}. oblivious filter flag per joined row: {plan.row_filter.sql()}")
+        step += 1
+        out.append(f"  {step}. cell indicators: one-hot codes of {', '.join(plan.cell_relations) or '(one cell)'} "
+                   f"-> {plan.grid.size} cells")
+    step += 1
+    out.append(f"  {step}. moments per cell:")
+    for m in plan.moments:
+        out.append(f"       {m.name} = {m.kind.upper()}({m.expr.sql()})")
+    step += 1
+    out.append(f"  {step}. threshold: persons >= {plan.min_cell_size} per cell (secure comparison; flags opened)")
+    if plan.having is not None:
+        step += 1
+        out.append(f"  {step}. HAVING {plan.having.sql()} on released cells")
+    step += 1
+    out.append(f"  {step}. reveal per released cell:")
+    for i, o in enumerate(plan.outputs):
+        out.append(f"       a{i} = {o.sql()}")
+    out.append("")
+    if plan.grid.groups:
+        out.append("Cells: " + " × ".join(f"{g.name} ({len(g.domain)})" for g in plan.grid.groups)
+                   + f" = {plan.grid.size}")
+    out.append("Leakage declaration (everything that is opened):")
+    for l in plan.leakage:
+        out.append(f"  - {l.what}: {l.count} values — {l.why}")
+    return "\n".join(out)

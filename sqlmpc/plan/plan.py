@@ -1,0 +1,92 @@
+"""The plan: a value every party can compute, print, hash and compare.
+
+A plan has a *local part* per party and relation (DuckDB SQL over the party's
+own tables, generated with sqlglot) and a *secure part*: how the parties'
+local results are combined in MPC (join, row flags, moments per cell,
+threshold, outputs) and what that will open (the leakage declaration).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from sqlmpc.plan.bind import Join
+from sqlmpc.plan.cells import CellGrid
+
+
+@dataclass(frozen=True)
+class LocalColumn:
+    """A column of a local result, as it enters MPC (integers only)."""
+
+    name: str
+    kind: str            # "key" | "cell" | "value" | "flag"
+    scale: int = 0       # value = round(x * 10**scale)
+    bound: int = 1       # |value| <= bound; sets bit lengths
+    absent: int = 0      # the value a LEFT JOIN gives a row with no match (cell code, flag constant)
+
+
+@dataclass(frozen=True)
+class LocalPart:
+    """What one party computes alone for one relation (one branch of a UNION ALL)."""
+
+    relation: str
+    party: str
+    part: int
+    sql: str
+    columns: tuple[LocalColumn, ...]
+    cells: int = 1       # size of this relation's own group grid
+
+    def column(self, name: str) -> LocalColumn:
+        return next(c for c in self.columns if c.name == name)
+
+
+@dataclass(frozen=True)
+class Moment:
+    """Σ over the rows of a cell of ``weight · expr``; exprs are over ``rel.column`` locals."""
+
+    name: str
+    expr: exp.Expression                  # secure row expression (exp.Literal 1 for a count)
+    kind: str = "sum"                     # "sum" | "persons" | "min" | "max"
+
+
+@dataclass(frozen=True)
+class Leak:
+    """One line of the leakage declaration: what is opened, how many values, why."""
+
+    what: str
+    count: str           # how many, in terms of run-time sizes (e.g. "n(hospital.patients)")
+    why: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    sql: str
+    fingerprint: str                       # the federation catalog's hash
+    mode: str                              # "local": per-cell pre-aggregation; "join": row-level MPC
+    relations: tuple[str, ...]
+    joins: tuple[Join, ...]
+    nullable: tuple[str, ...]
+    parts: tuple[LocalPart, ...]
+    row_filter: exp.Expression | None      # secure 0/1 flag per joined row
+    grid: CellGrid
+    cell_relations: tuple[str, ...]        # relations holding group codes, in Kronecker order
+    moments: tuple[Moment, ...]
+    outputs: tuple[exp.Expression, ...]    # per aggregate item: formula over moments (M.name)
+    having: exp.Expression | None
+    min_cell_size: int
+    leakage: tuple[Leak, ...]
+
+    def parts_of(self, relation: str) -> tuple[LocalPart, ...]:
+        return tuple(p for p in self.parts if p.relation == relation)
+
+    def parts_at(self, party: str) -> tuple[LocalPart, ...]:
+        return tuple(p for p in self.parts if p.party == party)
+
+    @property
+    def digest(self) -> str:
+        """A hash every party computes independently and compares before any share is sent."""
+        from sqlmpc.plan.explain import canonical
+        return hashlib.sha256(canonical(self).encode()).hexdigest()
