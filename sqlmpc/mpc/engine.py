@@ -1,0 +1,513 @@
+"""The secure part of a plan, run by every party in the same MPyC session (SPMD).
+
+Each party brings only its own local results; every other array it handles
+is a secret share.  Vectorised throughout: one secure array per column,
+never a Python loop per row.
+
+Steps (join mode): input → shuffle by resharing → PRF tokens → join in the
+clear on tokens → gather by public indices → row flags and cell indicators
+→ moments per cell (one matrix product) → threshold → HAVING → reveal.
+Local mode skips the row steps: owners pre-aggregated per cell.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from fractions import Fraction
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+from sqlglot import exp
+
+from sqlmpc import errors
+from sqlmpc.mpc.prf import key_tokens, token_bits
+from sqlmpc.mpc.reveal import reveal, reveal_ratio
+from sqlmpc.mpc.shuffle import shuffle
+from sqlmpc.plan.plan import LocalPart, Plan
+
+
+@dataclass
+class Frac:
+    """A per-cell rational num/den; num and den are secure arrays or public ints; bounds on |.|."""
+
+    num: object
+    den: object
+    bnum: int
+    bden: int
+
+
+class Engine:
+    def __init__(self, mpc, plan: Plan, party_index: dict[str, int], me: str,
+                 local: dict[tuple[str, int], pa.Table], progress=None):
+        self.mpc = mpc
+        self.plan = plan
+        self.index = party_index
+        self.me = me
+        self.local = local            # (relation, part) -> this party's local result
+        self.progress = progress or (lambda stage: None)
+
+    # -- input -------------------------------------------------------------
+
+    async def sizes(self) -> dict[tuple[str, int], int]:
+        """Every party learns the size of every local result (declared leakage: input sizes)."""
+        mine = {f"{r}/{i}": t.num_rows for (r, i), t in self.local.items()}
+        everyone = await self.mpc.transfer(mine)
+        sizes = {}
+        for d in everyone:
+            for key, n in d.items():
+                r, i = key.rsplit("/", 1)
+                sizes[(r, int(i))] = int(n)
+        return sizes
+
+    def input_matrix(self, part: LocalPart, n: int, width: int, values: np.ndarray | None):
+        """Secret-share the owner's integer matrix (n x width); the others pass zeros of that shape."""
+        owner = self.index[part.party]
+        if n == 0 or width == 0:
+            return None
+        data = values if self.mpc.pid == owner else np.zeros((n, width), dtype=object)
+        return self.mpc.input(self.secint.array(data), senders=owner)
+
+    # -- local mode ----------------------------------------------------------
+
+    async def run_local_mode(self, sizes) -> dict[str, object]:
+        G = self.plan.grid.size
+        names = [m.name for m in self.plan.moments]
+        kinds = {m.name: m.kind for m in self.plan.moments}
+        totals = None
+        self.progress("input")
+        for part in self.plan.parts:
+            values = None
+            if part.party == self.me:
+                t = self.local[(part.relation, part.part)]
+                values = np.zeros((G, len(names)), dtype=object)
+                for j, name in enumerate(names):
+                    if kinds[name] == "min":
+                        values[:, j] = EXTREME
+                    elif kinds[name] == "max":
+                        values[:, j] = -EXTREME
+                cells = t.column("cell").to_pylist()
+                for j, name in enumerate(names):
+                    values[cells, j] = [int(v) for v in t.column(name).to_pylist()]
+            x = self.input_matrix(part, G, len(names), values)
+            if totals is None:
+                totals = x
+            else:
+                summed = totals + x
+                for j, name in enumerate(names):
+                    if kinds[name] in ("min", "max"):
+                        f = self.mpc.np_minimum if kinds[name] == "min" else self.mpc.np_maximum
+                        summed[:, j] = f(totals[:, j], x[:, j])
+                totals = summed
+        return {name: totals[:, j] for j, name in enumerate(names)}
+
+    # -- join mode -------------------------------------------------------------
+
+    async def run_join_mode(self, sizes) -> dict[str, object]:
+        plan, mpc = self.plan, self.mpc
+        self.progress("input")
+        matrices, layouts = {}, {}
+        for rel in plan.relations:
+            parts = plan.parts_of(rel)
+            layout = self.layout(parts[0])
+            layouts[rel] = layout
+            blocks = []
+            for part in parts:
+                n = sizes[(rel, part.part)]
+                values = self.encode(part, layout) if part.party == self.me else None
+                x = self.input_matrix(part, n, layout["width"], values)
+                if x is not None:
+                    blocks.append(x)
+            matrices[rel] = np.vstack(blocks) if len(blocks) > 1 else (blocks[0] if blocks else None)
+
+        self.progress("shuffle")
+        for rel, x in matrices.items():
+            if x is not None and x.shape[0] > 1:
+                cols = await shuffle([x[:, j] for j in range(x.shape[1])])
+                matrices[rel] = np.stack(cols, axis=1) if False else self.stack_columns(cols)
+
+        self.progress("join")
+        total = sum(x.shape[0] for x in matrices.values() if x is not None)
+        bits = token_bits(max(total, 2))
+        tokens = {}
+        for rel, x in matrices.items():
+            tokens[rel] = [] if x is None else [int(t) for t in await key_tokens(x[:, 0], bits=bits)]
+        index, matched = self.join_in_clear(tokens)
+        n = len(next(iter(index.values()))) if index else 0
+        if n == 0:
+            return self.empty_moments()
+
+        # Gather the joined rows; a LEFT JOIN row without match gets the columns' "absent" values.
+        columns: dict[tuple[str, str], object] = {}
+        onehots: dict[str, object] = {}
+        for rel in plan.relations:
+            x, layout = matrices[rel], layouts[rel]
+            idx = np.array([i if i is not None else 0 for i in index[rel]], dtype=np.int64)
+            hit = np.array(matched[rel], dtype=np.int64)
+            if x is None:
+                rows = None
+            else:
+                rows = x[idx]
+            for name, (j, col) in layout["columns"].items():
+                absent = np.full(n, col.absent, dtype=object) * (1 - hit)
+                if rows is None:
+                    columns[(rel, name)] = self.secint.array(absent.astype(object))
+                else:
+                    columns[(rel, name)] = rows[:, j] * hit.astype(object) + absent.astype(object) \
+                        if not hit.all() else rows[:, j]
+            if layout["cells"] > 1:
+                width = layout["cells"]
+                lo = layout["onehot"]
+                block = rows[:, lo:lo + width] if rows is not None else None
+                absent_onehot = np.zeros((n, width), dtype=object)
+                absent_onehot[hit == 0, layout["absent_cell"]] = 1
+                if block is None:
+                    onehots[rel] = self.secint.array(absent_onehot)
+                elif hit.all():
+                    onehots[rel] = block
+                else:
+                    onehots[rel] = block * hit.reshape(n, 1).astype(object) + absent_onehot
+        self.progress("aggregate")
+        weight = None
+        if plan.row_filter is not None:
+            weight = self.row_expr(plan.row_filter, columns, n)
+        E = self.cell_indicators(onehots, n)             # n x G in grid order (public ones if G == 1)
+        if weight is not None:
+            E = E * weight.reshape(n, 1)
+        moments = {}
+        sums = [m for m in plan.moments if m.kind == "sum"]
+        if sums:
+            V = self.stack_columns([self.row_expr(m.expr, columns, n) for m in sums])
+            S = np.transpose(E) @ V                        # G x A: the only wide step, one reshare per output
+            for j, m in enumerate(sums):
+                moments[m.name] = S[:, j]
+        person_keys = tokens[plan.relations[0]]
+        root_rows = [person_keys[i] for i in index[plan.relations[0]]]
+        for m in plan.moments:
+            if m.kind == "persons":
+                X = E if isinstance(m.expr, exp.Literal) else E * self.row_expr(m.expr, columns, n).reshape(n, 1)
+                moments[m.name] = await self.distinct_persons(X, root_rows)
+        return moments
+
+    def layout(self, part: LocalPart) -> dict:
+        """Column positions of a relation's input matrix: key, one-hot cells, values and flags."""
+        cells = part.column("cell")
+        columns, pos = {}, 1 + (cells.bound if cells.bound > 1 else 0)
+        for c in part.columns:
+            if c.kind in ("value", "flag"):
+                columns[c.name] = (pos, c)
+                pos += 1
+        return {"width": pos, "onehot": 1, "cells": cells.bound, "absent_cell": cells.absent,
+                "columns": columns}
+
+    def encode(self, part: LocalPart, layout: dict) -> np.ndarray:
+        t = self.local[(part.relation, part.part)]
+        n = t.num_rows
+        out = np.zeros((n, layout["width"]), dtype=object)
+        out[:, 0] = [int(k) % self.key_modulus for k in t.column("key").to_pylist()]
+        if layout["cells"] > 1:
+            codes = np.array(t.column("cell").to_pylist(), dtype=np.int64)
+            inside = codes >= 0
+            out[np.nonzero(inside)[0], 1 + codes[inside]] = 1
+        for name, (j, _) in layout["columns"].items():
+            out[:, j] = [int(v) for v in t.column(name).to_pylist()]
+        return out
+
+    def stack_columns(self, cols):
+        return np.stack(cols, axis=1)
+
+    def join_in_clear(self, tokens: dict[str, list[int]]):
+        """Run the query's join structure on public tokens: the row indices of each relation."""
+        con = duckdb.connect()
+        rels = self.plan.relations
+        for rel in rels:
+            con.register(f"t_{rel}", pa.table({"i": pa.array(range(len(tokens[rel])), pa.int64()),
+                                               "k": pa.array([str(t) for t in tokens[rel]], pa.string())}))
+        sql = exp.select(*[exp.alias_(exp.column("i", table=r), f"i_{r}") for r in rels]).from_(
+            exp.to_table(f"t_{rels[0]}").as_(rels[0]))
+        for j in self.plan.joins:
+            on = exp.and_(*[exp.EQ(this=exp.column("k", table=a[0]), expression=exp.column("k", table=b[0]))
+                            for a, b in j.pairs])
+            sql = sql.join(exp.to_table(f"t_{j.relation}").as_(j.relation), on=on,
+                           join_type="LEFT" if j.kind == "left" else "INNER")
+        sql = sql.order_by(*[f"i_{r}" for r in rels])
+        rows = con.execute(sql.sql("duckdb")).fetchall()
+        index = {r: [row[i] for row in rows] for i, r in enumerate(rels)}
+        matched = {r: [v is not None for v in index[r]] for r in rels}
+        return index, matched
+
+    def cell_indicators(self, onehots: dict[str, object], n: int):
+        """Row-wise Kronecker product of the relations' one-hots, columns in grid order."""
+        plan = self.plan
+        if not onehots:
+            return self.secint.array(np.ones((n, 1), dtype=object))
+        E, sizes = None, []
+        for rel in plan.cell_relations:
+            block = onehots[rel]
+            sizes.append(block.shape[1])
+            E = block if E is None else (E.reshape(n, -1, 1) * block.reshape(n, 1, -1)).reshape(n, -1)
+        return E[:, self.grid_permutation(sizes)] if len(sizes) > 1 else E
+
+    def grid_permutation(self, sizes) -> np.ndarray:
+        """For each grid cell (GROUP BY order), its column in relation-major Kronecker order."""
+        groups = self.plan.grid.groups
+        order = []
+        for combo in itertools.product(*(range(len(g.domain)) for g in groups)):
+            flat = 0
+            for rel, size in zip(self.plan.cell_relations, sizes):
+                code = 0
+                for g, v in zip(groups, combo):
+                    if g.relation == rel:
+                        code = code * len(g.domain) + v
+                flat = flat * size + code
+            order.append(flat)
+        return np.array(order, dtype=np.int64)
+
+    async def distinct_persons(self, X, persons: list[int]):
+        """Per cell, how many distinct persons have a row in it: Σ_person (1 − Π_rows (1 − x))."""
+        n, G = X.shape
+        order = np.argsort(np.array([str(p) for p in persons]), kind="stable")
+        keys = [persons[i] for i in order]
+        starts = [i for i in range(n) if i == 0 or keys[i] != keys[i - 1]]
+        if len(starts) == n:
+            return np.sum(X, axis=0)
+        group = np.zeros(n, dtype=np.int64)
+        group[starts] = 1
+        group = np.cumsum(group) - 1
+        rank = np.arange(n) - np.array(starts)[group]
+        X = X[order]
+        acc = 1 - X[rank == 0]                              # one row per person
+        for r in range(1, int(rank.max()) + 1):
+            rows = np.nonzero(rank == r)[0]
+            who = group[rows]
+            acc[who] = acc[who] * (1 - X[rows])
+        return np.sum(1 - acc, axis=0)
+
+    def row_expr(self, node: exp.Expression, columns, n: int):
+        """Evaluate a secure row expression (columns are ``rel.local_name``) on the joined rows."""
+        mpc = self.mpc
+        if isinstance(node, exp.Paren):
+            return self.row_expr(node.this, columns, n)
+        if isinstance(node, exp.Column):
+            return columns[(node.table, node.name)]
+        if isinstance(node, exp.Literal):
+            return self.secint.array(np.full(n, int(node.this), dtype=object))
+        if isinstance(node, exp.Boolean):
+            return self.secint.array(np.full(n, int(node.this), dtype=object))
+        if isinstance(node, exp.Neg):
+            return -self.row_expr(node.this, columns, n)
+        if isinstance(node, exp.Not):
+            return 1 - self.row_expr(node.this, columns, n)
+        a = self.row_expr(node.this, columns, n)
+        b = self.row_expr(node.expression, columns, n)
+        if isinstance(node, exp.Add):
+            return a + b
+        if isinstance(node, exp.Sub):
+            return a - b
+        if isinstance(node, (exp.Mul, exp.And)):
+            return a * b
+        if isinstance(node, exp.Or):
+            return a + b - a * b
+        if isinstance(node, exp.EQ):
+            return mpc.np_equal(a, b) if hasattr(mpc, "np_equal") else mpc.eq(a, b)
+        if isinstance(node, exp.NEQ):
+            return 1 - mpc.np_equal(a, b)
+        if isinstance(node, exp.LT):
+            return mpc.np_less(a, b)
+        if isinstance(node, exp.GT):
+            return mpc.np_less(b, a)
+        if isinstance(node, exp.LTE):
+            return 1 - mpc.np_less(b, a)
+        if isinstance(node, exp.GTE):
+            return 1 - mpc.np_less(a, b)
+        raise errors.NotSupportedError(f"secure operator {type(node).__name__}")
+
+    def empty_moments(self):
+        G = self.plan.grid.size
+        zero = self.secint.array(np.zeros(G, dtype=object))
+        return {m.name: zero for m in self.plan.moments}
+
+    # -- per cell ----------------------------------------------------------------
+
+    def formula(self, node: exp.Expression, moments, bounds) -> Frac:
+        """A per-cell rational function of the moments (exact)."""
+        if isinstance(node, exp.Paren):
+            return self.formula(node.this, moments, bounds)
+        if isinstance(node, exp.Column) and node.table == "M":
+            return Frac(moments[node.name], 1, bounds[node.name], 1)
+        if isinstance(node, exp.Literal):
+            value = Fraction(node.this)
+            return Frac(value.numerator, value.denominator, abs(value.numerator), value.denominator)
+        if isinstance(node, exp.Neg):
+            f = self.formula(node.this, moments, bounds)
+            return Frac(-f.num, f.den, f.bnum, f.bden)
+        a = self.formula(node.this, moments, bounds)
+        b = self.formula(node.expression, moments, bounds)
+        if isinstance(node, (exp.Add, exp.Sub)):
+            sign = 1 if isinstance(node, exp.Add) else -1
+            if _is_public(a.den) and _is_public(b.den) and a.den == b.den:
+                return Frac(a.num + sign * b.num, a.den, a.bnum + b.bnum, a.bden)
+            return Frac(a.num * b.den + sign * (b.num * a.den), a.den * b.den,
+                        a.bnum * b.bden + b.bnum * a.bden, a.bden * b.bden)
+        if isinstance(node, exp.Mul):
+            return Frac(a.num * b.num, a.den * b.den, a.bnum * b.bnum, a.bden * b.bden)
+        if isinstance(node, exp.Div):
+            return Frac(a.num * b.den, a.den * b.num, a.bnum * b.bden, a.bden * b.bnum)
+        raise errors.NotSupportedError(f"{node.sql()} in an aggregate output")
+
+    async def release(self, moments: dict[str, object], bounds: dict[str, int]) -> pa.Table:
+        plan, mpc = self.plan, self.mpc
+        G = plan.grid.size
+        self.progress("threshold")
+        persons = moments[next(m.name for m in plan.moments if m.kind == "persons" and
+                               isinstance(m.expr, exp.Literal))]
+        k = plan.min_cell_size
+        ok_secret = 1 - mpc.np_less(persons, self.secint.array(np.full(G, k, dtype=object)))
+        ok = [bool(v) for v in await reveal(ok_secret, what="cells passing k",
+                                            why=f"which cells describe at least k={k} persons")]
+        released = np.array([i for i in range(G) if ok[i]], dtype=np.int64)
+        having = [None] * G
+        if plan.having is not None and len(released):
+            flags = await self.having(plan.having, {m: v[released] for m, v in moments.items()}, bounds)
+            for i, h in zip(released, flags):
+                having[i] = bool(h)
+            released = np.array([i for i in released if having[i]], dtype=np.int64)
+        self.progress("reveal")
+        outputs = []
+        for j, formula in enumerate(plan.outputs):
+            col = [None] * G
+            if len(released):
+                values = await self.reveal_output(formula, {m: v[released] for m, v in moments.items()}, bounds)
+                for i, v in zip(released, values):
+                    col[i] = v
+            outputs.append(col)
+        cells = plan.grid.cells()
+        data = {f"g{i}": pa.array([c[i] for c in cells]) for i in range(len(plan.grid.groups))}
+        data["ok"] = pa.array(ok, pa.bool_())
+        data["having"] = pa.array([h if plan.having is not None else (True if ok[i] else None)
+                                   for i, h in enumerate(having)], pa.bool_())
+        for j, col in enumerate(outputs):
+            data[f"a{j}"] = pa.array(col)
+        return pa.table(data)
+
+    async def reveal_output(self, formula: exp.Expression, moments, bounds) -> list:
+        if isinstance(formula, exp.Sqrt):
+            inner = await self.reveal_output(formula.this, moments, bounds)
+            return [None if v is None else float(v) ** 0.5 for v in inner]
+        if isinstance(formula, exp.Div) and isinstance(formula.expression, exp.Sqrt):
+            # CORR: num / sqrt(den) = sign(num) · sqrt(num² / den)
+            num = self.formula(formula.this, moments, bounds)
+            den = self.formula(formula.expression.this, moments, bounds)
+            square = Frac(num.num * num.num * den.den, num.den * num.den * den.num,
+                          num.bnum ** 2 * den.bden, num.bden ** 2 * den.bnum)
+            ratio = await self.ratio(square, "released values")
+            sign_secret = num.num * num.den if not _is_public(num.num) else None
+            signs = await reveal(1 - self.mpc.np_less(sign_secret, 0) * 2, what="released values",
+                                 why="sign of a correlation") if sign_secret is not None else None
+            out = []
+            for i, r in enumerate(ratio):
+                out.append(None if r is None else (1 if signs is None else int(signs[i])) * float(r) ** 0.5)
+            return out
+        f = self.formula(formula, moments, bounds)
+        values = await self.ratio(f, "released values")
+        return [None if v is None else (int(v) if v.denominator == 1 and _is_count(formula) else float(v))
+                for v in values]
+
+    async def ratio(self, f: Frac, what: str) -> list:
+        num, den = f.num, f.den
+        if _is_public(den) and not _is_public(num):
+            opened = await reveal(num, what=what, why="the result")
+            return [Fraction(int(v), int(den)) if den else None for v in opened]
+        num = num if not _is_public(num) else self.cell_array(num, den)
+        den = den if not _is_public(den) else self.cell_array(den, num)
+        return await reveal_ratio(num, den, what=what, why="the result (an exact ratio)",
+                                  bound=max(f.bnum, f.bden))
+
+    def cell_array(self, value, like):
+        return self.secint.array(np.full(like.shape[0], int(value), dtype=object))
+
+    async def having(self, node: exp.Expression, moments, bounds) -> list:
+        flag = self.condition(node, moments, bounds)
+        return await reveal(flag, what="having", why="HAVING outcome of the released cells")
+
+    def condition(self, node, moments, bounds):
+        mpc = self.mpc
+        if isinstance(node, exp.Paren):
+            return self.condition(node.this, moments, bounds)
+        if isinstance(node, exp.And):
+            return self.condition(node.this, moments, bounds) * self.condition(node.expression, moments, bounds)
+        if isinstance(node, exp.Or):
+            a, b = self.condition(node.this, moments, bounds), self.condition(node.expression, moments, bounds)
+            return a + b - a * b
+        if isinstance(node, exp.Not):
+            return 1 - self.condition(node.this, moments, bounds)
+        a = self.formula(node.this, moments, bounds)
+        b = self.formula(node.expression, moments, bounds)
+        # a.num/a.den ? b.num/b.den  <=>  a.num·a.den·b.den² ? b.num·b.den·a.den²  (denominators squared ≥ 0)
+        left = a.num * a.den * (b.den * b.den)
+        right = b.num * b.den * (a.den * a.den)
+        left = left if not _is_public(left) else self.cell_array(left, right)
+        right = right if not _is_public(right) else self.cell_array(right, left)
+        if isinstance(node, exp.GT):
+            return mpc.np_less(right, left)
+        if isinstance(node, exp.GTE):
+            return 1 - mpc.np_less(left, right)
+        if isinstance(node, exp.LT):
+            return mpc.np_less(left, right)
+        if isinstance(node, exp.LTE):
+            return 1 - mpc.np_less(right, left)
+        if isinstance(node, exp.EQ):
+            return mpc.np_equal(left, right)
+        if isinstance(node, exp.NEQ):
+            return 1 - mpc.np_equal(left, right)
+        raise errors.NotSupportedError(f"HAVING {node.sql()}")
+
+    # -- driver ------------------------------------------------------------------
+
+    async def run(self) -> pa.Table:
+        sizes = await self.sizes()
+        bounds = self.moment_bounds(sizes)
+        bits = max(64, max(bounds.values(), default=1).bit_length() * 2 + 8)
+        self.secint = self.mpc.SecInt(min(bits, 1024))
+        self.key_modulus = 2 ** 64
+        moments = await (self.run_local_mode(sizes) if self.plan.mode == "local" else self.run_join_mode(sizes))
+        return await self.release(moments, bounds)
+
+    def moment_bounds(self, sizes) -> dict[str, int]:
+        """|moment| ≤ rows × bound of its row expression: sets the field size for exact ratios."""
+        rows = max(1, sum(sizes.values()))
+        if self.plan.mode == "join":
+            rows = max(1, int(np.prod([max(1, sum(n for (r, _), n in sizes.items() if r == rel))
+                                       for rel in self.plan.relations], dtype=object)))
+        bounds = {}
+        locals_ = {(p.relation, c.name): c for p in self.plan.parts for c in p.columns}
+        for m in self.plan.moments:
+            bounds[m.name] = rows * _expr_bound(m.expr, locals_)
+        return bounds
+
+
+EXTREME = 10 ** 18
+
+
+def _expr_bound(node, locals_) -> int:
+    if isinstance(node, exp.Paren):
+        return _expr_bound(node.this, locals_)
+    if isinstance(node, exp.Column):
+        col = locals_.get((node.table, node.name))
+        return col.bound if col is not None else EXTREME
+    if isinstance(node, (exp.Literal,)):
+        return abs(int(Fraction(node.this))) + 1
+    if isinstance(node, exp.Mul):
+        return _expr_bound(node.this, locals_) * _expr_bound(node.expression, locals_)
+    if isinstance(node, (exp.Add, exp.Sub)):
+        return _expr_bound(node.this, locals_) + _expr_bound(node.expression, locals_)
+    return 1
+
+
+def _is_public(v) -> bool:
+    return isinstance(v, (int, Fraction))
+
+
+def _is_count(formula: exp.Expression) -> bool:
+    return isinstance(formula, exp.Column)

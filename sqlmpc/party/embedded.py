@@ -1,0 +1,185 @@
+"""The embedded federation: every party in its own process on loopback.
+
+This is the same node code a real federation runs on three machines; only
+the transport of control messages differs (a pipe per party here).  Control
+messages are JSON; results come back as Arrow IPC.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from sqlmpc import errors
+from sqlmpc.catalog import Federation
+from sqlmpc.plan.bind import bind
+from sqlmpc.plan.cells import cell_grid
+from sqlmpc.plan.planner import plan_query
+from sqlmpc.result import Result, finish
+from sqlmpc.sql import parse_query
+
+# Errors a party may report back; anything else becomes an OperationalError.
+_REPORTABLE = {cls.__name__: cls for cls in (
+    errors.ProgrammingError, errors.PolicyError, errors.QueryRefusedError, errors.NotSupportedError,
+    errors.DataError, errors.DataFileError, errors.ConfigError, errors.OperationalError)}
+
+
+def _to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+def _party_main(federation_path: str, party: str, conn) -> None:
+    """Party process: load only this party's data, then serve queries until told to stop."""
+    from sqlmpc.catalog import load_federation
+    from sqlmpc.party.node import PartyNode
+
+    try:
+        node = PartyNode(load_federation(federation_path), party)
+        conn.send(json.dumps({"ready": True}))
+    except Exception as exc:  # report start-up failures (bad data file, ...) to the client
+        conn.send(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+        return
+    while True:
+        try:
+            msg = json.loads(conn.recv())
+        except EOFError:
+            return
+        if msg.get("op") == "stop":
+            return
+        try:
+            out = node.execute(msg["sql"], msg.get("digest"), [tuple(a) for a in msg["addresses"]],
+                               timeout=msg.get("timeout", 30.0))
+            conn.send(json.dumps({"digest": out.digest, "seconds": out.seconds,
+                                  "ledger": [e.__dict__ for e in out.ledger]}))
+            conn.send_bytes(_to_ipc(out.cells))
+        except Exception as exc:
+            conn.send(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@dataclass
+class PartyProcess:
+    name: str
+    process: mp.Process
+    conn: object
+
+
+class EmbeddedFederation:
+    """Start one process per party; run queries through all of them."""
+
+    def __init__(self, federation: Federation, *, timeout: float = 30.0):
+        if federation.path is None:
+            raise errors.InterfaceError("the federation must be loaded from a file")
+        self.federation = federation
+        self.timeout = timeout
+        ctx = mp.get_context("spawn")
+        self.parties: list[PartyProcess] = []
+        for p in federation.parties:
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_party_main, args=(str(federation.path), p.name, theirs),
+                               name=f"sqlmpc-{p.name}", daemon=True)
+            proc.start()
+            self.parties.append(PartyProcess(p.name, proc, ours))
+        for p in self.parties:
+            reply = self._receive(p, 60.0)
+            if "error" in reply:
+                self.close()
+                raise _rebuild(reply, p.name)
+
+    def _receive(self, p: PartyProcess, timeout: float) -> dict:
+        if not p.conn.poll(timeout):
+            raise errors.PartyError(f"no answer within {timeout:.0f} s", party=p.name)
+        try:
+            return json.loads(p.conn.recv())
+        except EOFError:
+            raise errors.PartyError("the party process ended unexpectedly", party=p.name) from None
+
+    def query(self, sql: str) -> Result:
+        q = bind(parse_query(sql), self.federation, sql)   # fail fast, with a caret, before any party works
+        plan = plan_query(q)
+        ports = free_ports(len(self.parties))
+        message = json.dumps({"op": "query", "sql": sql, "digest": plan.digest, "timeout": self.timeout,
+                              "addresses": [["127.0.0.1", port] for port in ports]})
+        for p in self.parties:
+            p.conn.send(message)
+        replies, tables = [], []
+        deadline = time.monotonic() + self.timeout + 600
+        for p in self.parties:
+            reply = self._receive(p, max(1.0, deadline - time.monotonic()))
+            replies.append((p.name, reply))
+            if "error" not in reply:
+                tables.append(_from_ipc(p.conn.recv_bytes()))
+        for name, reply in replies:
+            if "error" in reply:
+                raise _rebuild(reply, name)
+        if any(not t.equals(tables[0]) for t in tables[1:]):
+            raise errors.InternalError("parties computed different results")
+        result = finish(q, cell_grid(q), tables[0])
+        result.leakage = replies[0][1]["ledger"]
+        return result
+
+    def close(self) -> None:
+        for p in self.parties:
+            try:
+                p.conn.send(json.dumps({"op": "stop"}))
+            except (OSError, BrokenPipeError):
+                pass
+        for p in self.parties:
+            p.process.join(timeout=5)
+            if p.process.is_alive():
+                p.process.kill()
+        self.parties = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _rebuild(reply: dict, party: str) -> Exception:
+    cls = _REPORTABLE.get(reply.get("error"))
+    message = reply.get("message", "unknown error")
+    if cls is None:
+        return errors.PartyError(f"{reply.get('error')}: {message}", party=party)
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    exc.party = party
+    return exc
+
+
+def demo_federation_path(persons: int = 5000, seed: int | None = None) -> Path:
+    """The default demo federation, generated once into the user's cache directory."""
+    import os
+
+    from sqlmpc.demo import generate
+
+    base = Path(os.environ.get("SQLMPC_CACHE", Path.home() / ".cache" / "sqlmpc"))
+    out = base / (f"demo-{persons}" + (f"-{seed}" if seed is not None else ""))
+    toml = out / "federation.toml"
+    if not toml.exists():
+        kwargs = {"seed": seed} if seed is not None else {}
+        generate(out, persons=persons, **kwargs)
+    return toml

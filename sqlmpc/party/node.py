@@ -1,0 +1,86 @@
+"""A party node: its own data, its own policy check, its share of the MPC.
+
+The node never holds another party's data: its DuckDB registers only its own
+tables.  For each query it parses, binds, checks policy and plans on its own,
+and refuses unless its plan hash equals the proposer's; then it runs its local
+parts and takes part in the secure computation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+
+from sqlmpc import errors
+from sqlmpc.catalog import Federation
+from sqlmpc.plan.bind import bind
+from sqlmpc.plan.plan import Plan
+from sqlmpc.plan.planner import plan_query
+from sqlmpc.sql import parse_query
+
+
+def plan_for(federation: Federation, sql: str) -> Plan:
+    """Parse, bind (policy) and plan: what every party does independently."""
+    return plan_query(bind(parse_query(sql), federation, sql))
+
+
+@dataclass
+class Outcome:
+    cells: pa.Table
+    ledger: list
+    digest: str
+    seconds: float
+
+
+class PartyNode:
+    def __init__(self, federation: Federation, party: str):
+        from sqlmpc.local.data import open_party_database
+
+        if federation.party(party) is None:
+            raise errors.ConfigError(f"party '{party}' is not in the federation")
+        self.federation = federation
+        self.party = party
+        self.index = {p.name: i for i, p in enumerate(federation.parties)}
+        self.db: duckdb.DuckDBPyConnection = open_party_database(federation, party)
+
+    def admit(self, sql: str, digest: str | None) -> Plan:
+        """This party's own decision on a proposed query: plan it and compare plan hashes."""
+        plan = plan_for(self.federation, sql)
+        if digest is not None and plan.digest != digest:
+            raise errors.QueryRefusedError(
+                "plan hash mismatch: this party planned the query differently "
+                f"({plan.digest[:12]} != {digest[:12]}); are the catalogs identical?", party=self.party)
+        return plan
+
+    def run_local(self, plan: Plan) -> dict[tuple[str, int], pa.Table]:
+        """Run this party's local parts in its own DuckDB."""
+        return {(p.relation, p.part): self.db.execute(p.sql).to_arrow_table() for p in plan.parts_at(self.party)}
+
+    async def run_secure(self, mpc, plan: Plan, local, progress=None) -> pa.Table:
+        from sqlmpc.mpc.engine import Engine
+
+        engine = Engine(mpc, plan, self.index, self.party, local, progress)
+        return await engine.run()
+
+    def execute(self, sql: str, digest: str | None, addresses: list[tuple[str, int]],
+                progress=None, timeout: float = 30.0) -> Outcome:
+        from sqlmpc.mpc.reveal import ledger_scope
+        from sqlmpc.mpc.session import MpcSession
+
+        started = time.perf_counter()
+        plan = self.admit(sql, digest)
+        local = self.run_local(plan)
+
+        async def main():
+            with ledger_scope() as ledger:
+                async with MpcSession(self.index[self.party], addresses, timeout=timeout) as mpc:
+                    cells = await self.run_secure(mpc, plan, local, progress)
+                return cells, list(ledger.entries)
+
+        cells, ledger = asyncio.run(main())
+        return Outcome(cells, ledger, plan.digest, time.perf_counter() - started)
+
