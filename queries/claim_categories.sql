@@ -1,0 +1,12 @@
+-- How are claim costs spread per category and year? (the insurer alone; the
+-- same disclosure control applies to a single party's query)
+SELECT c.category,
+       c.year,
+       COUNT(*) AS claims,
+       SUM(c.cost_eur) AS cost_eur,
+       VAR_POP(c.cost_eur) AS var_cost,
+       MAX(c.cost_eur) AS max_claim_eur
+FROM insurer.claims c
+WHERE c.year >= 2023
+GROUP BY c.category, c.year
+ORDER BY c.category, c.year;
