@@ -117,15 +117,17 @@ class AmbiguousColumnError(CatalogError):
 class PolicyError(PositionedError):
     """The query is valid SQL but the federation's policy forbids it.
 
-    ``rule`` names the rule (e.g. ``"key-only-in-join"``), ``column`` the
+    ``rule`` names the rule (e.g. ``"key-only-in-join"``), ``column_name`` the
     column at fault when there is one, ``party`` the party whose policy refused.
+    (``line`` and ``column`` are the position in the SQL text, as for every
+    positioned error.)
     """
 
     rule: str = "policy"
 
     def __init__(self, message: str, *, column: str | None = None, party: str | None = None,
                  **kwargs):
-        self.column = column
+        self.column_name = column
         self.party = party
         super().__init__(message, **kwargs)
 

@@ -1,0 +1,54 @@
+"""The oracle equals hand-written DuckDB SQL over the union of the data, suppression included."""
+
+from __future__ import annotations
+
+import math
+
+from sqlmpc.oracle import run_oracle
+
+
+def close(a, b):
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
+    return a == b
+
+
+def test_cost_by_region_matches_handwritten_sql(federation, union_db):
+    k = federation.policy.min_cell_size
+    got = run_oracle("SELECT b.region, COUNT(DISTINCT c.pid) AS n, AVG(c.cost_eur) AS avg_cost "
+                     "FROM insurer.claims c JOIN bureau.persons b ON b.pid = c.pid "
+                     "WHERE c.year = 2024 GROUP BY b.region ORDER BY b.region", federation, union_db)
+    want = union_db.execute(f"""
+        SELECT b.region, COUNT(DISTINCT c.pid) AS n, AVG(c.cost_eur)
+        FROM insurer.claims c JOIN bureau.persons b ON b.pid = c.pid
+        WHERE c.year = 2024 GROUP BY b.region HAVING COUNT(DISTINCT c.pid) >= {k} ORDER BY b.region""").fetchall()
+    rows = [r for r, s in zip(got.rows(), got.suppressed) if not s]
+    assert len(rows) == len(want) > 0
+    for r, w in zip(rows, want):
+        assert all(close(a, b) for a, b in zip(r, w))
+
+
+def test_small_cells_are_suppressed_exactly_below_k(federation, union_db):
+    k = federation.policy.min_cell_size
+    got = run_oracle("SELECT b.age_band, b.income_decile, COUNT(DISTINCT p.pid) AS n "
+                     "FROM hospital.patients p JOIN bureau.persons b ON b.pid = p.pid "
+                     "WHERE p.diagnosis = 'HF' GROUP BY b.age_band, b.income_decile", federation, union_db)
+    counts = dict(((a, d), n) for a, d, n in union_db.execute(
+        "SELECT b.age_band, b.income_decile, COUNT(DISTINCT p.pid) FROM hospital.patients p "
+        "JOIN bureau.persons b ON b.pid = p.pid WHERE p.diagnosis = 'HF' GROUP BY ALL").fetchall())
+    assert any(s for s in got.suppressed) and not all(got.suppressed)
+    assert len(got.rows()) == 6 * 10                     # the whole public grid
+    for (band, decile, n), suppressed in zip(got.rows(), got.suppressed):
+        true_n = counts.get((band, decile), 0)
+        assert suppressed == (true_n < k)
+        assert n == (None if true_n < k else true_n)
+
+
+def test_having_order_and_limit(federation, union_db):
+    got = run_oracle("SELECT b.region, COUNT(*) AS n FROM bureau.persons b GROUP BY b.region "
+                     "HAVING COUNT(*) > 0 ORDER BY n DESC LIMIT 2", federation, union_db)
+    want = union_db.execute("SELECT b.region, COUNT(*) AS n FROM bureau.persons b GROUP BY b.region "
+                            "ORDER BY n DESC LIMIT 2").fetchall()
+    assert got.rows() == [tuple(r) for r in want]

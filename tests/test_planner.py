@@ -1,0 +1,89 @@
+"""Planner: what each party computes alone, what is left to MPC, and what will be opened."""
+
+from __future__ import annotations
+
+from sqlglot import exp
+
+from sqlmpc.party.node import plan_for
+
+APP = ("SELECT b.age_band, CASE WHEN u.pid IS NULL THEN 'no app' ELSE 'app' END AS app_use, "
+       "COUNT(DISTINCT p.pid), AVG(c.cost_eur), VAR_SAMP(c.cost_eur) "
+       "FROM hospital.patients p LEFT JOIN hospital.app_usage u ON u.pid = p.pid "
+       "JOIN insurer.claims c ON c.pid = p.pid JOIN bureau.persons b ON b.pid = p.pid "
+       "WHERE p.diagnosis = 'IBD' AND c.year = 2024 GROUP BY b.age_band, app_use")
+
+
+def part(plan, relation):
+    (p,) = plan.parts_of(relation)
+    return p
+
+
+def test_single_party_filters_run_at_their_owner(federation):
+    plan = plan_for(federation, APP)
+    assert part(plan, "p").party == "hospital" and "p.diagnosis = 'IBD'" in part(plan, "p").sql
+    assert part(plan, "c").party == "insurer" and "c.year = 2024" in part(plan, "c").sql
+    assert "IBD" not in part(plan, "c").sql and "2024" not in part(plan, "p").sql
+    assert "WHERE" not in part(plan, "b").sql
+    assert plan.row_filter is None          # nothing spans parties
+    assert plan.mode == "join"
+
+
+def test_group_codes_are_local_one_hot_sources(federation):
+    plan = plan_for(federation, APP)
+    assert plan.cell_relations == ("b", "u")
+    assert part(plan, "b").column("cell").bound == 6          # six age bands
+    assert part(plan, "u").column("cell").bound == 2          # app / no app
+    # a patient without app use gets the 'no app' code: the CASE evaluated on a NULL row
+    assert part(plan, "u").column("cell").absent == 1
+    assert "LIST_POSITION" in part(plan, "b").sql
+    assert plan.grid.size == 12
+
+
+def test_squares_for_variance_are_computed_locally(federation):
+    plan = plan_for(federation, APP)
+    sums = [m for m in plan.moments if m.kind == "sum"]
+    for m in sums:                         # each moment is one local column (or a constant)
+        assert isinstance(m.expr, (exp.Column, exp.Literal)), m.expr.sql()
+    squares = [c for c in part(plan, "c").columns if c.kind == "value" and c.scale == 4]
+    assert squares, "cost² must be a local column at the insurer (scale 2 + 2)"
+
+
+def test_cross_party_predicate_stays_secure(federation):
+    plan = plan_for(federation, "SELECT COUNT(*) FROM hospital.patients p JOIN insurer.claims c "
+                                "ON c.pid = p.pid WHERE c.year = p.diagnosis_year + 1")
+    assert plan.row_filter is not None
+    assert {c.table for c in plan.row_filter.find_all(exp.Column)} == {"p", "c"}
+    assert "diagnosis_year" in part(plan, "p").sql and "WHERE" not in part(plan, "p").sql
+
+
+def test_one_table_is_pre_aggregated_by_its_owner(federation):
+    plan = plan_for(federation, "SELECT c.category, SUM(c.cost_eur), MAX(c.cost_eur) "
+                                "FROM insurer.claims c WHERE c.year = 2024 GROUP BY c.category")
+    assert plan.mode == "local"
+    p = part(plan, "c")
+    assert "GROUP BY" in p.sql and p.party == "insurer"
+    assert [l.what for l in plan.leakage] == ["cells passing k", "released values"]
+
+
+def test_where_on_a_dimension_narrows_its_domain(federation):
+    plan = plan_for(federation, "SELECT p.diagnosis, COUNT(*) FROM hospital.patients p "
+                                "WHERE p.diagnosis IN ('IBD', 'HF') GROUP BY p.diagnosis")
+    assert plan.grid.groups[0].domain == ("IBD", "HF") or set(plan.grid.groups[0].domain) == {"IBD", "HF"}
+
+
+def test_plan_hash_is_stable_and_sensitive(federation):
+    a = plan_for(federation, APP).digest
+    assert a == plan_for(federation, APP).digest
+    assert a != plan_for(federation, APP.replace("2024", "2023")).digest
+
+
+def test_leakage_declaration_names_every_opening(federation):
+    plan = plan_for(federation, APP)
+    assert [l.what for l in plan.leakage] == ["join tokens", "cells passing k", "released values"]
+
+
+def test_explain_shows_local_sql_secure_part_and_leakage(federation):
+    from sqlmpc.plan.explain import explain
+    text = explain(plan_for(federation, APP))
+    assert "-- hospital" in text and "-- insurer" in text and "-- bureau" in text
+    assert "Secure part" in text and "Leakage declaration" in text
