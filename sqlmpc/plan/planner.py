@@ -9,11 +9,13 @@ over moments, evaluated per cell in MPC and released as an exact ratio.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from sqlglot import exp
 
 from sqlmpc import errors
 from sqlmpc.catalog import Role
-from sqlmpc.plan.bind import AGGREGATES, BoundQuery, Relation, RelationPart, is_aggregate
+from sqlmpc.plan.bind import BoundQuery, Join, Relation, RelationPart, is_aggregate
 from sqlmpc.plan.cells import CellGrid, _lit, cell_grid
 from sqlmpc.plan.plan import Leak, LocalColumn, LocalPart, Moment, Plan
 from sqlmpc.result import aggregate_items
@@ -29,30 +31,44 @@ def M(name: str) -> exp.Column:
     return exp.column(name, table="M")
 
 
-class LocalColumns:
-    """The local columns of one relation, collected while the query is split."""
+@dataclass
+class LocalGroup:
+    """Relations one party joins alone (same party, key equality): one local result.
 
-    def __init__(self, q: BoundQuery, rel: Relation):
+    A relation LEFT-joined *to* an earlier group from another party makes its
+    group ``nullable``: its rows may be missing from a joined row.
+    """
+
+    name: str
+    members: list[str]
+    joins: list[Join] = field(default_factory=list)
+    nullable: bool = False
+
+
+class LocalColumns:
+    """The local columns of one group, collected while the query is split."""
+
+    def __init__(self, q: BoundQuery, group: LocalGroup):
         self.q = q
-        self.rel = rel
+        self.group = group
         self.exprs: dict[str, tuple[LocalColumn, exp.Expression]] = {}
 
     def add(self, node: exp.Expression) -> exp.Column:
         key = node.sql()
         for name, (_, e) in self.exprs.items():
             if e.sql() == key:
-                return exp.column(name, table=self.rel.alias)
+                return exp.column(name, table=self.group.name)
         if isinstance(node, BOOLEAN) or _is_match_test(node):
             col = LocalColumn(f"f{len(self.exprs)}", "flag", 0, 1, self.absent_flag(node))
         else:
             scale, bound = self.interval(node)
             col = LocalColumn(f"v{len(self.exprs)}", "value", scale, bound)
         self.exprs[col.name] = (col, node)
-        return exp.column(col.name, table=self.rel.alias)
+        return exp.column(col.name, table=self.group.name)
 
     def absent_flag(self, node: exp.Expression) -> int:
         """The flag's value for a LEFT JOIN row without a match (all columns NULL)."""
-        if self.rel.alias not in self.q.nullable_relations:
+        if not self.group.nullable:
             return 0
         nulled = node.copy().transform(lambda n: exp.null() if isinstance(n, exp.Column) else n)
         import duckdb
@@ -125,20 +141,27 @@ class Planner:
     def __init__(self, q: BoundQuery):
         self.q = q
         self.grid: CellGrid = cell_grid(q)
-        self.locals = {a: LocalColumns(q, r) for a, r in q.relations.items()}
-        self.pushed: dict[str, list[exp.Expression]] = {a: [] for a in q.relations}
+        self.groups = local_groups(q)
+        self.group_of = {a: g for g in self.groups.values() for a in g.members}
+        self.locals = {name: LocalColumns(q, g) for name, g in self.groups.items()}
+        self.pushed: dict[str, list[exp.Expression]] = {name: [] for name in self.groups}
+
+    def groups_of(self, node: exp.Expression) -> set[str]:
+        return {self.group_of[a].name for a in self.q.relations_of(node)}
 
     # -- splitting expressions --------------------------------------------
 
     def localize(self, node: exp.Expression) -> exp.Expression:
-        """Rewrite a row expression so that every single-relation subtree is a local column."""
-        rels = self.q.relations_of(node)
-        if not rels:
+        """Rewrite a row expression so that every single-party subtree is a local column."""
+        groups = self.groups_of(node)
+        if not groups:
             return node.copy()
-        if len(rels) == 1:
-            return self.locals[next(iter(rels))].add(node.copy())
+        if len(groups) == 1:
+            return self.locals[next(iter(groups))].add(node.copy())
         if isinstance(node, exp.Paren):
             return self.localize(node.this)
+        if is_flag(node):
+            return self.localize(node.args["ifs"][0].this)
         if isinstance(node, exp.Between):
             return self.localize(exp.and_(exp.GTE(this=node.this.copy(), expression=node.args["low"].copy()),
                                           exp.LTE(this=node.this.copy(), expression=node.args["high"].copy())))
@@ -158,14 +181,14 @@ class Planner:
         q = self.q
         secure_where = []
         for cond in q.where:
-            rels = q.relations_of(cond)
-            if len(rels) == 1 and next(iter(rels)) not in q.nullable_relations:
-                self.pushed[next(iter(rels))].append(cond)
+            groups = self.groups_of(cond)
+            if len(groups) == 1 and not self.groups[next(iter(groups))].nullable:
+                self.pushed[next(iter(groups))].append(cond)
             else:
                 secure_where.append(self.localize(cond))
         row_filter = exp.and_(*secure_where) if secure_where else None
 
-        cell_relations = tuple(dict.fromkeys(g.relation for g in self.grid.groups))
+        cell_relations = tuple(dict.fromkeys(self.group_of[g.relation].name for g in self.grid.groups))
         moments: dict[str, Moment] = {}
         formulas = Formulas(self, moments)
         outputs = tuple(_parenthesize(formulas.output(item)) for item in aggregate_items(q))
@@ -174,26 +197,40 @@ class Planner:
 
         # One relation whose parts cannot share persons: each owner pre-aggregates per cell.
         root = q.root
-        single = len(q.relations) == 1 and (not root.is_horizontal or root.key.key_space is None)
+        single = len(self.groups) == 1 and (not root.is_horizontal or root.key.key_space is None)
         mode = "local" if single else "join"
         if mode == "join" and any(m.kind in ("min", "max") for m in moments.values()):
             raise errors.NotSupportedError(
-                "MIN and MAX are supported on queries over one table (or a UNION ALL) only")
-        parts = tuple(p for alias in q.relations for p in self.local_parts(alias, mode, moments))
+                "MIN and MAX are supported on queries that one party answers alone, or over a UNION ALL")
+        joins = self.secure_joins()
+        keys = {a for j in joins for pair in j.pairs for _, a in pair} | {q.root.alias}
+        parts = tuple(p for name in self.groups for p in self.local_parts(name, mode, moments, keys))
         return Plan(
             sql=q.sql, fingerprint=q.federation.fingerprint, mode=mode,
-            relations=tuple(q.relations), joins=tuple(q.joins), nullable=tuple(sorted(q.nullable_relations)),
+            relations=tuple(self.groups), joins=joins,
+            nullable=tuple(n for n, g in self.groups.items() if g.nullable),
             parts=parts, row_filter=row_filter if mode == "join" else None, grid=self.grid,
             cell_relations=cell_relations, moments=tuple(moments.values()), outputs=outputs, having=having,
             min_cell_size=q.federation.policy.min_cell_size,
             leakage=self.leakage(mode, parts, outputs, having),
         )
 
-    def cell_code(self, alias: str) -> tuple[exp.Expression, int, int]:
-        """The relation's own group code (mixed radix over its groups), its size and absent code."""
+    def secure_joins(self) -> tuple[Join, ...]:
+        """The joins between groups, as ((group, member alias), (group, member alias)) key pairs."""
+        out = []
+        for j in self.q.joins:
+            group = self.group_of[j.relation]
+            if j.relation in group.members[1:]:
+                continue                                   # joined locally inside its group
+            pairs = tuple(tuple((self.group_of[a].name, a) for a, _ in pair) for pair in j.pairs)
+            out.append(Join(group.name, j.kind, pairs))
+        return tuple(out)
+
+    def cell_code(self, name: str) -> tuple[exp.Expression, int, int]:
+        """The group's own cell code (mixed radix over its GROUP BY items), its size and absent code."""
         code, size, absent = exp.Literal.number(0), 1, 0
         for g in self.grid.groups:
-            if g.relation != alias:
+            if self.group_of[g.relation].name != name:
                 continue
             values = [v for v in g.domain if v is not None]
             pos = exp.Sub(this=exp.func("list_position", exp.Array(expressions=[_lit(v) for v in values]),
@@ -209,39 +246,50 @@ class Planner:
         return code, size, absent
 
     def absent_index(self, g) -> int:
-        if g.relation not in self.q.nullable_relations:
+        if not self.group_of[g.relation].nullable:
             return 0
         import duckdb
         nulled = g.expr.copy().transform(lambda n: exp.null() if isinstance(n, exp.Column) else n)
         value = duckdb.execute(exp.select(nulled).sql("duckdb")).fetchall()[0][0]
         return g.domain.index(value)
 
-    def local_parts(self, alias: str, mode: str, moments) -> list[LocalPart]:
+    def local_parts(self, name: str, mode: str, moments, keys: set[str]) -> list[LocalPart]:
         q = self.q
-        rel = q.relations[alias]
-        code, size, absent = self.cell_code(alias)
-        cols = [LocalColumn("key", "key"), LocalColumn("cell", "cell", 0, size, absent)]
-        items = [exp.alias_(exp.func("md5_number_lower", exp.cast(
-                     exp.column(rel.key.name, table=alias), "VARCHAR")), "key"),
-                 exp.alias_(code, "cell")]
-        for name, (col, node) in self.locals[alias].exprs.items():
+        group = self.groups[name]
+        code, size, absent = self.cell_code(name)
+        cols, items = [], []
+        for alias in group.members:
+            if alias in keys:
+                # The key enters MPC as a 64-bit hash; a LEFT JOIN's missing key as NULL (no token).
+                key = exp.column(q.relations[alias].key.name, table=alias)
+                cols.append(LocalColumn(f"key_{alias}", "key"))
+                items.append(exp.alias_(exp.func("md5_number_lower", exp.cast(key, "VARCHAR")), f"key_{alias}"))
+        cols.append(LocalColumn("cell", "cell", 0, size, absent))
+        items.append(exp.alias_(code, "cell"))
+        for name_, (col, node) in self.locals[name].exprs.items():
             if col.kind == "flag":
                 value = exp.Case(ifs=[exp.If(this=node.copy(), true=ONE)], default=exp.Literal.number(0))
             else:
                 scaled = exp.Mul(this=exp.paren(node.copy()), expression=exp.Literal.number(10 ** col.scale))
                 value = exp.func("coalesce", exp.cast(exp.func("round", scaled), "HUGEINT"),
                                  exp.Literal.number(0))
-            items.append(exp.alias_(value, name))
+            items.append(exp.alias_(value, name_))
             cols.append(col)
         parts = []
-        for i, part in enumerate(rel.parts):
-            rows = exp.select(*items).from_(self.source(rel, part))
-            if self.pushed[alias]:
-                rows = rows.where(exp.and_(*[c.copy() for c in self.pushed[alias]]))
+        first = q.relations[group.members[0]]
+        for i, part in enumerate(first.parts):
+            rows = exp.select(*items).from_(self.source(first, part))
+            for j in group.joins:
+                rel = q.relations[j.relation]
+                on = exp.and_(*[exp.EQ(this=exp.column(a[1], table=a[0]), expression=exp.column(b[1], table=b[0]))
+                                for a, b in j.pairs])
+                rows = rows.join(self.source(rel, rel.parts[0]), on=on, join_type="LEFT" if j.kind == "left" else None)
+            if self.pushed[name]:
+                rows = rows.where(exp.and_(*[c.copy() for c in self.pushed[name]]))
             sql, part_cols = rows, tuple(cols)
             if mode == "local":
-                sql, part_cols = self.pre_aggregate(rows, alias, moments)
-            parts.append(LocalPart(alias, part.party, i, sql.sql("duckdb", pretty=True), part_cols, size))
+                sql, part_cols = self.pre_aggregate(rows, name, moments)
+            parts.append(LocalPart(name, part.party, i, sql.sql("duckdb", pretty=True), part_cols, size))
         return parts
 
     def source(self, rel: Relation, part: RelationPart) -> exp.Expression:
@@ -262,10 +310,11 @@ class Planner:
         cols = [LocalColumn("cell", "cell")]
         for m in moments.values():
             if m.kind == "persons":
-                agg = exp.Count(this=exp.Distinct(expressions=[exp.column("key", table="r")]))
+                key = exp.column(f"key_{self.q.root.alias}", table="r")
+                agg = exp.Count(this=exp.Distinct(expressions=[key]))
                 if not (isinstance(m.expr, exp.Literal)):
                     agg = exp.Count(this=exp.Distinct(expressions=[exp.If(
-                        this=exp.EQ(this=local(m.expr), expression=ONE), true=exp.column("key", table="r"))]))
+                        this=exp.EQ(this=local(m.expr), expression=ONE), true=key)]))
             elif m.kind in ("min", "max"):
                 agg = exp.Min(this=local(m.expr)) if m.kind == "min" else exp.Max(this=local(m.expr))
             else:
@@ -291,8 +340,41 @@ class Planner:
         return tuple(leaks)
 
 
+def flag(cond: exp.Expression) -> exp.Expression:
+    """A condition as a 0/1 number (how a row flag multiplies into a sum)."""
+    return exp.Case(ifs=[exp.If(this=cond, true=ONE)], default=exp.Literal.number(0))
+
+
+def is_flag(node: exp.Expression) -> bool:
+    return (isinstance(node, exp.Case) and len(node.args.get("ifs", [])) == 1
+            and node.args["ifs"][0].args["true"] == ONE and node.args.get("default") == exp.Literal.number(0))
+
+
+def times(*factors: exp.Expression) -> exp.Expression:
+    factors = [f for f in factors if f is not ONE]
+    if not factors:
+        return ONE
+    out = factors[0].copy()
+    for f in factors[1:]:
+        out = exp.Mul(this=out, expression=f.copy())
+    return out
+
+
+def minus(a: exp.Expression, b: exp.Expression) -> exp.Expression:
+    return exp.Sub(this=a.copy(), expression=b.copy())
+
+
+def over(a: exp.Expression, b: exp.Expression) -> exp.Expression:
+    return exp.Div(this=a.copy(), expression=b.copy())
+
+
 class Formulas:
-    """Aggregates → moments, and outputs → formulas over moments."""
+    """Aggregates → moments, and outputs → formulas over moments.
+
+    Moments are built in the query's own terms (e.g. ``flag(c.year = 2024) *
+    c.cost * c.cost``) and only then localised, so that whatever one party can
+    compute — including the whole product — becomes one of its local columns.
+    """
 
     def __init__(self, planner: Planner, moments: dict[str, Moment]):
         self.p = planner
@@ -300,12 +382,13 @@ class Formulas:
         self.moments = moments
 
     def moment(self, expr: exp.Expression, kind: str = "sum") -> exp.Column:
-        key = (kind, expr.sql())
+        local = self.p.localize(expr) if expr is not ONE else ONE
+        key = (kind, local.sql())
         for m in self.moments.values():
             if (m.kind, m.expr.sql()) == key:
                 return M(m.name)
         name = f"m{len(self.moments)}"
-        self.moments[name] = Moment(name, expr, kind)
+        self.moments[name] = Moment(name, local, kind)
         return M(name)
 
     def persons(self):
@@ -322,123 +405,77 @@ class Formulas:
                 out.set(key, self.output(child))
         return out
 
-    def aggregate(self, node: exp.Expression) -> exp.Expression:
-        flt = None
-        if isinstance(node, exp.Filter):
-            flt = node.expression.this
-            node = node.this
-        weight = self.p.localize(flt) if flt is not None else None
-
-        def w(e: exp.Expression) -> exp.Expression:
-            return e if weight is None else (weight.copy() if e is ONE else exp.Mul(this=weight.copy(), expression=e))
-
-        def sum_of(e):
-            return self.moment(w(e))
-
-        def arg(e) -> tuple[exp.Expression, exp.Expression, int]:
-            """(value expr, presence expr, scale) of an aggregate argument."""
-            local = self.p.localize(e)
-            scale = self.scale(local)
-            return local, self.presence(e), scale
-
-        if isinstance(node, exp.Count):
-            if isinstance(node.this, exp.Star) or node.this is None:
-                return sum_of(ONE)
-            if isinstance(node.this, exp.Distinct):
-                col = node.this.expressions[0]
-                if col.table in self.q.nullable_relations:
-                    matched = self.p.localize(exp.Not(this=exp.Is(this=col.copy(), expression=exp.null())))
-                    return self.moment(w(matched), "persons")
-                return self.moment(w(ONE), "persons")
-            return sum_of(self.presence(node.this))
-
-        if isinstance(node, (exp.Min, exp.Max)):
-            value, present, scale = arg(node.this)
-            kind = "min" if isinstance(node, exp.Min) else "max"
-            m = self.moment(value, kind)
-            return exp.Div(this=m, expression=exp.Literal.number(10 ** scale)) if scale else m
-
-        x, px, sx = arg(node.this)
-        if isinstance(node, (exp.Sum, exp.Avg, exp.Stddev, exp.StddevSamp, exp.StddevPop,
-                             exp.Variance, exp.VariancePop)):
-            n = sum_of(px)
-            s = exp.Div(this=sum_of(x), expression=exp.Literal.number(10 ** sx))
-            if isinstance(node, exp.Sum):
-                # NULL when the cell has no non-NULL value: s * n / n is undefined exactly then.
-                return exp.Div(this=exp.Mul(this=s, expression=n.copy()), expression=n.copy())
-            if isinstance(node, exp.Avg):
-                return exp.Div(this=s, expression=n)
-            ss = exp.Div(this=sum_of(exp.Mul(this=x.copy(), expression=x.copy())),
-                         expression=exp.Literal.number(10 ** (2 * sx)))
-            num = exp.Sub(this=exp.Mul(this=n.copy(), expression=ss), expression=exp.Mul(this=s.copy(), expression=s.copy()))
-            samp = isinstance(node, (exp.Stddev, exp.StddevSamp, exp.Variance))
-            den = exp.Mul(this=n.copy(), expression=exp.Sub(this=n.copy(), expression=ONE) if samp else n.copy())
-            var = exp.Div(this=num, expression=den)
-            return exp.Sqrt(this=var) if isinstance(node, (exp.Stddev, exp.StddevSamp, exp.StddevPop)) else var
-
-        # Two-argument aggregates: f(y, x) over rows where both are present.
-        y, py, sy = x, px, sx
-        x, px, sx = arg(node.expression)
-        both = exp.Mul(this=py.copy(), expression=px.copy()) if not (py is ONE and px is ONE) else ONE
-        both = py if px is ONE else (px if py is ONE else both)
-
-        def S(e, scale):
-            e = e if both is ONE else exp.Mul(this=both.copy(), expression=e)
-            return exp.Div(this=sum_of(e), expression=exp.Literal.number(10 ** scale))
-        n = sum_of(both)
-        sx_, sy_ = S(x.copy(), sx), S(y.copy(), sy)
-        sxy = S(exp.Mul(this=x.copy(), expression=y.copy()), sx + sy)
-        sxx = S(exp.Mul(this=x.copy(), expression=x.copy()), 2 * sx)
-        syy = S(exp.Mul(this=y.copy(), expression=y.copy()), 2 * sy)
-
-        def minus(a, b):
-            return exp.Sub(this=a, expression=b)
-
-        def times(a, b):
-            return exp.Mul(this=a.copy(), expression=b.copy())
-        cov = minus(times(n, sxy), times(sx_, sy_))
-        varx = minus(times(n, sxx), times(sx_, sx_))
-        vary = minus(times(n, syy), times(sy_, sy_))
-        if isinstance(node, exp.CovarPop):
-            return exp.Div(this=cov, expression=times(n, n))
-        if isinstance(node, exp.CovarSamp):
-            return exp.Div(this=cov, expression=times(n, minus(n.copy(), ONE)))
-        if isinstance(node, exp.RegrSlope):
-            return exp.Div(this=cov, expression=varx)
-        if isinstance(node, exp.RegrIntercept):
-            return exp.Div(this=minus(times(sy_, varx), times(cov, sx_)), expression=times(n, varx))
-        if isinstance(node, exp.Corr):
-            return exp.Div(this=cov, expression=exp.Sqrt(this=times(varx, vary)))
-        if isinstance(node, exp.RegrR2):
-            return exp.Div(this=times(cov, cov), expression=times(varx, vary))
-        raise errors.NotSupportedError(f"aggregate {node.sql()} is not supported")
-
     def presence(self, e: exp.Expression) -> exp.Expression:
         """1 where ``e`` is not NULL: NULL columns, or rows a LEFT JOIN did not match."""
         nullable = any(self.q.column_of(c).nullable or c.table in self.q.nullable_relations
                        for c in e.find_all(exp.Column))
-        if not nullable:
-            return ONE
-        return self.p.localize(exp.Not(this=exp.Is(this=e.copy(), expression=exp.null())))
+        return flag(exp.Not(this=exp.Is(this=e.copy(), expression=exp.null()))) if nullable else ONE
 
-    def scale(self, local: exp.Expression) -> int:
-        """Decimal scale of a (localised) expression's integer representation."""
-        if isinstance(local, exp.Column):
-            lc = self.p.locals[local.table].exprs[local.name][0]
-            return lc.scale
-        if isinstance(local, exp.Literal):
-            return 0
-        if isinstance(local, exp.Mul):
-            return self.scale(local.this) + self.scale(local.expression)
-        if isinstance(local, (exp.Add, exp.Sub)):
-            a, b = self.scale(local.this), self.scale(local.expression)
-            if a != b:
-                raise errors.NotSupportedError(
-                    f"{local.sql()}: adding values of different decimal scales across parties")
-            return a
-        if isinstance(local, (exp.Neg, exp.Paren)):
-            return self.scale(local.this)
-        return 0
+    def aggregate(self, node: exp.Expression) -> exp.Expression:
+        weight = ONE
+        if isinstance(node, exp.Filter):
+            weight = flag(node.expression.this)
+            node = node.this
+
+        def total(*factors, scale: int = 0) -> exp.Expression:
+            m = self.moment(times(weight, *factors))
+            return over(m, exp.Literal.number(10 ** scale)) if scale else m
+
+        if isinstance(node, exp.Count):
+            if isinstance(node.this, exp.Star) or node.this is None:
+                return total()
+            if isinstance(node.this, exp.Distinct):
+                col = node.this.expressions[0]
+                present = self.presence(col) if col.table in self.q.nullable_relations else ONE
+                return self.moment(times(weight, present), "persons")
+            return total(self.presence(node.this))
+
+        x = node.this
+        px, sx = self.presence(x), _interval(x, self.q)[2]
+        if isinstance(node, (exp.Min, exp.Max)):
+            m = self.moment(x, "min" if isinstance(node, exp.Min) else "max")
+            return over(m, exp.Literal.number(10 ** sx)) if sx else m
+
+        if isinstance(node, (exp.Sum, exp.Avg, exp.Stddev, exp.StddevSamp, exp.StddevPop,
+                             exp.Variance, exp.VariancePop)):
+            n = total(px)
+            s = total(px, x, scale=sx)
+            if isinstance(node, exp.Sum):
+                # NULL when the cell has no non-NULL value: s * n / n is undefined exactly then.
+                return over(times(s, n), n)
+            if isinstance(node, exp.Avg):
+                return over(s, n)
+            ss = total(px, x, x, scale=2 * sx)
+            num = minus(times(n, ss), times(s, s))
+            samp = isinstance(node, (exp.Stddev, exp.StddevSamp, exp.Variance))
+            var = over(num, times(n, minus(n, ONE) if samp else n))
+            return exp.Sqrt(this=var) if isinstance(node, (exp.Stddev, exp.StddevSamp, exp.StddevPop)) else var
+
+        # Two-argument aggregates f(y, x), over the rows where both are present.
+        y, py, sy = x, px, sx
+        x = node.expression
+        px, sx = self.presence(x), _interval(x, self.q)[2]
+        n = total(py, px)
+        sum_x, sum_y = total(py, px, x, scale=sx), total(py, px, y, scale=sy)
+        sxy = total(py, px, x, y, scale=sx + sy)
+        sxx = total(py, px, x, x, scale=2 * sx)
+        syy = total(py, px, y, y, scale=2 * sy)
+        cov = minus(times(n, sxy), times(sum_x, sum_y))
+        varx = minus(times(n, sxx), times(sum_x, sum_x))
+        vary = minus(times(n, syy), times(sum_y, sum_y))
+        if isinstance(node, exp.CovarPop):
+            return over(cov, times(n, n))
+        if isinstance(node, exp.CovarSamp):
+            return over(cov, times(n, minus(n, ONE)))
+        if isinstance(node, exp.RegrSlope):
+            return over(cov, varx)
+        if isinstance(node, exp.RegrIntercept):
+            return over(minus(times(sum_y, varx), times(cov, sum_x)), times(n, varx))
+        if isinstance(node, exp.Corr):
+            return over(cov, exp.Sqrt(this=times(varx, vary)))
+        if isinstance(node, exp.RegrR2):
+            return over(times(cov, cov), times(varx, vary))
+        raise errors.NotSupportedError(f"aggregate {node.sql()} is not supported")
 
 
 def _parenthesize(tree: exp.Expression) -> exp.Expression:
@@ -449,6 +486,36 @@ def _parenthesize(tree: exp.Expression) -> exp.Expression:
             if isinstance(child, exp.Binary) and not isinstance(child, exp.Column):
                 node.set(key, exp.Paren(this=child))
     return tree
+
+
+def local_groups(q: BoundQuery) -> dict[str, LocalGroup]:
+    """Merge relations one party can join alone into local groups ("local first").
+
+    A join merges into an earlier group when the joined table is a plain table
+    at that group's one party and its ON clause links it to that group only.
+    An inner join into a group that is itself LEFT-joined would change the
+    outer join's meaning, so that one stays secure.
+    """
+    groups: dict[str, LocalGroup] = {}
+    owner: dict[str, LocalGroup] = {}
+    root = q.root
+    groups[root.alias] = owner[root.alias] = LocalGroup(root.alias, [root.alias])
+    for j in q.joins:
+        rel = q.relations[j.relation]
+        others = {a for pair in j.pairs for a, _ in pair} - {j.relation}
+        target = {owner[a].name for a in others}
+        group = groups[next(iter(target))] if len(target) == 1 else None
+        if group is not None:
+            party = {p for a in group.members for p in q.relations[a].parties}
+            same = (not rel.is_horizontal and party == set(rel.parties)
+                    and all(not q.relations[a].is_horizontal for a in group.members))
+            if same and (not group.nullable or j.kind == "left"):
+                group.members.append(j.relation)
+                group.joins.append(j)
+                owner[j.relation] = group
+                continue
+        groups[j.relation] = owner[j.relation] = LocalGroup(j.relation, [j.relation], nullable=j.kind == "left")
+    return groups
 
 
 def plan_query(q: BoundQuery) -> Plan:
