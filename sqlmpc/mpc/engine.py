@@ -13,6 +13,7 @@ Local mode skips the row steps: owners pre-aggregated per cell.
 from __future__ import annotations
 
 import itertools
+import secrets
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -125,18 +126,19 @@ class Engine:
         for rel, x in matrices.items():
             if x is not None and x.shape[0] > 1:
                 cols = await shuffle([x[:, j] for j in range(x.shape[1])])
-                matrices[rel] = np.stack(cols, axis=1) if False else self.stack_columns(cols)
+                matrices[rel] = self.stack_columns(cols)
 
         self.progress("join")
-        total = sum(x.shape[0] for x in matrices.values() if x is not None)
+        total = sum(x.shape[0] * len(layouts[r]["keys"]) for r, x in matrices.items() if x is not None)
         bits = token_bits(max(total, 2))
         tokens = {}
         for rel, x in matrices.items():
-            tokens[rel] = [] if x is None else [int(t) for t in await key_tokens(x[:, 0], bits=bits)]
-        index, matched = self.join_in_clear(tokens)
+            for j, name in enumerate(layouts[rel]["keys"]):
+                tokens[(rel, name)] = [] if x is None else [int(t) for t in await key_tokens(x[:, j], bits=bits)]
+        index, matched = self.join_in_clear(tokens, {r: 0 if x is None else x.shape[0] for r, x in matrices.items()})
         n = len(next(iter(index.values()))) if index else 0
         if n == 0:
-            return self.empty_moments()
+            return self.empty_moments(), 1
 
         # Gather the joined rows; a LEFT JOIN row without match gets the columns' "absent" values.
         columns: dict[tuple[str, str], object] = {}
@@ -182,34 +184,39 @@ class Engine:
             S = np.transpose(E) @ V                        # G x A: the only wide step, one reshare per output
             for j, m in enumerate(sums):
                 moments[m.name] = S[:, j]
-        person_keys = tokens[plan.relations[0]]
-        root_rows = [person_keys[i] for i in index[plan.relations[0]]]
+        person_keys = tokens[(plan.relations[0], f"key_{plan.relations[0]}")]
+        root_rows = [person_keys[i] for i in index[plan.relations[0]]]   # the root is never NULL
         for m in plan.moments:
             if m.kind == "persons":
                 X = E if isinstance(m.expr, exp.Literal) else E * self.row_expr(m.expr, columns, n).reshape(n, 1)
                 moments[m.name] = await self.distinct_persons(X, root_rows)
-        return moments
+        return moments, n
 
     def layout(self, part: LocalPart) -> dict:
-        """Column positions of a relation's input matrix: key, one-hot cells, values and flags."""
+        """Column positions of a relation's input matrix: keys, one-hot cells, values and flags."""
+        keys = [c.name for c in part.columns if c.kind == "key"]
         cells = part.column("cell")
-        columns, pos = {}, 1 + (cells.bound if cells.bound > 1 else 0)
+        onehot = len(keys)
+        columns, pos = {}, onehot + (cells.bound if cells.bound > 1 else 0)
         for c in part.columns:
             if c.kind in ("value", "flag"):
                 columns[c.name] = (pos, c)
                 pos += 1
-        return {"width": pos, "onehot": 1, "cells": cells.bound, "absent_cell": cells.absent,
-                "columns": columns}
+        return {"width": pos, "keys": keys, "onehot": onehot, "cells": cells.bound,
+                "absent_cell": cells.absent, "columns": columns}
 
     def encode(self, part: LocalPart, layout: dict) -> np.ndarray:
         t = self.local[(part.relation, part.part)]
         n = t.num_rows
         out = np.zeros((n, layout["width"]), dtype=object)
-        out[:, 0] = [int(k) % self.key_modulus for k in t.column("key").to_pylist()]
+        for j, name in enumerate(layout["keys"]):
+            # A missing key (LEFT JOIN inside the party) becomes a fresh random value: it matches nothing.
+            out[:, j] = [int(k) if k is not None else secrets.randbits(64) + 2 ** 64
+                         for k in t.column(name).to_pylist()]
         if layout["cells"] > 1:
             codes = np.array(t.column("cell").to_pylist(), dtype=np.int64)
             inside = codes >= 0
-            out[np.nonzero(inside)[0], 1 + codes[inside]] = 1
+            out[np.nonzero(inside)[0], layout["onehot"] + codes[inside]] = 1
         for name, (j, _) in layout["columns"].items():
             out[:, j] = [int(v) for v in t.column(name).to_pylist()]
         return out
@@ -217,18 +224,21 @@ class Engine:
     def stack_columns(self, cols):
         return np.stack(cols, axis=1)
 
-    def join_in_clear(self, tokens: dict[str, list[int]]):
+    def join_in_clear(self, tokens: dict[tuple[str, str], list[int]], sizes: dict[str, int]):
         """Run the query's join structure on public tokens: the row indices of each relation."""
         con = duckdb.connect()
         rels = self.plan.relations
         for rel in rels:
-            con.register(f"t_{rel}", pa.table({"i": pa.array(range(len(tokens[rel])), pa.int64()),
-                                               "k": pa.array([str(t) for t in tokens[rel]], pa.string())}))
+            data = {"i": pa.array(range(sizes[rel]), pa.int64())}
+            for (r, name), toks in tokens.items():
+                if r == rel:
+                    data[name] = pa.array([str(t) for t in toks], pa.string())
+            con.register(f"t_{rel}", pa.table(data))
         sql = exp.select(*[exp.alias_(exp.column("i", table=r), f"i_{r}") for r in rels]).from_(
             exp.to_table(f"t_{rels[0]}").as_(rels[0]))
         for j in self.plan.joins:
-            on = exp.and_(*[exp.EQ(this=exp.column("k", table=a[0]), expression=exp.column("k", table=b[0]))
-                            for a, b in j.pairs])
+            on = exp.and_(*[exp.EQ(this=exp.column(f"key_{a[1]}", table=a[0]),
+                                   expression=exp.column(f"key_{b[1]}", table=b[0])) for a, b in j.pairs])
             sql = sql.join(exp.to_table(f"t_{j.relation}").as_(j.relation), on=on,
                            join_type="LEFT" if j.kind == "left" else "INNER")
         sql = sql.order_by(*[f"i_{r}" for r in rels])
@@ -467,24 +477,71 @@ class Engine:
 
     async def run(self) -> pa.Table:
         sizes = await self.sizes()
-        bounds = self.moment_bounds(sizes)
-        bits = max(64, max(bounds.values(), default=1).bit_length() * 2 + 8)
-        self.secint = self.mpc.SecInt(min(bits, 1024))
-        self.key_modulus = 2 ** 64
-        moments = await (self.run_local_mode(sizes) if self.plan.mode == "local" else self.run_join_mode(sizes))
+        # Row phase: the field holds 64-bit key hashes and every moment (a sum over at most
+        # `rows` rows).  Cell phase: exact ratios need more room; moments are converted then.
+        rows = self.row_bound(sizes)
+        row_bits = max(66, (rows * self.max_expr_bound()).bit_length() + 2)
+        self.secint = self.mpc.SecInt(row_bits)
+        if self.plan.mode == "local":
+            moments = await self.run_local_mode(sizes)
+        else:
+            moments, rows = await self.run_join_mode(sizes)
+        bounds = self.moment_bounds(rows)
+        cell_bits = self.cell_bits(bounds)
+        if cell_bits > row_bits:
+            big = self.mpc.SecInt(cell_bits)
+            moments = {name: self.convert(v, big) for name, v in moments.items()}
+            self.secint = big
         return await self.release(moments, bounds)
 
-    def moment_bounds(self, sizes) -> dict[str, int]:
-        """|moment| ≤ rows × bound of its row expression: sets the field size for exact ratios."""
-        rows = max(1, sum(sizes.values()))
-        if self.plan.mode == "join":
-            rows = max(1, int(np.prod([max(1, sum(n for (r, _), n in sizes.items() if r == rel))
-                                       for rel in self.plan.relations], dtype=object)))
-        bounds = {}
+    def convert(self, x, sectype):
+        values = self.mpc.convert([x[i] for i in range(x.shape[0])], sectype)
+        return self.mpc.np_fromlist(values)
+
+    def row_bound(self, sizes) -> int:
+        """An upper bound on the rows a moment sums over, known before any input."""
+        if self.plan.mode == "local":
+            return MAX_ROWS
+        per_relation = [max(1, sum(n for (r, _), n in sizes.items() if r == rel)) for rel in self.plan.relations]
+        return int(np.prod(per_relation, dtype=object))
+
+    def max_expr_bound(self) -> int:
         locals_ = {(p.relation, c.name): c for p in self.plan.parts for c in p.columns}
-        for m in self.plan.moments:
-            bounds[m.name] = rows * _expr_bound(m.expr, locals_)
-        return bounds
+        return max([_expr_bound(m.expr, locals_) for m in self.plan.moments] + [1])
+
+    def moment_bounds(self, rows: int) -> dict[str, int]:
+        """|moment| ≤ rows × bound of its row expression: sets the field size for exact ratios."""
+        locals_ = {(p.relation, c.name): c for p in self.plan.parts for c in p.columns}
+        return {m.name: max(1, rows) * _expr_bound(m.expr, locals_) for m in self.plan.moments}
+
+    def cell_bits(self, bounds: dict[str, int]) -> int:
+        """Bits for the cell phase: p > 2·B² for the largest numerator or denominator B of a ratio."""
+        zeros = {name: 0 for name in bounds}
+        largest = 1
+        for node in list(self.plan.outputs) + ([self.plan.having] if self.plan.having is not None else []):
+            for part in _ratio_parts(node):
+                f = self.formula(part, zeros, bounds)
+                largest = max(largest, f.bnum, f.bden)
+        return (2 * largest * largest).bit_length() + 2
+
+
+MAX_ROWS = 2 ** 40     # declared maximum of rows per party in local mode (sets bit lengths)
+
+
+def _ratio_parts(node: exp.Expression):
+    """The rational sub-formulas the release opens, with squares where a square root follows."""
+    if isinstance(node, exp.Sqrt):
+        yield from _ratio_parts(node.this)
+    elif isinstance(node, exp.Div) and isinstance(node.expression, exp.Sqrt):
+        yield exp.Mul(this=node.this, expression=node.this)
+        yield node.expression.this
+    elif isinstance(node, (exp.And, exp.Or)):
+        yield from _ratio_parts(node.this)
+        yield from _ratio_parts(node.expression)
+    elif isinstance(node, (exp.GT, exp.GTE, exp.LT, exp.LTE, exp.EQ, exp.NEQ)):
+        yield exp.Mul(this=node.this, expression=exp.Mul(this=node.expression, expression=node.expression))
+    else:
+        yield node
 
 
 EXTREME = 10 ** 18

@@ -8,6 +8,7 @@ messages are JSON; results come back as Arrow IPC.
 from __future__ import annotations
 
 import json
+import resource
 import multiprocessing as mp
 import socket
 import time
@@ -63,7 +64,8 @@ def _party_main(federation_path: str, party: str, conn) -> None:
             out = node.execute(msg["sql"], msg.get("digest"), [tuple(a) for a in msg["addresses"]],
                                timeout=msg.get("timeout", 30.0))
             conn.send(json.dumps({"digest": out.digest, "seconds": out.seconds,
-                                  "ledger": [e.__dict__ for e in out.ledger]}))
+                                  "ledger": [e.__dict__ for e in out.ledger],
+                                  "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
             conn.send_bytes(_to_ipc(out.cells))
         except Exception as exc:
             conn.send(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
@@ -138,6 +140,7 @@ class EmbeddedFederation:
             raise errors.InternalError("parties computed different results")
         result = finish(q, cell_grid(q), tables[0])
         result.leakage = replies[0][1]["ledger"]
+        self.last_stats = {name: reply for name, reply in replies}
         return result
 
     def close(self) -> None:
