@@ -274,25 +274,31 @@ class Engine:
             order.append(flat)
         return np.array(order, dtype=np.int64)
 
-    async def distinct_persons(self, X, persons: list[int]):
-        """Per cell, how many distinct persons have a row in it: Σ_person (1 − Π_rows (1 − x))."""
+    async def distinct_persons(self, X, persons: list):
+        """Per cell, how many distinct persons have a row in it: Σ_person (1 − Π_rows (1 − x)).
+
+        The person of each joined row is public (its token), so rows are grouped in the clear;
+        the r-th rows of all persons are multiplied in at once (a zero row pads persons with fewer).
+        """
         n, G = X.shape
-        order = np.argsort(np.array([str(p) for p in persons]), kind="stable")
-        keys = [persons[i] for i in order]
-        starts = [i for i in range(n) if i == 0 or keys[i] != keys[i - 1]]
-        if len(starts) == n:
+        first = {}
+        rows_of: list[list[int]] = []
+        for i, p in enumerate(persons):
+            if p not in first:
+                first[p] = len(rows_of)
+                rows_of.append([])
+            rows_of[first[p]].append(i)
+        if len(rows_of) == n:
             return np.sum(X, axis=0)
-        group = np.zeros(n, dtype=np.int64)
-        group[starts] = 1
-        group = np.cumsum(group) - 1
-        rank = np.arange(n) - np.array(starts)[group]
-        X = X[order]
-        acc = 1 - X[rank == 0]                              # one row per person
-        for r in range(1, int(rank.max()) + 1):
-            rows = np.nonzero(rank == r)[0]
-            who = group[rows]
-            acc[who] = acc[who] * (1 - X[rows])
-        return np.sum(1 - acc, axis=0)
+        padded = np.vstack((X, self.secint.array(np.zeros((1, G), dtype=object))))
+        depth = max(len(r) for r in rows_of)
+        index = np.full((depth, len(rows_of)), n, dtype=np.int64)
+        for j, rows in enumerate(rows_of):
+            index[:len(rows), j] = rows
+        missing = 1 - padded[index[0]]
+        for r in range(1, depth):
+            missing = missing * (1 - padded[index[r]])
+        return np.sum(1 - missing, axis=0)
 
     def row_expr(self, node: exp.Expression, columns, n: int):
         """Evaluate a secure row expression (columns are ``rel.local_name``) on the joined rows."""
