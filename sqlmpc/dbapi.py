@@ -43,9 +43,14 @@ class Connection:
             self._backend = EmbeddedFederation(federation, timeout=timeout)
         self._closed = False
 
-    def run(self, sql: str) -> Result:
+    def run(self, sql: str, parameters=None) -> Result:
         if self._closed:
             raise errors.InterfaceError("the connection is closed")
+        if parameters:
+            from sqlmpc.sql import parse_query
+            from sqlmpc.sql.params import bind_parameters
+            # Values become literals in the tree; sqlglot renders (and escapes) them.
+            sql = bind_parameters(parse_query(sql), parameters).sql("duckdb")
         if self.oracle:
             from sqlmpc.oracle import run_oracle
             return run_oracle(sql, self.federation)
@@ -100,12 +105,15 @@ class Cursor:
         return [] if self._result is None else self._result.suppressed
 
     def execute(self, sql: str, parameters=None) -> "Cursor":
-        if parameters:
-            raise errors.NotSupportedError("query parameters are not supported yet")
-        self._result = self.connection.run(sql)
+        self._result = self.connection.run(sql, parameters)
         self._rows = self._result.rows()
         self._pos = 0
         self.leakage = self._result.leakage
+        return self
+
+    def executemany(self, sql: str, seq_of_parameters) -> "Cursor":
+        for parameters in seq_of_parameters:
+            self.execute(sql, parameters)
         return self
 
     def fetchone(self):
