@@ -1,0 +1,100 @@
+"""SQLAlchemy 2.x dialect ``sqlmpc://`` so that pandas and BI tools can query a federation.
+
+    create_engine("sqlmpc://")                      the embedded demo federation
+    create_engine("sqlmpc:///path/to/fed.toml")     a federation file's parties, embedded
+
+Parties are schemas, their tables are tables; the federation is read-only.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import types as sqltypes
+from sqlalchemy.engine import default
+
+_TYPES = {"INTEGER": sqltypes.Integer, "BIGINT": sqltypes.BigInteger, "DOUBLE": sqltypes.Float,
+          "VARCHAR": sqltypes.String, "DATE": sqltypes.Date, "BOOLEAN": sqltypes.Boolean}
+
+
+class SqlmpcDialect(default.DefaultDialect):
+    name = "sqlmpc"
+    driver = "sqlmpc"
+    supports_statement_cache = True
+    supports_native_boolean = True
+    supports_alter = False
+    supports_sequences = False
+    postfetch_lastrowid = False
+    default_paramstyle = "qmark"
+
+    @classmethod
+    def import_dbapi(cls):
+        from sqlmpc import dbapi
+        return dbapi
+
+    def create_connect_args(self, url):
+        kwargs = {}
+        if url.database:
+            kwargs["federation"] = url.database
+        if "persons" in url.query:
+            kwargs["persons"] = int(url.query["persons"])
+        if url.query.get("oracle") in ("1", "true"):
+            kwargs["oracle"] = True
+        return [], kwargs
+
+    # The federation is read-only and has no transactions or isolation levels.
+    def do_rollback(self, dbapi_connection):
+        pass
+
+    def do_commit(self, dbapi_connection):
+        pass
+
+    def get_isolation_level(self, dbapi_connection):
+        return "AUTOCOMMIT"
+
+    def get_default_isolation_level(self, dbapi_conn):
+        return "AUTOCOMMIT"
+
+    def _get_default_schema_name(self, connection):
+        return None
+
+    def _get_server_version_info(self, connection):
+        return (0, 1, 0)
+
+    def do_ping(self, dbapi_connection):
+        return True
+
+    @staticmethod
+    def _federation(connection):
+        return connection.connection.dbapi_connection.federation
+
+    def get_schema_names(self, connection, **kw):
+        return list(self._federation(connection).party_names)
+
+    def get_table_names(self, connection, schema=None, **kw):
+        fed = self._federation(connection)
+        parties = [fed.party(schema)] if schema else fed.parties
+        return [t.name if schema else f"{t.party}.{t.name}" for p in parties if p for t in p.tables]
+
+    def has_table(self, connection, table_name, schema=None, **kw):
+        return table_name in self.get_table_names(connection, schema)
+
+    def get_columns(self, connection, table_name, schema=None, **kw):
+        fed = self._federation(connection)
+        party, _, name = (f"{schema}.{table_name}" if schema else table_name).rpartition(".")
+        table = fed.table(party, name)
+        if table is None:
+            from sqlalchemy.exc import NoSuchTableError
+            raise NoSuchTableError(table_name)
+        return [{"name": c.name, "type": _TYPES.get(c.type, sqltypes.String)(), "nullable": c.nullable,
+                 "default": None, "comment": c.role.value} for c in table.columns]
+
+    def get_view_names(self, connection, schema=None, **kw):
+        return []
+
+    def get_pk_constraint(self, connection, table_name, schema=None, **kw):
+        return {"constrained_columns": [], "name": None}
+
+    def get_foreign_keys(self, connection, table_name, schema=None, **kw):
+        return []
+
+    def get_indexes(self, connection, table_name, schema=None, **kw):
+        return []
