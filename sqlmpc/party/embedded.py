@@ -60,6 +60,13 @@ def _party_main(federation_path: str, party: str, conn) -> None:
             return
         if msg.get("op") == "stop":
             return
+        if msg.get("op") == "reload":
+            try:
+                node = PartyNode(load_federation(msg["federation"]), party)
+                conn.send(json.dumps({"ready": True}))
+            except Exception as exc:
+                conn.send(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+            continue
         try:
             out = node.execute(msg["sql"], msg.get("digest"), [tuple(a) for a in msg["addresses"]],
                                timeout=msg.get("timeout", 30.0))
@@ -109,6 +116,18 @@ class EmbeddedFederation:
             if "error" in reply:
                 self.close()
                 raise _rebuild(reply, p.name)
+
+    def reload(self, federation: Federation) -> None:
+        """Point every party at another federation file (same parties), e.g. new test data."""
+        if [p.name for p in federation.parties] != [p.name for p in self.parties]:
+            raise errors.InterfaceError("reload needs the same parties")
+        for p in self.parties:
+            p.conn.send(json.dumps({"op": "reload", "federation": str(federation.path)}))
+        replies = [(p.name, self._receive(p, 60.0)) for p in self.parties]
+        for name, reply in replies:
+            if "error" in reply:
+                raise _rebuild(reply, name)
+        self.federation = federation
 
     def _receive(self, p: PartyProcess, timeout: float) -> dict:
         if not p.conn.poll(timeout):
