@@ -1,0 +1,274 @@
+"""Run one party's MPyC runtime inside an ordinary process (no argv parsing).
+
+    async with MpcSession(pid, [(host, port), ...], timeout=30) as mpc:
+        ...  # mpc is an mpyc.runtime.Runtime, installed as the global runtime
+
+MPyC keeps one *global* runtime (``mpyc.runtime.mpc``; the modules sectypes,
+asyncoro, random, ... hold their own reference).  A session builds a fresh
+``Runtime`` for the given party and address list, installs it in all those
+places, installs the restricted unpickler (``sqlmpc.mpc.unpickle``), connects
+to the peers (optionally with TLS from explicit files, not MPyC's fixed
+``.config/party_i.*`` paths) and on exit shuts the runtime down with a barrier.
+
+Only one session can be open per process at a time (MPyC's runtime is global);
+sessions may be opened and closed repeatedly in one process (session per
+query), also from different event loops (``asyncio.run`` per query).
+
+A long-lived session can run several queries one after another with
+``await session.run(fn, *args)``: every party must run the same queries in the
+same order (MPyC's program counter keeps the parties in step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+from dataclasses import dataclass, field
+
+_RUNTIME_MODULES = ("sectypes", "asyncoro", "mpctools", "seclists", "secpols",
+                    "secgroups", "random", "statistics")
+
+
+def _import_mpyc():
+    """Import mpyc.runtime without letting its import-time setup() parse our argv."""
+    if "mpyc.runtime" not in sys.modules:
+        saved = sys.argv
+        sys.argv = [saved[0] if saved else "sqlmpc", "--no-log"]
+        try:
+            import mpyc.runtime  # noqa: F401  (runs setup() once on a 1-party runtime)
+        finally:
+            sys.argv = saved
+    import mpyc.runtime
+    return mpyc.runtime
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """TLS material for the MPyC data plane: this party's certificate and key, and the CA."""
+    cert: str
+    key: str
+    ca: str
+
+
+class SessionError(RuntimeError):
+    """The MPC session could not be started, failed or timed out."""
+
+
+_active = None  # the one open session in this process
+
+
+def make_options(m: int, *, threshold: int | None = None, sec_param: int = 30,
+                 bit_length: int = 32, no_prss: bool = False, log: bool = False):
+    """The option namespace MPyC's Runtime reads (what setup() would build from argv)."""
+    if threshold is None:
+        threshold = (m - 1) // 2
+    if not 0 <= 2 * threshold < m:
+        raise ValueError(f"threshold {threshold} too large for {m} parties")
+    return argparse.Namespace(
+        VERSION=False, HELP=False, help=False, config=None, parties=None, M=m, index=None,
+        threshold=threshold, base_port=None, ssl=False, workers=0, bit_length=bit_length,
+        sec_param=sec_param, log_level="info", no_log=not log, no_async=(m == 1),
+        no_barrier=False, no_gmpy2=False, no_numpy=False, no_uvloop=False, no_prss=no_prss,
+        mix32_64bit=False, output_windows=False, output_file=False, f="")
+
+
+def install_runtime(rt) -> None:
+    """Make rt the global MPyC runtime (as mpyc.runtime.setup() does)."""
+    runtime_mod = _import_mpyc()
+    import mpyc
+    runtime_mod.mpc = rt
+    for name in _RUNTIME_MODULES:
+        mod = getattr(mpyc, name, None) or sys.modules.get(f"mpyc.{name}")
+        if mod is None:
+            mod = __import__(f"mpyc.{name}", fromlist=["runtime"])
+        mod.runtime = rt
+
+
+@dataclass
+class SessionStats:
+    connect_seconds: float = 0.0
+    shutdown_seconds: float = 0.0
+    queries: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class MpcSession:
+    """One party's MPyC runtime as an async context manager."""
+
+    def __init__(self, pid: int, addresses: list[tuple[str, int]], *, threshold: int | None = None,
+                 tls: TlsFiles | None = None, timeout: float = 30.0, sec_param: int = 30,
+                 bit_length: int = 32, log: bool = False, listen_host: str | None = None):
+        m = len(addresses)
+        if not 0 <= pid < m:
+            raise ValueError(f"pid {pid} not in range({m})")
+        self.pid = pid
+        self.addresses = [(str(h), int(p)) for h, p in addresses]
+        self.options = make_options(m, threshold=threshold, sec_param=sec_param,
+                                    bit_length=bit_length, log=log)
+        self.tls = tls
+        self.timeout = timeout
+        self.listen_host = listen_host
+        self.mpc = None
+        self.stats = SessionStats()
+        self._broken = False
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def __aenter__(self):
+        return await self.start()
+
+    async def __aexit__(self, exc_type, exc, tb):
+        if exc_type is not None or self._broken:
+            self.abort()
+            return False
+        try:
+            await self.stop()
+        except Exception:
+            self.abort()
+            raise
+        return False
+
+    async def start(self):
+        global _active
+        if _active is not None:
+            raise SessionError("an MPC session is already open in this process")
+        runtime_mod = _import_mpyc()
+        from sqlmpc.mpc import unpickle
+        unpickle.install()
+        parties = [runtime_mod.Party(i, h, p) for i, (h, p) in enumerate(self.addresses)]
+        rt = runtime_mod.Runtime(self.pid, parties, self.options)
+        # Runtime.__init__ caches asyncio.get_event_loop(); make sure it is *this* loop.
+        rt._loop = asyncio.get_running_loop()
+        rt._loop.set_exception_handler(runtime_mod.asyncoro.exception_handler)
+        install_runtime(rt)
+        self.mpc = rt
+        _active = self
+        t0 = time.perf_counter()
+        try:
+            await asyncio.wait_for(self._connect(rt), self.timeout)
+        except asyncio.TimeoutError:
+            self.abort()
+            raise SessionError(f"party {self.pid}: could not connect to all {len(parties)} parties "
+                               f"within {self.timeout} s") from None
+        except BaseException:
+            self.abort()
+            raise
+        self.stats.connect_seconds = time.perf_counter() - t0
+        return rt
+
+    async def stop(self):
+        """Barrier with all parties, then close the connections."""
+        global _active
+        rt = self.mpc
+        if rt is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            await asyncio.wait_for(rt.shutdown(), self.timeout)
+        except asyncio.TimeoutError:
+            self.abort()
+            raise SessionError(f"party {self.pid}: shutdown barrier timed out") from None
+        self.stats.shutdown_seconds = time.perf_counter() - t0
+        self.mpc = None
+        _active = None
+
+    def abort(self):
+        """Close every connection at once (no barrier). Used on errors."""
+        global _active
+        rt = self.mpc
+        if rt is not None:
+            for peer in rt.parties:
+                proto = peer.protocol
+                if peer.pid != rt.pid and proto is not None and hasattr(proto, "close_connection"):
+                    with contextlib.suppress(Exception):
+                        proto.close_connection()
+            server = getattr(self, "_server", None)
+            if server is not None:
+                server.close()
+        self.mpc = None
+        _active = None
+
+    async def run(self, fn, *args, timeout: float | None = None):
+        """Run one query ``await fn(mpc, *args)`` in this (long-lived) session.
+
+        On a timeout or error the session is marked broken (the parties' program
+        counters can no longer be trusted to agree) and the error is re-raised.
+        """
+        if self.mpc is None or self._broken:
+            raise SessionError("session is not open")
+        try:
+            if timeout is None:
+                result = await fn(self.mpc, *args)
+            else:
+                result = await asyncio.wait_for(fn(self.mpc, *args), timeout)
+        except BaseException:
+            self._broken = True
+            raise
+        self.stats.queries += 1
+        return result
+
+    # -- connecting (Runtime.start, with explicit TLS files and listen host) ---
+
+    def _ssl_context(self, server: bool):
+        if self.tls is None:
+            return None
+        import ssl
+        purpose = ssl.Purpose.CLIENT_AUTH if server else ssl.Purpose.SERVER_AUTH
+        ctx = ssl.create_default_context(purpose)
+        ctx.load_cert_chain(self.tls.cert, keyfile=self.tls.key)
+        ctx.load_verify_locations(cafile=self.tls.ca)
+        if server:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        else:
+            ctx.check_hostname = False  # peers are pinned by the federation's CA
+        return ctx
+
+    async def _connect(self, rt):
+        from mpyc import asyncoro
+        m = len(rt.parties)
+        if m == 1:
+            rt.start_time = time.time()
+            return
+        loop = rt._loop
+        for peer in rt.parties:
+            peer.protocol = asyncio.Future(loop=loop) if peer.pid == rt.pid else None
+        self._server = None
+        if rt.pid:  # listen for all parties < pid
+            port = rt.parties[rt.pid].port
+            self._server = await loop.create_server(lambda: asyncoro.MessageExchanger(rt),
+                                                    host=self.listen_host, port=port,
+                                                    ssl=self._ssl_context(True), reuse_address=True)
+        for peer in rt.parties[rt.pid + 1:]:  # connect to all parties > pid
+            while True:
+                try:
+                    await loop.create_connection(
+                        lambda peer=peer: asyncoro.MessageExchanger(rt, peer.pid), peer.host, peer.port,
+                        ssl=self._ssl_context(False),
+                        server_hostname=(f"MPyC party {peer.pid}" if self.tls else None))
+                    break
+                except (ConnectionError, OSError):
+                    await asyncio.sleep(0.02)
+        await rt.parties[rt.pid].protocol
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        rt.start_time = time.time()
+
+
+def free_ports(m: int, host: str = "127.0.0.1") -> list[int]:
+    """m currently free TCP ports on host (best effort: they are released before use)."""
+    import socket
+    socks, ports = [], []
+    try:
+        for _ in range(m):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
