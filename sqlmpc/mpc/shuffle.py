@@ -1,0 +1,118 @@
+"""Oblivious shuffle by resharing (DESIGN §6), O(n) per subset per column.
+
+For every subset S of m−t parties (in itertools.combinations order) — exactly the
+subsets MPyC's PRSS keys ``mpc._prss_keys[S]`` are shared by, so the members of S
+already hold a common 128-bit key no party outside S knows:
+
+1. each member i ∈ S turns its Shamir share s_i into an additive share
+   λ_i^S · s_i (λ^S = Lagrange coefficients at 0 for the points {j+1 : j ∈ S};
+   |S| = m−t ≥ t+1, so Σ_{i∈S} λ_i^S s_i is the secret);
+2. each member applies π_S locally, π_S = argsort of SHAKE-256(key_S ‖ tag ‖ uci ‖ S)
+   as 64-bit random sort keys (uci = MPyC's unique common input, fresh per call);
+3. each member re-inputs its permuted additive part (one vectorised ``mpc.input``
+   with the members of S as senders) and the parties sum the |S| inputs: a fresh
+   Shamir sharing of π_S(x).
+
+The output is π_{S_1}∘…∘π_{S_c} applied to the input, the same for all columns.
+Any coalition of ≤ t parties misses at least one S (the complement of a t-set
+contains an (m−t)-subset they are all outside of), hence one π_S, which is a
+uniformly random permutation independent of their view: the composition is
+hidden from them.  Cost per subset: |S| inputs of k·n field elements, one round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+import numpy as np
+
+_TAG = b"sqlmpc/shuffle/v1"
+
+
+def subsets(m: int, t: int) -> list[tuple[int, ...]]:
+    return list(itertools.combinations(range(m), m - t))
+
+
+def subset_permutation(key: bytes, uci: bytes, subset: tuple[int, ...], n: int) -> np.ndarray:
+    """π_S for one call: argsort of n pseudorandom 64-bit values from SHAKE-256(key ‖ tag ‖ uci ‖ S)."""
+    h = hashlib.shake_256(key + _TAG + uci + bytes(subset))
+    r = np.frombuffer(h.digest(8 * n), dtype=np.uint64)
+    return np.argsort(r, kind="stable")
+
+
+def lagrange_at_zero(field, subset: tuple[int, ...]) -> list[int]:
+    from mpyc import thresha
+    return thresha._recombination_vector(field, tuple(j + 1 for j in subset), 0)
+
+
+def compose(perms: list[np.ndarray]) -> np.ndarray:
+    """Index map of applying perms[0], then perms[1], ...: out[i] = x[result[i]]."""
+    total = np.arange(len(perms[0]))
+    for p in perms:
+        total = total[p]
+    return total
+
+
+async def shuffle(columns: list, *, _trace: dict | None = None) -> list:
+    """Apply one common secret permutation to equal-length 1-D secure arrays.
+
+    Columns may be of different secure types (each type is processed as one
+    stacked block, all with the same permutation).  Returns new secure arrays in
+    the same order.  `_trace` (tests only) receives this party's π_S per subset
+    (None where it is not a member).
+    """
+    from mpyc.runtime import mpc
+
+    if not columns:
+        return []
+    n = columns[0].shape[0]
+    for c in columns:
+        if len(c.shape) != 1 or c.shape[0] != n:
+            raise ValueError("shuffle expects 1-D secure arrays of equal length")
+    m, t, pid = len(mpc.parties), mpc.threshold, mpc.pid
+    if n <= 1 or m == 1:
+        return list(columns)
+    if t == 0 or mpc.options.no_prss:
+        raise ValueError("shuffle needs t >= 1 and PRSS keys (m >= 3)")
+    uci = mpc._prss_uci()  # same at all parties, fresh per call (program counter)
+
+    # group columns by secure type; one stacked (k, n) block per type
+    groups: dict[type, list[int]] = {}
+    for j, c in enumerate(columns):
+        groups.setdefault(type(c), []).append(j)
+    blocks = {st: mpc.np_stack([columns[j] for j in idx]) if len(idx) > 1
+              else mpc.np_reshape(columns[idx[0]], (1, n)) for st, idx in groups.items()}
+
+    for S in subsets(m, t):
+        member = pid in S
+        perm = subset_permutation(mpc._prss_keys[S], uci, S, n) if member else None
+        if _trace is not None:
+            _trace[S] = perm
+        new_blocks = {}
+        for st, X in blocks.items():
+            sectype = X.sectype
+            field = sectype.field
+            k = X.shape[0]
+            if member:
+                shares = await mpc.gather(X)
+                lam = lagrange_at_zero(field, S)[S.index(pid)]
+                v = shares.value[:, perm]
+                if v.dtype != object:
+                    v = v.astype(object)
+                part = field.array(v * lam % field.modulus)
+            else:
+                part = field.array(np.zeros((k, n), dtype=object), check=False)
+            inputs = mpc.input(sectype.array(part), senders=list(S))
+            acc = inputs[0]
+            for y in inputs[1:]:
+                acc = acc + y
+            new_blocks[st] = acc
+        blocks = new_blocks
+
+    out = [None] * len(columns)
+    for st, idx in groups.items():
+        X = blocks[st]
+        for r, j in enumerate(idx):
+            out[j] = X[r]
+    return out
