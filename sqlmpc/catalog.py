@@ -155,9 +155,10 @@ class _TomlText:
             line = self.text.count("\n", 0, match.start()) + 1
         return line
 
-    def error(self, message: str, keypath: tuple[str, ...]) -> ConfigError:
+    def error(self, message: str, keypath: tuple[str, ...], *, missing: bool = False) -> ConfigError:
+        """``missing``: the last key is absent, so point at the line of the table that should hold it."""
         return ConfigError(message, path=str(self.path), location=".".join(keypath) or None,
-                           line=self.line_of(keypath))
+                           line=self.line_of(keypath[:-1] if missing else keypath))
 
 
 def _read_toml(path: Path) -> tuple[dict, _TomlText]:
@@ -185,8 +186,8 @@ class _Node:
             raise self.error(f"expected a table, found {_describe(value)}")
         self.value: dict = value
 
-    def error(self, message: str, key: str | None = None) -> ConfigError:
-        return self.source.error(message, self.keypath + ((key,) if key is not None else ()))
+    def error(self, message: str, key: str | None = None, *, missing: bool = False) -> ConfigError:
+        return self.source.error(message, self.keypath + ((key,) if key is not None else ()), missing=missing)
 
     def allow(self, keys: Iterable[str]) -> None:
         keys = tuple(keys)
@@ -201,7 +202,7 @@ class _Node:
 
     def require(self, key: str, kind: type | tuple[type, ...], what: str) -> object:
         if key not in self.value:
-            raise self.error(f"missing required key '{key}' ({what})", key)
+            raise self.error(f"missing required key '{key}' ({what})", key, missing=True)
         return self.get(key, kind, what)
 
     def get(self, key: str, kind: type | tuple[type, ...], what: str, default: object = None) -> object:
@@ -269,7 +270,8 @@ def _column(node: _Node, name: str) -> Column:
         raise node.error(f"unknown role '{role_text}'{hint}", "role") from None
     for key in _ROLE_SPECIFIC - set(_KEYS_OF_ROLE[role]):
         if node.has(key):
-            raise node.error(f"'{key}' does not apply to a {role.value} column", key)
+            article = "an" if role.value[0] in "aeiou" else "a"
+            raise node.error(f"'{key}' does not apply to {article} {role.value} column", key)
     nullable = node.get("nullable", bool, "true or false", default=role is not Role.KEY)
     if role is Role.KEY:
         return _key_column(node, name, type_, nullable)
@@ -313,7 +315,7 @@ def _measure_column(node: _Node, name: str, type_: str, nullable: bool) -> Colum
 def _domain(node: _Node, type_: str) -> tuple:
     if not node.has("domain"):
         raise node.error("a dimension needs a public 'domain': a list of values or { from = a, to = b }",
-                         "domain")
+                         "domain", missing=True)
     raw = node.value["domain"]
     if isinstance(raw, dict):
         bounds = node.child("domain")
@@ -352,11 +354,12 @@ def _table(node: _Node, party: str, name: str, base_dir: Path) -> Table:
         raise node.error(f"source '{source}' must end in {', '.join(SOURCE_FORMATS)}", "source")
     source_table = node.get("table", str, "the table's name inside the DuckDB file")
     if format_ == "duckdb" and source_table is None:
-        raise node.error("a .duckdb source needs 'table': the name of the table inside the file", "table")
+        raise node.error("a .duckdb source needs 'table': the name of the table inside the file", "table",
+                         missing=True)
     if format_ != "duckdb" and source_table is not None:
         raise node.error("'table' applies to .duckdb sources only", "table")
     if not node.has("columns"):
-        raise node.error("missing required key 'columns' (the table's columns)", "columns")
+        raise node.error("missing required key 'columns' (the table's columns)", "columns", missing=True)
     columns_node = node.child("columns")
     columns = tuple(_column(col, col_name) for col_name, col in columns_node.children())
     duplicate = _find_duplicate(c.name for c in columns)
@@ -498,14 +501,15 @@ def load_federation(path: str | Path, *, local_policy: str | Path | None = None)
     root = _Node(source, data, ())
     root.allow(("federation", "policy", "parties"))
     if not root.has("federation"):
-        raise root.error("missing the [federation] table (name = ...)", "federation")
+        raise root.error("missing the [federation] table (name = ...)", "federation", missing=True)
     fed_node = root.child("federation")
     fed_node.allow(("name", "insecure_demo", "description"))
     name = str(fed_node.require("name", str, "the federation's name"))
     insecure_demo = bool(fed_node.get("insecure_demo", bool, "true or false", default=False))
 
     if not root.has("parties"):
-        raise root.error("missing the [parties] table: a federation needs at least 3 parties", "parties")
+        raise root.error("missing the [parties] table: a federation needs at least 3 parties", "parties",
+                         missing=True)
     parties_node = root.child("parties")
     base_dir = path.resolve().parent
     parties = tuple(_party(p, p_name, base_dir) for p_name, p in parties_node.children())
@@ -535,7 +539,7 @@ def _local_policy(path: Path, policy: Policy, party_names: tuple[str, ...]) -> P
     root = _Node(source, data, ())
     root.allow(("policy",))
     if not root.has("policy"):
-        raise root.error("a local policy file holds one [policy] table", "policy")
+        raise root.error("a local policy file holds one [policy] table", "policy", missing=True)
     node = root.child("policy")
     return _stricter(policy, _policy_draft(node, party_names), node)
 
