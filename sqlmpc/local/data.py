@@ -213,10 +213,11 @@ def _checks(table: Table, converted: set[str]) -> list[_Check]:
                                  exp.Not(this=exp.In(this=typed.copy(), expressions=domain)), shown))
         if column.role is Role.MEASURE and column.range is not None:
             lo, hi = (exp.convert(v) for v in column.range)
-            # NaN compares greater than every number in DuckDB, so it is caught as > hi.
+            outside = exp.or_(exp.LT(this=typed.copy(), expression=lo), exp.GT(this=typed.copy(), expression=hi))
+            if column.type == "DOUBLE":   # NaN is no number in any range
+                outside = exp.or_(outside, exp.Anonymous(this="isnan", expressions=[typed.copy()]))
             checks.append(_Check(column, f"is outside the declared range [{column.range[0]}, {column.range[1]}]",
-                                 exp.or_(exp.LT(this=typed.copy(), expression=lo),
-                                         exp.GT(this=typed.copy(), expression=hi)), shown))
+                                 outside, shown))
     return checks
 
 
