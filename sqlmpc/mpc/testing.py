@@ -22,7 +22,7 @@ class PartyFailure(RuntimeError):
     pass
 
 
-def _child(fn, pid, addresses, args, q, session_kwargs):
+def _child(fn, pid, addresses, args, q, session_kwargs, open_session=True):
     import asyncio
 
     from sqlmpc.mpc.reveal import ledger_scope
@@ -30,6 +30,8 @@ def _child(fn, pid, addresses, args, q, session_kwargs):
 
     async def main():
         with ledger_scope():
+            if not open_session:
+                return await fn(addresses, pid, *args)
             async with MpcSession(pid, addresses, **session_kwargs) as mpc:
                 return await fn(mpc, pid, *args)
 
@@ -40,7 +42,12 @@ def _child(fn, pid, addresses, args, q, session_kwargs):
         q.put((pid, False, traceback.format_exc()))
 
 
-def run_parties(fn, m: int = 3, args=(), *, timeout: float = 120.0, session_kwargs=None) -> list:
+def run_parties(fn, m: int = 3, args=(), *, timeout: float = 120.0, session_kwargs=None,
+                open_session: bool = True) -> list:
+    """Run ``await fn(mpc, pid, *args)`` in m parties; returns their results in pid order.
+
+    With open_session=False no session is opened: fn(addresses, pid, *args) opens
+    its own (e.g. to measure or repeat sessions)."""
     from sqlmpc.mpc.session import free_ports
 
     ctx = mp.get_context("spawn")
@@ -48,7 +55,7 @@ def run_parties(fn, m: int = 3, args=(), *, timeout: float = 120.0, session_kwar
     addresses = [("127.0.0.1", p) for p in ports]
     q = ctx.Queue()
     kwargs = {"timeout": min(timeout, 60.0)} | dict(session_kwargs or {})
-    procs = [ctx.Process(target=_child, args=(fn, i, addresses, tuple(args), q, kwargs), daemon=True)
+    procs = [ctx.Process(target=_child, args=(fn, i, addresses, tuple(args), q, kwargs, open_session), daemon=True)
              for i in range(m)]
     for p in procs:
         p.start()
