@@ -1,0 +1,645 @@
+"""Parse the sqlmpc dialect: lark grammar -> sqlglot expressions, with readable errors.
+
+The grammar (grammar/sqlmpc.lark) decides what is accepted.  This module
+builds, by hand, the same sqlglot tree that ``sqlglot.parse_one(sql,
+read="duckdb")`` would build, so later layers can use sqlglot's tools; and it
+turns every lark failure into a SqlSyntaxError / UnsupportedSqlError that
+points at the offending token and says what is allowed instead.
+
+Every node built from source text gets ``node.meta = {"line", "col", "start",
+"end"}`` (1-based line/column, character offsets, end exclusive) so that later
+layers can raise errors with a caret.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.resources
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+from sqlglot import exp
+
+from sqlmpc.errors import SqlSyntaxError, UnsupportedSqlError
+from sqlmpc.sql.statements import Describe, Explain, Query, ShowPolicy, ShowTables, Statement
+
+# ---------------------------------------------------------------- hints
+
+READ_ONLY = "sqlmpc is read-only: only SELECT, EXPLAIN, SHOW TABLES, SHOW POLICY, DESCRIBE"
+NO_ROWS = ("person-level rows are never released; select dimensions and aggregates, "
+           "e.g. SELECT region, COUNT(*) FROM hospital.patients GROUP BY region")
+JOIN_HINT = "join with [LEFT] JOIN ... ON a.key = b.key"
+SUBQUERY_HINT = "subqueries in expressions are not supported; join on the key instead"
+WINDOW_HINT = "window functions are not supported; use GROUP BY"
+QUALIFIED_HINT = "tables are named party.table, e.g. hospital.patients"
+UNION_HINT = ("UNION ALL is only allowed in FROM, to stack one table held by several parties: "
+              "FROM (SELECT ... FROM h1.t UNION ALL SELECT ... FROM h2.t) AS u")
+DIALECT_HINT = ("the dialect is SELECT ... FROM party.table [[LEFT] JOIN party.table ON ...] "
+                "[WHERE ...] [GROUP BY ...] [HAVING ...] [ORDER BY ...] [LIMIT n]")
+
+# Words kept out of NAME by the grammar: what to say when one appears.
+RESERVED_WORDS = {
+    **{w: ("{} JOIN is not supported", JOIN_HINT) for w in ("RIGHT", "FULL", "CROSS", "NATURAL")},
+    "USING": ("JOIN ... USING is not supported", JOIN_HINT),
+    **{w: ("window functions are not supported", WINDOW_HINT) for w in ("OVER", "WINDOW", "QUALIFY")},
+    **{w: ("WITH (common table expressions) is not supported",
+           "write the query without WITH; name tables directly as party.table")
+       for w in ("WITH", "RECURSIVE")},
+    **{w: ("{} is not supported", UNION_HINT) for w in ("INTERSECT", "EXCEPT")},
+    "EXISTS": ("EXISTS subqueries are not supported", SUBQUERY_HINT),
+    **{w: ("{} is not supported", DIALECT_HINT) for w in ("LATERAL", "PIVOT", "UNPIVOT", "SAMPLE", "TABLESAMPLE")},
+}
+DDL_WORDS = {"CREATE", "DROP", "ALTER", "TRUNCATE", "RENAME", "GRANT", "REVOKE"}
+DML_WORDS = {"INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "UPSERT", "REPLACE"}
+
+# ---------------------------------------------------------------- functions
+
+AGGREGATES_1 = {
+    "SUM": exp.Sum, "AVG": exp.Avg, "MIN": exp.Min, "MAX": exp.Max,
+    "STDDEV": exp.Stddev, "STDDEV_SAMP": exp.StddevSamp, "STDDEV_POP": exp.StddevPop,
+    # sqlglot (duckdb) reads VAR_SAMP as Variance, like VARIANCE.
+    "VARIANCE": exp.Variance, "VAR_SAMP": exp.Variance, "VAR_POP": exp.VariancePop,
+}
+AGGREGATES_2 = {
+    "CORR": exp.Corr, "COVAR_POP": exp.CovarPop, "COVAR_SAMP": exp.CovarSamp,
+    "REGR_SLOPE": exp.RegrSlope, "REGR_INTERCEPT": exp.RegrIntercept, "REGR_R2": exp.RegrR2,
+}
+AGGREGATE_NAMES = ["COUNT", *AGGREGATES_1, *AGGREGATES_2]
+SCALAR_NAMES = ["ABS", "ROUND", "COALESCE", "LEAST", "GREATEST", "WIDTH_BUCKET",
+                "YEAR", "MONTH", "EXTRACT", "DATE_PART"]
+FUNCTION_HINT = (f"aggregates: {', '.join(AGGREGATE_NAMES)} (optionally FILTER (WHERE ...)); "
+                 f"functions: {', '.join(SCALAR_NAMES)}")
+DATE_PARTS = ("YEAR", "MONTH", "DAY")
+
+# CAST target types, as sqlglot's duckdb dialect names them.
+CAST_TYPES = {
+    "INTEGER": exp.DataType.Type.INT, "INT": exp.DataType.Type.INT,
+    "BIGINT": exp.DataType.Type.BIGINT, "SMALLINT": exp.DataType.Type.SMALLINT,
+    "DOUBLE": exp.DataType.Type.DOUBLE, "FLOAT": exp.DataType.Type.FLOAT, "REAL": exp.DataType.Type.FLOAT,
+    "DECIMAL": exp.DataType.Type.DECIMAL, "NUMERIC": exp.DataType.Type.DECIMAL,
+    "VARCHAR": exp.DataType.Type.TEXT, "TEXT": exp.DataType.Type.TEXT,
+    "BOOLEAN": exp.DataType.Type.BOOLEAN, "BOOL": exp.DataType.Type.BOOLEAN,
+    "DATE": exp.DataType.Type.DATE,
+}
+
+# ---------------------------------------------------------------- the lark parser
+
+
+def _grammar_text() -> str:
+    packaged = importlib.resources.files("sqlmpc.sql") / "sqlmpc.lark"
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parents[2] / "grammar" / "sqlmpc.lark").read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=1)
+def _lark() -> Lark:
+    # The basic (not contextual) lexer makes every keyword reserved everywhere,
+    # so "SELECT from h.t" fails at FROM instead of reading a column "from".
+    return Lark(_grammar_text(), parser="lalr", lexer="basic", propagate_positions=True,
+                maybe_placeholders=True)
+
+
+def parse(sql: str) -> Statement:
+    """Parse one statement (a trailing ';' is allowed) of the sqlmpc dialect."""
+    try:
+        tree = _lark().parse(sql)
+    except UnexpectedInput as err:
+        raise _explain(sql, err) from None
+    try:
+        return _ToSqlglot(sql).transform(tree)
+    except VisitError as err:  # lark wraps what the transformer raises
+        if isinstance(err.orig_exc, SqlSyntaxError):
+            raise err.orig_exc from None
+        raise
+
+
+def parse_query(sql: str) -> exp.Expression:
+    """Parse a SELECT and return its sqlglot tree."""
+    statement = parse(sql)
+    if not isinstance(statement, Query):
+        raise SqlSyntaxError(f"expected a SELECT query, got {type(statement).__name__.upper()}",
+                             sql=sql, line=1, column=1, hint="write SELECT ... FROM party.table ...")
+    return statement.tree
+
+
+# ---------------------------------------------------------------- positions
+
+
+def _line_col(sql: str, pos: int) -> tuple[int, int]:
+    line = sql.count("\n", 0, pos) + 1
+    return line, pos - (sql.rfind("\n", 0, pos) + 1) + 1
+
+
+def _error(cls, message: str, sql: str, start: int, end: int | None = None, hint: str | None = None):
+    line, col = _line_col(sql, start)
+    return cls(message, sql=sql, line=line, column=col, width=max(1, (end or start + 1) - start), hint=hint)
+
+
+def _placed(node: exp.Expression, start: int, end: int, sql: str) -> exp.Expression:
+    line, col = _line_col(sql, start)
+    node.meta.update(line=line, col=col, start=start, end=end)
+    return node
+
+
+# ---------------------------------------------------------------- tree -> sqlglot
+
+
+def _binary(cls):
+    """A transformer method for ``left <op> right`` (the operator token, if kept, sits between)."""
+    def build(self, meta, children):
+        return cls(this=children[0], expression=children[-1])
+    return build
+
+
+@v_args(meta=True)
+class _ToSqlglot(Transformer):
+    """Build the sqlglot tree that sqlglot's duckdb reader would build."""
+
+    def __init__(self, sql: str):
+        super().__init__()
+        self.sql = sql
+
+    # Every rule's node is stamped with the span of its text.
+    def _call_userfunc(self, tree, new_children=None):
+        node = super()._call_userfunc(tree, new_children)
+        if isinstance(node, exp.Expression) and not tree.meta.empty and "line" not in node.meta:
+            _placed(node, tree.meta.start_pos, tree.meta.end_pos, self.sql)
+        return node
+
+    def _fail(self, cls, message, token_or_meta, hint=None):
+        start = getattr(token_or_meta, "start_pos", 0)
+        end = getattr(token_or_meta, "end_pos", start + 1)
+        return _error(cls, message, self.sql, start, end, hint)
+
+    def _ident(self, token: Token) -> exp.Identifier:
+        if token.type == "QUOTED_NAME":
+            node = exp.Identifier(this=token.value[1:-1].replace('""', '"'), quoted=True)
+        else:
+            node = exp.Identifier(this=token.value, quoted=False)
+        return _placed(node, token.start_pos, token.end_pos, self.sql)
+
+    # ---- statements
+
+    def start(self, meta, children):
+        statement = children[0]
+        return Query(statement, self.sql) if isinstance(statement, exp.Expression) else statement
+
+    def explain(self, meta, children):
+        word, select = children
+        if word is not None and word.upper() != "ANALYZE":
+            raise self._fail(SqlSyntaxError, f"unexpected '{word}' after EXPLAIN", word,
+                             "write EXPLAIN SELECT ... or EXPLAIN ANALYZE SELECT ...")
+        return Explain(Query(select, self.sql), analyze=word is not None)
+
+    def show(self, meta, children):
+        (word,) = children
+        if word.upper() == "TABLES":
+            return ShowTables()
+        if word.upper() == "POLICY":
+            return ShowPolicy()
+        raise self._fail(UnsupportedSqlError, f"SHOW {word} is not supported", word,
+                         "use SHOW TABLES or SHOW POLICY")
+
+    def describe(self, meta, children):
+        (table,) = children
+        return Describe(party=table.args["db"].name, table=table.name)
+
+    # ---- SELECT
+
+    def select(self, meta, children):
+        items, source, *clauses = children
+        node = exp.Select(expressions=items)
+        node.set("from_", exp.From(this=source))
+        for clause in clauses:
+            if isinstance(clause, exp.Join):
+                node.append("joins", clause)
+            elif isinstance(clause, tuple):  # LIMIT [OFFSET]
+                node.set("limit", clause[0])
+                if clause[1] is not None:
+                    node.set("offset", clause[1])
+            else:
+                node.set(clause.key, clause)  # where, group, having, order
+        return node
+
+    def select_items(self, meta, children):
+        return children
+
+    def select_item(self, meta, children):
+        expr, alias = children
+        return expr if alias is None else exp.Alias(this=expr, alias=alias)
+
+    def alias(self, meta, children):
+        return self._ident(children[0])
+
+    def federated(self, meta, children):
+        union, alias = children
+        return exp.Subquery(this=union, alias=exp.TableAlias(this=alias))
+
+    def union_all(self, meta, children):
+        node = children[0]
+        for select in children[1:]:
+            node = exp.Union(this=node, expression=select, distinct=False)
+        return node
+
+    def simple_select(self, meta, children):
+        items, table, *where = children
+        node = exp.Select(expressions=items)
+        node.set("from_", exp.From(this=table))
+        if where:
+            node.set("where", where[0])
+        return node
+
+    def table_ref(self, meta, children):
+        table, alias = children
+        if alias is not None:
+            table.set("alias", exp.TableAlias(this=alias))
+        return table
+
+    def table_name(self, meta, children):
+        first, second = children
+        if second is None:
+            raise self._fail(UnsupportedSqlError, f"table '{first}' must be qualified by its party", first,
+                             QUALIFIED_HINT)
+        return exp.Table(this=self._ident(second), db=self._ident(first))
+
+    def join(self, meta, children):
+        kind, table, condition = children
+        return exp.Join(this=table, on=condition, **(kind or {}))
+
+    def join_kind(self, meta, children):
+        if children[0].type == "INNER":
+            return {"kind": "INNER"}
+        return {"side": "LEFT", **({"kind": "OUTER"} if children[1] is not None else {})}
+
+    def where(self, meta, children):
+        return exp.Where(this=children[0])
+
+    def group_by(self, meta, children):
+        return exp.Group(expressions=children)
+
+    def having(self, meta, children):
+        return exp.Having(this=children[0])
+
+    def order_by(self, meta, children):
+        return exp.Order(expressions=children)
+
+    def ordered(self, meta, children):
+        expr, direction, nulls = children
+        desc = None if direction is None else direction.type == "DESC"
+        if nulls is not None and nulls.upper() not in ("FIRST", "LAST"):
+            raise self._fail(SqlSyntaxError, f"unexpected '{nulls}' after NULLS", nulls,
+                             "write NULLS FIRST or NULLS LAST")
+        # DuckDB sorts NULLs last unless told otherwise; sqlglot records that.
+        return exp.Ordered(this=expr, desc=desc, nulls_first=nulls is not None and nulls.upper() == "FIRST")
+
+    def limit(self, meta, children):
+        count, offset = children
+        return (exp.Limit(expression=self._number(count)),
+                None if offset is None else exp.Offset(expression=self._number(offset)))
+
+    # ---- expressions
+
+    or_, and_ = _binary(exp.Or), _binary(exp.And)
+    eq, neq, lt, lte, gt, gte = (_binary(c) for c in (exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE))
+    add, sub, mul, mod = (_binary(c) for c in (exp.Add, exp.Sub, exp.Mul, exp.Mod))
+
+    def div(self, meta, children):
+        return exp.Div(this=children[0], expression=children[-1], typed=False, safe=False)
+
+    def not_(self, meta, children):
+        return exp.Not(this=children[-1])
+
+    def neg(self, meta, children):
+        return exp.Neg(this=children[0])
+
+    def paren(self, meta, children):
+        return exp.Paren(this=children[0])
+
+    @staticmethod
+    def _negated(negation, node):
+        return node if negation is None else exp.Not(this=node)
+
+    def between(self, meta, children):
+        value, negation, low, high = children
+        return self._negated(negation, exp.Between(this=value, low=low, high=high))
+
+    def in_(self, meta, children):
+        value, negation, *items = children
+        return self._negated(negation, exp.In(this=value, expressions=items))
+
+    def like(self, meta, children):
+        value, negation, pattern = children
+        # sqlglot spells NOT LIKE as Like(negate=True), unlike NOT IN / NOT BETWEEN.
+        return exp.Like(this=value, expression=pattern, **({"negate": True} if negation else {}))
+
+    def is_null(self, meta, children):
+        value, negation = children
+        return self._negated(negation, exp.Is(this=value, expression=exp.Null()))
+
+    def column(self, meta, children):
+        first, second = children
+        if second is None:
+            return exp.Column(this=self._ident(first))
+        return exp.Column(this=self._ident(second), table=self._ident(first))
+
+    def _number(self, token):
+        text = "0" + token.value if token.value.startswith(".") else token.value  # as sqlglot: .5 -> 0.5
+        return _placed(exp.Literal(this=text, is_string=False), token.start_pos, token.end_pos, self.sql)
+
+    def number(self, meta, children):
+        return self._number(children[0])
+
+    def string(self, meta, children):
+        return exp.Literal.string(children[0].value[1:-1].replace("''", "'"))
+
+    def true(self, meta, children):
+        return exp.Boolean(this=True)
+
+    def false(self, meta, children):
+        return exp.Boolean(this=False)
+
+    def null(self, meta, children):
+        return exp.Null()
+
+    def placeholder(self, meta, children):
+        return exp.Placeholder()
+
+    def typed_literal(self, meta, children):
+        name, text = children
+        if name.upper() != "DATE":
+            raise self._fail(UnsupportedSqlError, f"typed literal {name} '...' is not supported", name,
+                             "only DATE 'yyyy-mm-dd' literals are supported")
+        try:
+            datetime.date.fromisoformat(text.this)
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.this):
+                raise ValueError
+        except ValueError:
+            raise self._fail(SqlSyntaxError, f"invalid date '{text.this}'", meta,
+                             "write dates as DATE 'yyyy-mm-dd'") from None
+        return exp.Cast(this=text, to=exp.DataType(this=exp.DataType.Type.DATE, nested=False))
+
+    def case(self, meta, children):
+        operand, *ifs, default = children
+        node = exp.Case(ifs=ifs)
+        if operand is not None:
+            node.set("this", operand)
+        if default is not None:
+            node.set("default", default)
+        return node
+
+    def when(self, meta, children):
+        return exp.If(this=children[0], true=children[1])
+
+    def cast(self, meta, children):
+        return exp.Cast(this=children[0], to=children[1])
+
+    def type_name(self, meta, children):
+        name, precision, scale = children
+        kind = CAST_TYPES.get(name.upper())
+        if kind is None:
+            raise self._fail(UnsupportedSqlError, f"type {name} is not supported in CAST", name,
+                             f"types: {', '.join(CAST_TYPES)}")
+        params = [p for p in (precision, scale) if p is not None]
+        if params and kind != exp.DataType.Type.DECIMAL:
+            raise self._fail(SqlSyntaxError, f"type {name} takes no parameters", name, "write e.g. DECIMAL(10, 2)")
+        if kind == exp.DataType.Type.DECIMAL and not params:
+            params = ["18", "3"]  # DuckDB's default DECIMAL, as sqlglot spells it out
+        node = exp.DataType(this=kind, nested=False)
+        if params:
+            node.set("expressions", [exp.DataTypeParam(this=exp.Literal.number(str(p))) for p in params])
+        return node
+
+    def extract(self, meta, children):
+        part, value = children
+        if part.upper() not in DATE_PARTS:
+            raise self._fail(UnsupportedSqlError, f"EXTRACT({part} ...) is not supported", part,
+                             f"date parts: {', '.join(DATE_PARTS)}")
+        return exp.Extract(this=exp.Var(this=part.upper()), expression=value)
+
+    def args(self, meta, children):
+        return children
+
+    def filter(self, meta, children):
+        return exp.Where(this=children[0])
+
+    def function(self, meta, children):
+        name, args, filter_ = children
+        return self._function(name, args or [], filter_)
+
+    def function_star(self, meta, children):
+        name, star, filter_ = children
+        if name.upper() != "COUNT":
+            raise self._fail(SqlSyntaxError, f"{name}(*) is not allowed; only COUNT(*) takes *", star,
+                             f"write {name.upper()}(column)")
+        star_node = _placed(exp.Star(), star.start_pos, star.end_pos, self.sql)
+        return self._with_filter(name, exp.Count(this=star_node, big_int=True), filter_)
+
+    def function_distinct(self, meta, children):
+        name, value, filter_ = children
+        if name.upper() != "COUNT":
+            raise self._fail(UnsupportedSqlError, f"{name.upper()}(DISTINCT ...) is not supported", name,
+                             "DISTINCT is only allowed in COUNT(DISTINCT column)")
+        return self._with_filter(name, exp.Count(this=exp.Distinct(expressions=[value]), big_int=True), filter_)
+
+    def _with_filter(self, name, node, filter_):
+        if filter_ is None:
+            return node
+        _placed(node, name.start_pos, filter_.meta.get("start", name.end_pos), self.sql)
+        return exp.Filter(this=node, expression=filter_)
+
+    def _function(self, name: Token, args: list, filter_):
+        upper = name.upper()
+
+        def arity(*allowed):
+            if len(args) not in allowed:
+                wanted = " or ".join(str(n) for n in allowed)
+                raise self._fail(SqlSyntaxError, f"{upper} takes {wanted} argument{'s' if allowed != (1,) else ''}, "
+                                 f"got {len(args)}", name, f"e.g. {upper}({', '.join(['x', 'y', 'lo', 'hi'][:allowed[0]])})")
+
+        if upper == "COUNT":
+            arity(1)
+            return self._with_filter(name, exp.Count(this=args[0], big_int=True), filter_)
+        if upper in AGGREGATES_1:
+            arity(1)
+            return self._with_filter(name, AGGREGATES_1[upper](this=args[0]), filter_)
+        if upper in AGGREGATES_2:
+            arity(2)
+            return self._with_filter(name, AGGREGATES_2[upper](this=args[0], expression=args[1]), filter_)
+        if upper not in SCALAR_NAMES:
+            raise self._fail(UnsupportedSqlError, f"unknown function {name}", name, FUNCTION_HINT)
+        if filter_ is not None:
+            raise self._fail(SqlSyntaxError, f"FILTER applies only to aggregates, not to {upper}", name,
+                             "write e.g. SUM(x) FILTER (WHERE ...)")
+        if upper == "ABS":
+            arity(1)
+            return exp.Abs(this=args[0])
+        if upper == "ROUND":
+            arity(1, 2)
+            return exp.Round(this=args[0], **({"decimals": args[1]} if len(args) == 2 else {}))
+        if upper in ("YEAR", "MONTH"):
+            arity(1)
+            return (exp.Year if upper == "YEAR" else exp.Month)(this=args[0])
+        if upper == "WIDTH_BUCKET":
+            arity(4)
+            return exp.WidthBucket(this=args[0], min_value=args[1], max_value=args[2], num_buckets=args[3])
+        if upper == "DATE_PART":
+            arity(2)
+            part = args[0]
+            if not (isinstance(part, exp.Literal) and part.is_string and part.this.upper() in DATE_PARTS):
+                raise self._fail(UnsupportedSqlError, "DATE_PART needs 'year', 'month' or 'day' as its first argument",
+                                 name, "e.g. DATE_PART('year', admitted)")
+            # sqlglot keeps DATE_PART as an anonymous function under the name as written.
+            return exp.Anonymous(this=name.value, expressions=args)
+        if upper == "EXTRACT":  # only reached as EXTRACT(a, b): the real form is EXTRACT(part FROM d)
+            raise self._fail(SqlSyntaxError, "EXTRACT is written EXTRACT(part FROM date)", name,
+                             "e.g. EXTRACT(YEAR FROM admitted)")
+        if not args:
+            raise self._fail(SqlSyntaxError, f"{upper} needs at least one argument", name, f"e.g. {upper}(x, 0)")
+        if upper == "COALESCE":
+            return exp.Coalesce(this=args[0], expressions=args[1:])
+        cls = exp.Least if upper == "LEAST" else exp.Greatest
+        return cls(this=args[0], expressions=args[1:], ignore_nulls=True)
+
+
+# ---------------------------------------------------------------- lark errors -> our errors
+
+EXPRESSION_STARTS = {"INT", "DECIMAL", "STRING", "LPAR", "MINUS", "CASE", "CAST", "EXTRACT", "QMARK",
+                     "TRUE", "FALSE", "NULL", "NAME", "QUOTED_NAME", "NOT"}
+OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "PERCENT", "EQUAL", "LESSTHAN", "MORETHAN", "AND", "OR",
+             "NOT", "BETWEEN", "IN", "LIKE", "IS"}
+TWO_WORDS = {"GROUP": "GROUP BY", "ORDER": "ORDER BY"}
+
+
+def _unterminated(sql: str) -> SqlSyntaxError | None:
+    """An unterminated string, quoted name or comment (lark only sees a stray character)."""
+    i = 0
+    while i < len(sql):
+        if sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = len(sql) if end < 0 else end
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            if end < 0:
+                return _error(SqlSyntaxError, "unterminated /* comment", sql, i, i + 2, "close the comment with */")
+            i = end + 2
+        elif sql[i] in "'\"":
+            quote, j = sql[i], i + 1
+            while True:
+                j = sql.find(quote, j)
+                if j < 0:
+                    what = "string literal" if quote == "'" else "quoted name"
+                    return _error(SqlSyntaxError, f"unterminated {what}", sql, i, i + 1,
+                                  f"close it with {quote}; write {quote * 2} for a {quote} inside it")
+                if sql.startswith(quote * 2, j):
+                    j += 2
+                    continue
+                break
+            i = j + 1
+        else:
+            i += 1
+    return None
+
+
+def _display(name: str) -> str:
+    if name == "$END":
+        return "end of input"
+    if name in TWO_WORDS:
+        return TWO_WORDS[name]
+    if name in ("NAME", "QUOTED_NAME"):
+        return "a name"
+    if name in ("INT", "DECIMAL"):
+        return "a number"
+    if name == "STRING":
+        return "a string"
+    try:
+        value = _lark().get_terminal(name).pattern.value
+    except KeyError:
+        return name
+    return value.upper() if value.isalpha() else f"'{value}'"
+
+
+def _describe_expected(expected: set[str]) -> str:
+    names = set(expected)
+    parts = []
+    if names & {"STRING", "LPAR"} and names & {"INT", "NAME"}:
+        parts.append("an expression")
+        names -= EXPRESSION_STARTS
+    operators = names & (OPERATORS | {n for n in names if n.startswith("__ANON")})
+    names -= operators
+    order = {t.name: i for i, t in enumerate(_lark().terminals)}
+    shown = []
+    for name in sorted(names, key=lambda n: (n == "$END", order.get(n, 0))):
+        text = _display(name)
+        if text not in shown:
+            shown.append(text)
+    parts[len(parts):] = shown
+    if operators:
+        parts.append("an operator")
+    if len(parts) > 8:
+        parts = parts[:7] + ["..."]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
+
+
+def _explain(sql: str, err: UnexpectedInput) -> SqlSyntaxError:
+    """Turn a lark failure into an error that a person can act on."""
+    found = _unterminated(sql)
+    if found is not None:
+        return found
+
+    if isinstance(err, UnexpectedCharacters):
+        pos = err.pos_in_stream
+        word = re.match(r"[A-Za-z_]\w*", sql[pos:])
+        if word and word.group().upper() in RESERVED_WORDS:
+            message, hint = RESERVED_WORDS[word.group().upper()]
+            return _error(UnsupportedSqlError, message.format(word.group().upper()), sql, pos, word.end() + pos, hint)
+        return _error(SqlSyntaxError, f"unexpected character '{sql[pos]}'", sql, pos, pos + 1, DIALECT_HINT)
+
+    token = getattr(err, "token", None)
+    if isinstance(err, UnexpectedEOF) or token is None or token.type == "$END":
+        if not re.sub(r"--[^\n]*|/\*.*?\*/|[\s;]", "", sql, flags=re.S):
+            return _error(SqlSyntaxError, "empty query", sql, 0, 1,
+                          "write a query, e.g. SELECT region, COUNT(*) FROM hospital.patients GROUP BY region")
+        end = getattr(token, "end_pos", None) or len(sql.rstrip())
+        expected = set(getattr(err, "expected", ()) or ())
+        return _error(SqlSyntaxError, f"unexpected end of input; expected {_describe_expected(expected)}",
+                      sql, end, end + 1, DIALECT_HINT)
+
+    assert isinstance(err, UnexpectedToken)
+    expected = set(err.expected)
+    start, end = token.start_pos, token.end_pos
+    word = token.value.upper()
+
+    def unsupported(message, hint):
+        return _error(UnsupportedSqlError, message, sql, start, end, hint)
+
+    if expected == {"$END"}:
+        return _error(SqlSyntaxError, "only one statement at a time", sql, start, end,
+                      "remove everything after the first ';'")
+    if "SELECT" in expected and "INT" not in expected:  # where a statement starts
+        if word in DDL_WORDS | DML_WORDS:
+            return unsupported(f"{word} statements are not supported", READ_ONLY)
+        return _error(SqlSyntaxError, f"unexpected '{token.value}'; expected SELECT, EXPLAIN, SHOW or DESCRIBE",
+                      sql, start, end, READ_ONLY)
+    if expected == {"ALL"}:
+        return unsupported("UNION without ALL is not supported", UNION_HINT)
+    if token.type == "UNION":
+        return unsupported("UNION ALL is only allowed inside FROM ( ... ) AS alias", UNION_HINT)
+    if token.type == "STAR" and "NAME" in expected:
+        return unsupported("SELECT * is not supported", NO_ROWS)
+    if token.type == "DISTINCT":
+        return unsupported("SELECT DISTINCT is not supported", "use GROUP BY on the columns to get distinct groups")
+    if token.type == "SELECT" and "INT" in expected:
+        return unsupported("subqueries in expressions are not supported", SUBQUERY_HINT)
+    if token.type == "RPAR" and "UNION" in expected:
+        return unsupported("a subquery in FROM must be a UNION ALL of SELECTs", UNION_HINT)
+    if token.type == "COMMA" and "JOIN" in expected:
+        return unsupported("comma joins are not supported", JOIN_HINT)
+    if "ON" in expected:
+        return _error(SqlSyntaxError, f"unexpected '{token.value}'; a JOIN needs ON", sql, start, end, JOIN_HINT)
+    hint = "every SELECT reads FROM party.table, e.g. FROM hospital.patients" if "FROM" in expected else DIALECT_HINT
+    return _error(SqlSyntaxError, f"unexpected '{token.value}'; expected {_describe_expected(expected)}",
+                  sql, start, end, hint)
