@@ -173,7 +173,7 @@ def test_malicious_peer_message_rejected_in_session(tmp_path):
     path = str(tmp_path / "pwned")
     # the receivers' restricted unpickler raises UnpicklingError inside MPyC's coroutine,
     # which stops that party's event loop: the query fails for everyone, nothing runs
-    with pytest.raises(PartyFailure):
+    with pytest.raises(PartyFailure, match="forbidden global in peer message: posix.system"):
         run_parties(_evil_sender, args=(path,), timeout=20)
     assert not os.path.exists(path)
 

@@ -59,6 +59,11 @@ class SessionError(RuntimeError):
 
 _active = None  # the one open session in this process
 
+# Exceptions raised inside MPyC coroutines/callbacks during sessions in this process.
+# MPyC stops the event loop on such an exception (asyncoro._reconcile), so the awaiting
+# code only sees "Event loop stopped before Future completed"; the cause is kept here.
+errors: list[BaseException] = []
+
 
 def make_options(m: int, *, threshold: int | None = None, sec_param: int = 30,
                  bit_length: int = 32, no_prss: bool = False, log: bool = False):
@@ -142,7 +147,14 @@ class MpcSession:
         rt = runtime_mod.Runtime(self.pid, parties, self.options)
         # Runtime.__init__ caches asyncio.get_event_loop(); make sure it is *this* loop.
         rt._loop = asyncio.get_running_loop()
-        rt._loop.set_exception_handler(runtime_mod.asyncoro.exception_handler)
+        mpyc_handler = runtime_mod.asyncoro.exception_handler
+
+        def handler(loop, context, _pid=self.pid):
+            exc = context.get("exception")
+            if exc is not None:
+                errors.append(exc)
+            mpyc_handler(loop, context)
+        rt._loop.set_exception_handler(handler)
         install_runtime(rt)
         self.mpc = rt
         _active = self

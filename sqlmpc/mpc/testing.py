@@ -39,7 +39,9 @@ def _child(fn, pid, addresses, args, q, session_kwargs, open_session=True):
         result = asyncio.run(main())
         q.put((pid, True, result))
     except BaseException:  # noqa: BLE001 - report everything to the parent
-        q.put((pid, False, traceback.format_exc()))
+        from sqlmpc.mpc import session
+        causes = "".join(f"\ncause inside MPyC: {type(e).__name__}: {e}" for e in session.errors)
+        q.put((pid, False, traceback.format_exc() + causes))
 
 
 def run_parties(fn, m: int = 3, args=(), *, timeout: float = 120.0, session_kwargs=None,
@@ -74,7 +76,18 @@ def run_parties(fn, m: int = 3, args=(), *, timeout: float = 120.0, session_kwar
                     raise PartyFailure(f"party {dead[0]} died with exit code {procs[dead[0]].exitcode}")
                 continue
             if not ok:
-                raise PartyFailure(f"party {pid} failed:\n{value}")
+                failures = {pid: value}
+                end = time.monotonic() + 1.0  # collect the other parties' reports: find the root cause
+                while time.monotonic() < end and len(failures) + len(results) < m:
+                    try:
+                        i, ok_i, v = q.get(timeout=0.2)
+                    except queue_mod.Empty:
+                        continue
+                    if not ok_i:
+                        failures[i] = v
+                root = sorted(failures, key=lambda i: ("Event loop stopped" in failures[i], i))
+                text = "\n".join(f"party {i} failed:\n{failures[i]}" for i in root)
+                raise PartyFailure(text)
             results[pid] = value
         for p in procs:
             p.join(timeout=max(0.1, deadline - time.monotonic()))
