@@ -448,7 +448,8 @@ class _ToSqlglot(Transformer):
     def _with_filter(self, name, node, filter_):
         if filter_ is None:
             return node
-        _placed(node, name.start_pos, filter_.meta.get("start", name.end_pos), self.sql)
+        close = self.sql.rfind(")", 0, filter_.meta["start"]) + 1  # the aggregate ends at its ')'
+        _placed(node, name.start_pos, close, self.sql)
         return exp.Filter(this=node, expression=filter_)
 
     def _function(self, name: Token, args: list, filter_):
@@ -511,6 +512,7 @@ EXPRESSION_STARTS = {"INT", "DECIMAL", "STRING", "LPAR", "MINUS", "CASE", "CAST"
                      "TRUE", "FALSE", "NULL", "NAME", "QUOTED_NAME", "NOT"}
 OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "PERCENT", "EQUAL", "LESSTHAN", "MORETHAN", "AND", "OR",
              "NOT", "BETWEEN", "IN", "LIKE", "IS"}
+LITERAL_STARTS = {"INT", "DECIMAL", "STRING", "TRUE", "FALSE", "NULL", "MINUS", "QMARK"}
 TWO_WORDS = {"GROUP": "GROUP BY", "ORDER": "ORDER BY"}
 
 
@@ -563,25 +565,37 @@ def _display(name: str) -> str:
 
 
 def _describe_expected(expected: set[str]) -> str:
-    names = set(expected)
+    names = set(expected) - {"SEMICOLON"}  # a trailing ';' is never what the user is missing
     parts = []
-    if names & {"STRING", "LPAR"} and names & {"INT", "NAME"}:
+    if {"STRING", "LPAR", "NAME"} <= names:
         parts.append("an expression")
         names -= EXPRESSION_STARTS
+    elif {"STRING", "INT"} <= names:
+        parts.append("a literal")
+        names -= LITERAL_STARTS
     operators = names & (OPERATORS | {n for n in names if n.startswith("__ANON")})
     names -= operators
     order = {t.name: i for i, t in enumerate(_lark().terminals)}
-    shown = []
     for name in sorted(names, key=lambda n: (n == "$END", order.get(n, 0))):
-        text = _display(name)
-        if text not in shown:
-            shown.append(text)
-    parts[len(parts):] = shown
+        if _display(name) not in parts:
+            parts.append(_display(name))
     if operators:
         parts.append("an operator")
     if len(parts) > 8:
-        parts = parts[:7] + ["..."]
+        return ", ".join(parts[:7]) + ", ..."
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
+
+
+def _acceptable(err: UnexpectedInput) -> set[str]:
+    """The terminals that could really come next.
+
+    LALR merges states, so ``err.expected`` may list tokens that cannot follow
+    here; the interactive parser tries each one for real.
+    """
+    parser = getattr(err, "interactive_parser", None)
+    if parser is not None:
+        return set(parser.accepts())
+    return set(getattr(err, "expected", ()) or ())
 
 
 def _explain(sql: str, err: UnexpectedInput) -> SqlSyntaxError:
@@ -604,22 +618,27 @@ def _explain(sql: str, err: UnexpectedInput) -> SqlSyntaxError:
             return _error(SqlSyntaxError, "empty query", sql, 0, 1,
                           "write a query, e.g. SELECT region, COUNT(*) FROM hospital.patients GROUP BY region")
         end = getattr(token, "end_pos", None) or len(sql.rstrip())
-        expected = set(getattr(err, "expected", ()) or ())
+        expected = _acceptable(err)
         return _error(SqlSyntaxError, f"unexpected end of input; expected {_describe_expected(expected)}",
                       sql, end, end + 1, DIALECT_HINT)
 
     assert isinstance(err, UnexpectedToken)
-    expected = set(err.expected)
+    expected = _acceptable(err)
     start, end = token.start_pos, token.end_pos
     word = token.value.upper()
 
     def unsupported(message, hint):
         return _error(UnsupportedSqlError, message, sql, start, end, hint)
 
-    if expected == {"$END"}:
+    if expected <= {"$END", "SEMICOLON"}:
         return _error(SqlSyntaxError, "only one statement at a time", sql, start, end,
                       "remove everything after the first ';'")
     if "SELECT" in expected and "INT" not in expected:  # where a statement starts
+        # EXPLAIN DELETE ...: the parser took DELETE for ANALYZE and fails one word later.
+        explained = re.match(r"\s*explain\s+(\w+)", sql, re.I)
+        if explained and explained.group(1).upper() in DDL_WORDS | DML_WORDS:
+            word = explained.group(1).upper()
+            start, end = explained.span(1)
         if word in DDL_WORDS | DML_WORDS:
             return unsupported(f"{word} statements are not supported", READ_ONLY)
         return _error(SqlSyntaxError, f"unexpected '{token.value}'; expected SELECT, EXPLAIN, SHOW or DESCRIBE",
@@ -638,7 +657,16 @@ def _explain(sql: str, err: UnexpectedInput) -> SqlSyntaxError:
         return unsupported("a subquery in FROM must be a UNION ALL of SELECTs", UNION_HINT)
     if token.type == "COMMA" and "JOIN" in expected:
         return unsupported("comma joins are not supported", JOIN_HINT)
-    if "ON" in expected:
+    if token.type == "DOT" and re.search(r'[\w"]\s*\.\s*[\w"]+\s*$', sql[:start]):
+        return _error(SqlSyntaxError, "too many dots: names are party.table or alias.column", sql, start, end,
+                      QUALIFIED_HINT)
+    if expected == {"STRING"}:
+        return _error(SqlSyntaxError, f"unexpected '{token.value}'; LIKE takes a string pattern", sql, start, end,
+                      "write e.g. name LIKE 'A%'")
+    if {"STRING", "INT"} <= expected and "NAME" not in expected:
+        return _error(SqlSyntaxError, f"unexpected '{token.value}'; IN takes a list of literals", sql, start, end,
+                      "write x IN (1, 2, 3); to compare with another table, join on the key instead")
+    if expected == {"ON"}:
         return _error(SqlSyntaxError, f"unexpected '{token.value}'; a JOIN needs ON", sql, start, end, JOIN_HINT)
     hint = "every SELECT reads FROM party.table, e.g. FROM hospital.patients" if "FROM" in expected else DIALECT_HINT
     return _error(SqlSyntaxError, f"unexpected '{token.value}'; expected {_describe_expected(expected)}",
