@@ -61,6 +61,8 @@ ACCEPTED = [
     'SELECT Region, Count(*) FROM Hospital.Patients AS P GROUP BY Region',
     "SELECT COUNT(*) FROM h.t WHERE d BETWEEN DATE '2020-01-01' AND DATE '2020-12-31'",
     'SELECT CAST(SUM(x) AS DOUBLE) / COUNT(*) FROM h.t',
+    "SELECT a || b || c, a + b || c FROM h.t GROUP BY p.sex || b.region",
+    "SELECT COUNT(*) FROM h.t WHERE x BETWEEN a || b AND c",
     # multi-line, with comments
     "SELECT p.region,\n       COUNT(DISTINCT p.pid) AS people,\n       AVG(c.cost) FILTER (WHERE c.kind = 'er')\n"
     "FROM hospital.patients AS p\n  JOIN insurer.claims AS c ON p.pid = c.pid  -- same person\n"

@@ -111,10 +111,8 @@ def parse(sql: str) -> Statement:
         raise _explain(sql, err) from None
     try:
         return _ToSqlglot(sql).transform(tree)
-    except VisitError as err:  # lark wraps what the transformer raises
-        if isinstance(err.orig_exc, SqlSyntaxError):
-            raise err.orig_exc from None
-        raise
+    except VisitError as err:  # lark wraps what the transformer raises; unwrap it
+        raise err.orig_exc from None
 
 
 def parse_query(sql: str) -> exp.Expression:
@@ -306,6 +304,9 @@ class _ToSqlglot(Transformer):
     or_, and_ = _binary(exp.Or), _binary(exp.And)
     eq, neq, lt, lte, gt, gte = (_binary(c) for c in (exp.EQ, exp.NEQ, exp.LT, exp.LTE, exp.GT, exp.GTE))
     add, sub, mul, mod = (_binary(c) for c in (exp.Add, exp.Sub, exp.Mul, exp.Mod))
+
+    def dpipe(self, meta, children):
+        return exp.DPipe(this=children[0], expression=children[-1], safe=True)  # safe: as sqlglot's duckdb reader
 
     def div(self, meta, children):
         return exp.Div(this=children[0], expression=children[-1], typed=False, safe=False)
