@@ -301,7 +301,7 @@ REJECTED = [
     ('SELECT COUNT(*) FROM h.t WHERE x = 1 # 2',
      SqlSyntaxError, "unexpected character '#'", 1, 38),
     ('SELECT COUNT(*) FROM h.t LIMIT ALL',
-     SqlSyntaxError, "unexpected 'ALL'; expected a number", 1, 32),
+     SqlSyntaxError, "unexpected 'ALL'; expected a whole number", 1, 32),
     ('PRAGMA version',
      SqlSyntaxError, "unexpected 'PRAGMA'; expected SELECT, EXPLAIN, SHOW or DESCRIBE", 1, 1),
     ('EXPLAIN DELETE FROM h.t',

@@ -554,7 +554,9 @@ def _display(name: str) -> str:
         return TWO_WORDS[name]
     if name in ("NAME", "QUOTED_NAME"):
         return "a name"
-    if name in ("INT", "DECIMAL"):
+    if name == "INT":
+        return "a whole number"
+    if name == "DECIMAL":
         return "a number"
     if name == "STRING":
         return "a string"
