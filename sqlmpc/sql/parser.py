@@ -69,9 +69,9 @@ AGGREGATES_2 = {
 }
 AGGREGATE_NAMES = ["COUNT", *AGGREGATES_1, *AGGREGATES_2]
 SCALAR_NAMES = ["ABS", "ROUND", "COALESCE", "LEAST", "GREATEST", "WIDTH_BUCKET",
-                "YEAR", "MONTH", "EXTRACT", "DATE_PART"]
+                "YEAR", "MONTH", "DATE_PART"]
 FUNCTION_HINT = (f"aggregates: {', '.join(AGGREGATE_NAMES)} (optionally FILTER (WHERE ...)); "
-                 f"functions: {', '.join(SCALAR_NAMES)}")
+                 f"functions: {', '.join(SCALAR_NAMES)}, EXTRACT(YEAR|MONTH|DAY FROM d)")
 DATE_PARTS = ("YEAR", "MONTH", "DAY")
 
 # CAST target types, as sqlglot's duckdb dialect names them.
@@ -496,9 +496,6 @@ class _ToSqlglot(Transformer):
                                  name, "e.g. DATE_PART('year', admitted)")
             # sqlglot keeps DATE_PART as an anonymous function under the name as written.
             return exp.Anonymous(this=name.value, expressions=args)
-        if upper == "EXTRACT":  # only reached as EXTRACT(a, b): the real form is EXTRACT(part FROM d)
-            raise self._fail(SqlSyntaxError, "EXTRACT is written EXTRACT(part FROM date)", name,
-                             "e.g. EXTRACT(YEAR FROM admitted)")
         if not args:
             raise self._fail(SqlSyntaxError, f"{upper} needs at least one argument", name, f"e.g. {upper}(x, 0)")
         if upper == "COALESCE":
