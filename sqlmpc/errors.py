@@ -125,9 +125,9 @@ class PolicyError(PositionedError):
 
     rule: str = "policy"
 
-    def __init__(self, message: str, *, column: str | None = None, party: str | None = None,
+    def __init__(self, message: str, *, column_name: str | None = None, party: str | None = None,
                  **kwargs):
-        self.column_name = column
+        self.column_name = column_name
         self.party = party
         super().__init__(message, **kwargs)
 

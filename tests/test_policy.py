@@ -54,10 +54,11 @@ def test_policy_refusals(federation, sql, cls, rule, column, line, col):
     assert f"[{rule}]" in str(err)
 
 
-def test_select_star_is_person_level(federation):
-    with pytest.raises(errors.PolicyError) as info:
+def test_select_star_is_refused_as_person_level(federation):
+    with pytest.raises(errors.ProgrammingError) as info:
         check(federation, "SELECT * FROM hospital.patients")
-    assert "person-level" in str(info.value) or "person" in str(info.value)
+    assert "person-level" in str(info.value)
+    assert (info.value.line, info.value.column) == (1, 8)
 
 
 def test_join_between_parties_not_allowed(tmp_path, demo_path):

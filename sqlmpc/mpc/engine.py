@@ -131,10 +131,13 @@ class Engine:
         self.progress("join")
         total = sum(x.shape[0] * len(layouts[r]["keys"]) for r, x in matrices.items() if x is not None)
         bits = token_bits(max(total, 2))
-        tokens = {}
-        for rel, x in matrices.items():
-            for j, name in enumerate(layouts[rel]["keys"]):
-                tokens[(rel, name)] = [] if x is None else [int(t) for t in await key_tokens(x[:, j], bits=bits)]
+        # One PRF key for every key column, so that tokens compare across relations.
+        columns_ = [(rel, name, x[:, j]) for rel, x in matrices.items() if x is not None
+                    for j, name in enumerate(layouts[rel]["keys"])]
+        opened = await key_tokens([c for _, _, c in columns_], bits=bits) if columns_ else []
+        tokens = {(rel, name): [] for rel in matrices for name in layouts[rel]["keys"]}
+        for (rel, name, _), toks in zip(columns_, opened):
+            tokens[(rel, name)] = [int(t) for t in toks]
         index, matched = self.join_in_clear(tokens, {r: 0 if x is None else x.shape[0] for r, x in matrices.items()})
         n = len(next(iter(index.values()))) if index else 0
         if n == 0:

@@ -8,9 +8,13 @@ messages are JSON; results come back as Arrow IPC.
 from __future__ import annotations
 
 import json
+import os
 import resource
-import multiprocessing as mp
+import select
 import socket
+import struct
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +46,48 @@ def _from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
-def _party_main(federation_path: str, party: str, conn) -> None:
+class Channel:
+    """Length-prefixed frames over a pair of pipe file descriptors (JSON control, Arrow results)."""
+
+    def __init__(self, read_fd: int, write_fd: int):
+        self.reader = os.fdopen(read_fd, "rb", buffering=0)
+        self.writer = os.fdopen(write_fd, "wb", buffering=0)
+
+    def send_bytes(self, data: bytes) -> None:
+        self.writer.write(struct.pack("!Q", len(data)) + data)
+
+    def send(self, text: str) -> None:
+        self.send_bytes(text.encode())
+
+    def _read(self, n: int) -> bytes:
+        chunks = []
+        while n:
+            chunk = self.reader.read(n)
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def recv_bytes(self) -> bytes:
+        (n,) = struct.unpack("!Q", self._read(8))
+        return self._read(n)
+
+    def recv(self) -> str:
+        return self.recv_bytes().decode()
+
+    def poll(self, timeout: float) -> bool:
+        return bool(select.select([self.reader], [], [], timeout)[0])
+
+    def close(self) -> None:
+        for f in (self.reader, self.writer):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+def _party_main(federation_path: str, party: str, conn: Channel) -> None:
     """Party process: load only this party's data, then serve queries until told to stop."""
     from sqlmpc.catalog import load_federation
     from sqlmpc.party.node import PartyNode
@@ -91,8 +136,8 @@ def free_ports(n: int) -> list[int]:
 @dataclass
 class PartyProcess:
     name: str
-    process: mp.Process
-    conn: object
+    process: subprocess.Popen
+    conn: Channel
 
 
 class EmbeddedFederation:
@@ -103,14 +148,18 @@ class EmbeddedFederation:
             raise errors.InterfaceError("the federation must be loaded from a file")
         self.federation = federation
         self.timeout = timeout
-        ctx = mp.get_context("spawn")
         self.parties: list[PartyProcess] = []
         for p in federation.parties:
-            ours, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_party_main, args=(str(federation.path), p.name, theirs),
-                               name=f"sqlmpc-{p.name}", daemon=True)
-            proc.start()
-            self.parties.append(PartyProcess(p.name, proc, ours))
+            # A fresh interpreter per party (not fork): it imports only what a node needs.
+            to_child_r, to_child_w = os.pipe()
+            from_child_r, from_child_w = os.pipe()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "sqlmpc.party.embedded", str(federation.path), p.name,
+                 str(to_child_r), str(from_child_w)],
+                pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL)
+            os.close(to_child_r)
+            os.close(from_child_w)
+            self.parties.append(PartyProcess(p.name, proc, Channel(from_child_r, to_child_w)))
         for p in self.parties:
             reply = self._receive(p, 60.0)
             if "error" in reply:
@@ -169,9 +218,12 @@ class EmbeddedFederation:
             except (OSError, BrokenPipeError):
                 pass
         for p in self.parties:
-            p.process.join(timeout=5)
-            if p.process.is_alive():
+            try:
+                p.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
                 p.process.kill()
+                p.process.wait()
+            p.conn.close()
         self.parties = []
 
     def __enter__(self):
@@ -205,3 +257,7 @@ def demo_federation_path(persons: int = 5000, seed: int | None = None) -> Path:
         kwargs = {"seed": seed} if seed is not None else {}
         generate(out, persons=persons, **kwargs)
     return toml
+
+
+if __name__ == "__main__":
+    _party_main(sys.argv[1], sys.argv[2], Channel(int(sys.argv[3]), int(sys.argv[4])))

@@ -58,7 +58,7 @@ class PartyNode:
 
     def run_local(self, plan: Plan) -> dict[tuple[str, int], pa.Table]:
         """Run this party's local parts in its own DuckDB."""
-        return {(p.relation, p.part): self.db.execute(p.sql).to_arrow_table() for p in plan.parts_at(self.party)}
+        return {(p.relation, p.part): self.db.sql(p.sql).to_arrow_table() for p in plan.parts_at(self.party)}
 
     async def run_secure(self, mpc, plan: Plan, local, progress=None) -> pa.Table:
         from sqlmpc.mpc.engine import Engine

@@ -326,7 +326,7 @@ class Binder:
                     if cc.role is not Role.KEY:
                         raise self.error(errors.JoinPolicyError,
                                          f"'{c.table}.{c.name}' is a {cc.role.value}, not a key; "
-                                         "joins are on key columns only", c, column=c.name,
+                                         "joins are on key columns only", c, column_name=c.name,
                                          hint="join on the pseudonymous key, e.g. ON p.pid = c.pid")
                 if a.table == b.table or rel.alias not in (a.table, b.table):
                     raise self.error(errors.JoinPolicyError,
@@ -449,16 +449,16 @@ class Policy:
             if col.role is Role.KEY and not is_match_test(c):
                 raise self.err(errors.KeyColumnPolicyError,
                                f"key column '{c.table}.{c.name}' may only be used in JOIN ... ON and "
-                               "COUNT(DISTINCT ...)", c, column=c.name,
+                               "COUNT(DISTINCT ...)", c, column_name=c.name,
                                hint="keys are pseudonyms: they are never compared, selected or grouped")
             if col.role is Role.MEASURE and not allow_measures:
                 raise self.err(errors.MeasurePolicyError,
                                f"measure '{c.table}.{c.name}' may only be used inside an aggregate", c,
-                               column=c.name, hint=f"e.g. SUM({c.table}.{c.name}) or AVG(...)")
+                               column_name=c.name, hint=f"e.g. SUM({c.table}.{c.name}) or AVG(...)")
             if col.role is Role.ATTRIBUTE and (not filter_relations or len(rels) > 1):
                 raise self.err(errors.AttributePolicyError,
                                f"attribute '{c.table}.{c.name}' may only filter rows at its owner "
-                               "(a WHERE condition on its own table)", c, column=c.name)
+                               "(a WHERE condition on its own table)", c, column_name=c.name)
 
     def group_expression(self, g: exp.Expression):
         cols = list(g.find_all(exp.Column))
@@ -482,11 +482,11 @@ class Policy:
                 continue
             if col.role is Role.KEY:
                 raise self.err(errors.KeyColumnPolicyError,
-                               f"cannot GROUP BY the key column '{c.table}.{c.name}'", c, column=c.name,
+                               f"cannot GROUP BY the key column '{c.table}.{c.name}'", c, column_name=c.name,
                                hint="a group per person would release person-level rows")
             raise self.err(errors.GroupByPolicyError,
                            f"cannot GROUP BY {col.role.value} '{c.table}.{c.name}': only dimensions have a "
-                           "public domain", c, column=c.name,
+                           "public domain", c, column_name=c.name,
                            hint="bin a measure with CASE WHEN ... THEN 'label' ... END or WIDTH_BUCKET")
 
     def output(self, node, group_sql: set[str], clause: str = "SELECT"):
@@ -506,13 +506,13 @@ class Policy:
             col = self.col(node)
             if col.role is Role.KEY:
                 raise self.err(errors.KeyColumnPolicyError,
-                               f"key column '{node.table}.{node.name}' cannot be output", node, column=node.name,
+                               f"key column '{node.table}.{node.name}' cannot be output", node, column_name=node.name,
                                hint="count persons with COUNT(DISTINCT key) instead")
             if col.role is Role.DIMENSION and clause != "SELECT" and not group_sql:
                 pass
             raise self.err(errors.PersonLevelOutputError,
                            f"'{node.table}.{node.name}' is neither grouped nor aggregated ({clause})", node,
-                           column=node.name,
+                           column_name=node.name,
                            hint=f"add it to GROUP BY or wrap it in an aggregate"
                            if col.role is Role.DIMENSION else f"aggregate it, e.g. AVG({node.table}.{node.name})")
         for child in node.iter_expressions():

@@ -9,7 +9,7 @@ over moments, evaluated per cell in MPC and released as an exact ratio.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlglot import exp
 
@@ -205,11 +205,13 @@ class Planner:
         joins = self.secure_joins()
         keys = {a for j in joins for pair in j.pairs for _, a in pair} | {q.root.alias}
         parts = tuple(p for name in self.groups for p in self.local_parts(name, mode, moments, keys))
+        # The secure side knows groups, not the aliases inside them.
+        grid = CellGrid(tuple(replace(g, relation=self.group_of[g.relation].name) for g in self.grid.groups))
         return Plan(
             sql=q.sql, fingerprint=q.federation.fingerprint, mode=mode,
             relations=tuple(self.groups), joins=joins,
             nullable=tuple(n for n, g in self.groups.items() if g.nullable),
-            parts=parts, row_filter=row_filter if mode == "join" else None, grid=self.grid,
+            parts=parts, row_filter=row_filter if mode == "join" else None, grid=grid,
             cell_relations=cell_relations, moments=tuple(moments.values()), outputs=outputs, having=having,
             min_cell_size=q.federation.policy.min_cell_size,
             leakage=self.leakage(mode, parts, outputs, having),
