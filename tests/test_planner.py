@@ -28,15 +28,28 @@ def test_single_party_filters_run_at_their_owner(federation):
     assert plan.mode == "join"
 
 
+def test_same_party_join_runs_locally(federation):
+    plan = plan_for(federation, APP)
+    assert plan.relations == ("p", "c", "b")                  # app_usage joined inside the hospital
+    assert "LEFT JOIN hospital.app_usage AS u" in part(plan, "p").sql
+    assert [j.relation for j in plan.joins] == ["c", "b"]
+
+
 def test_group_codes_are_local_one_hot_sources(federation):
     plan = plan_for(federation, APP)
-    assert plan.cell_relations == ("b", "u")
+    assert plan.cell_relations == ("b", "p")
     assert part(plan, "b").column("cell").bound == 6          # six age bands
-    assert part(plan, "u").column("cell").bound == 2          # app / no app
-    # a patient without app use gets the 'no app' code: the CASE evaluated on a NULL row
-    assert part(plan, "u").column("cell").absent == 1
+    assert part(plan, "p").column("cell").bound == 2          # app / no app, computed at the hospital
     assert "LIST_POSITION" in part(plan, "b").sql
     assert plan.grid.size == 12
+
+
+def test_left_joined_party_gets_absent_values(federation):
+    plan = plan_for(federation, "SELECT b.region, COUNT(*) FROM insurer.claims c "
+                                "LEFT JOIN bureau.persons b ON b.pid = c.pid GROUP BY b.region")
+    assert plan.nullable == ("b",)
+    cell = part(plan, "b").column("cell")
+    assert cell.bound == 5 and cell.absent == 4               # NULL region: the last code
 
 
 def test_squares_for_variance_are_computed_locally(federation):
