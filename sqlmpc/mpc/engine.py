@@ -192,8 +192,14 @@ class Engine:
         for m in plan.moments:
             if m.kind == "persons":
                 X = E if isinstance(m.expr, exp.Literal) else E * self.row_expr(m.expr, columns, n).reshape(n, 1)
-                moments[m.name] = await self.distinct_persons(X, root_rows)
+                # Pre-aggregated per key and cell, a person has at most one row in a cell.
+                moments[m.name] = np.sum(X, axis=0) if self.one_row_per_person_and_cell() \
+                    else await self.distinct_persons(X, root_rows)
         return moments, n
+
+    def one_row_per_person_and_cell(self) -> bool:
+        """Pre-aggregated per key and cell by one owner each: no person repeats within a cell."""
+        return self.plan.per_key and all(len(self.plan.parts_of(r)) == 1 for r in self.plan.relations)
 
     def layout(self, part: LocalPart) -> dict:
         """Column positions of a relation's input matrix: keys, one-hot cells, values and flags."""

@@ -21,7 +21,7 @@ def canonical(plan: Plan) -> str:
         "moments": [[m.name, m.kind, m.expr.sql()] for m in plan.moments],
         "outputs": [o.sql() for o in plan.outputs],
         "having": plan.having.sql() if plan.having is not None else None,
-        "k": plan.min_cell_size,
+        "k": plan.min_cell_size, "per_key": plan.per_key,
         "leakage": [l.__dict__ for l in plan.leakage],
     }, sort_keys=True, default=str)
 
@@ -41,7 +41,8 @@ def explain(plan: Plan) -> str:
                    f"{len(plan.moments)} moments) and add them up")
     else:
         rels = ", ".join(plan.relations)
-        out.append(f"  {step}. secret-share each relation's rows ({rels}); shuffle each by resharing")
+        rows = "per-key totals" if plan.per_key else "rows"
+        out.append(f"  {step}. secret-share each party's {rows} ({rels}); shuffle each by resharing")
         step += 1
         out.append(f"  {step}. join on keyed PRF tokens of the shuffled keys: "
                    + "; ".join(f"{j.kind.upper()} JOIN {j.relation}" for j in plan.joins))

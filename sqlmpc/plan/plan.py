@@ -78,6 +78,7 @@ class Plan:
     having: exp.Expression | None
     min_cell_size: int
     leakage: tuple[Leak, ...]
+    per_key: bool = False                  # groups pre-aggregated per key and cell: a person is one row per cell
 
     def parts_of(self, relation: str) -> tuple[LocalPart, ...]:
         return tuple(p for p in self.parts if p.relation == relation)

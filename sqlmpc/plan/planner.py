@@ -204,7 +204,15 @@ class Planner:
                 "MIN and MAX are supported on queries that one party answers alone, or over a UNION ALL")
         joins = self.secure_joins()
         keys = {a for j in joins for pair in j.pairs for _, a in pair} | {q.root.alias}
-        parts = tuple(p for name in self.groups for p in self.local_parts(name, mode, moments, keys))
+        # Per-key pre-aggregation: when every moment is a product of one factor per group and no
+        # condition spans groups, Σ over joined rows = Σ over keys of Π_groups (Σ of the factor
+        # over the group's rows of that key and cell).  Joins then become (nearly) 1:1.
+        per_key = mode == "join" and row_filter is None and all(_is_product(m.expr) for m in moments.values())
+        sums = self.per_key_sums(moments) if per_key else {}
+        parts = tuple(p for name in self.groups
+                      for p in self.local_parts(name, mode, moments, keys, sums.get(name)))
+        if per_key:
+            moments = {n: replace(m, expr=sums["moments"][n]) for n, m in moments.items()}
         # The secure side knows groups, not the aliases inside them.
         grid = CellGrid(tuple(replace(g, relation=self.group_of[g.relation].name) for g in self.grid.groups))
         return Plan(
@@ -214,7 +222,7 @@ class Planner:
             parts=parts, row_filter=row_filter if mode == "join" else None, grid=grid,
             cell_relations=cell_relations, moments=tuple(moments.values()), outputs=outputs, having=having,
             min_cell_size=q.federation.policy.min_cell_size,
-            leakage=self.leakage(mode, parts, outputs, having),
+            leakage=self.leakage(mode, parts, outputs, having), per_key=per_key,
         )
 
     def secure_joins(self) -> tuple[Join, ...]:
@@ -255,7 +263,41 @@ class Planner:
         value = duckdb.execute(exp.select(nulled).sql("duckdb")).fetchall()[0][0]
         return g.domain.index(value)
 
-    def local_parts(self, name: str, mode: str, moments, keys: set[str]) -> list[LocalPart]:
+    def per_key_sums(self, moments: dict[str, Moment]) -> dict:
+        """Per group, the sums each moment needs of it; and each moment as a product of those sums."""
+        out: dict = {name: {} for name in self.groups}
+        rewritten = {}
+        for m in moments.values():
+            factors = []
+            for name in self.groups:
+                mine = [c for c in _factors(m.expr) if isinstance(c, exp.Column) and c.table == name]
+                if m.kind == "persons" and not mine:
+                    continue                               # "has a row" is the joined row itself
+                agg = "MAX" if m.kind == "persons" else "SUM"
+                product = times(*[exp.column(c.name, table="r") for c in mine])
+                key = (agg, product.sql())
+                sums = out[name]
+                if key not in sums:
+                    sums[key] = (f"s{len(sums)}", agg, product, self.sum_column(name, mine, agg, len(sums)))
+                factors.append(exp.column(sums[key][0], table=name))
+            rewritten[m.name] = times(*factors) if factors else ONE
+        out["moments"] = rewritten
+        return out
+
+    def sum_column(self, name: str, factors: list[exp.Column], agg: str, i: int) -> LocalColumn:
+        cols = [self.locals[name].exprs[c.name][0] for c in factors]
+        absent = 1
+        for c in cols:
+            absent *= c.absent if c.kind == "flag" else 0
+        if agg == "MAX":
+            return LocalColumn(f"s{i}", "flag", 0, 1, absent)
+        bound, scale = ROWS_PER_KEY, 0
+        for c in cols:
+            bound *= c.bound
+            scale += c.scale
+        return LocalColumn(f"s{i}", "value", scale, bound, absent)
+
+    def local_parts(self, name: str, mode: str, moments, keys: set[str], sums=None) -> list[LocalPart]:
         q = self.q
         group = self.groups[name]
         code, size, absent = self.cell_code(name)
@@ -291,8 +333,22 @@ class Planner:
             sql, part_cols = rows, tuple(cols)
             if mode == "local":
                 sql, part_cols = self.pre_aggregate(rows, name, moments)
+            elif sums is not None:
+                sql, part_cols = self.per_key_aggregate(rows, cols, sums)
             parts.append(LocalPart(name, part.party, i, sql.sql("duckdb", pretty=True), part_cols, size))
         return parts
+
+    def per_key_aggregate(self, rows: exp.Select, cols: list[LocalColumn], sums: dict) -> tuple[exp.Select, tuple]:
+        """The group's rows summed per key and cell: one row per person and cell."""
+        by = [exp.column(c.name, table="r") for c in cols if c.kind in ("key", "cell")]
+        items = list(by)
+        out = [c for c in cols if c.kind in ("key", "cell")]
+        for colname, agg, product, col in sums.values():
+            value = exp.Max(this=product) if agg == "MAX" else exp.Sum(this=exp.cast(product, "HUGEINT"))
+            items.append(exp.alias_(value, colname))
+            out.append(col)
+        query = exp.select(*items).from_(rows.subquery("r")).group_by(*[b.copy() for b in by])
+        return query, tuple(out)
 
     def source(self, rel: Relation, part: RelationPart) -> exp.Expression:
         table = exp.table_(part.table.name, db=part.party)
@@ -478,6 +534,19 @@ class Formulas:
         if isinstance(node, exp.RegrR2):
             return over(times(cov, cov), times(varx, vary))
         raise errors.NotSupportedError(f"aggregate {node.sql()} is not supported")
+
+
+ROWS_PER_KEY = 2 ** 24   # declared bound on one person's rows in one table (sets bit lengths)
+
+
+def _factors(expr: exp.Expression) -> list[exp.Expression]:
+    if isinstance(expr, exp.Mul):
+        return _factors(expr.this) + _factors(expr.expression)
+    return [] if expr == ONE else [expr]
+
+
+def _is_product(expr: exp.Expression) -> bool:
+    return all(isinstance(f, exp.Column) for f in _factors(expr))
 
 
 def _parenthesize(tree: exp.Expression) -> exp.Expression:
