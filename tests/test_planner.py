@@ -54,11 +54,13 @@ def test_left_joined_party_gets_absent_values(federation):
 
 def test_squares_for_variance_are_computed_locally(federation):
     plan = plan_for(federation, APP)
-    sums = [m for m in plan.moments if m.kind == "sum"]
-    for m in sums:                         # each moment is one local column (or a constant)
-        assert isinstance(m.expr, (exp.Column, exp.Literal)), m.expr.sql()
+    assert plan.per_key                     # no condition spans parties: each sums per person first
+    for m in plan.moments:                  # a product of at most one local column per group
+        factors = [f for f in m.expr.find_all(exp.Column)]
+        assert len({f.table for f in factors}) == len(factors), m.expr.sql()
     squares = [c for c in part(plan, "c").columns if c.kind == "value" and c.scale == 4]
-    assert squares, "cost² must be a local column at the insurer (scale 2 + 2)"
+    assert squares, "Σ cost² per person must be a local column at the insurer (scale 2 + 2)"
+    assert "GROUP BY" in part(plan, "c").sql
 
 
 def test_cross_party_predicate_stays_secure(federation):
