@@ -27,6 +27,7 @@ class Result:
     suppressed: list[bool]
     leakage: list = field(default_factory=list)
     min_cell_size: int | None = None
+    cells: pa.Table | None = None          # the released cell table behind the result (for audits and tests)
 
     @property
     def columns(self) -> list[str]:
@@ -87,4 +88,4 @@ def finish(q: BoundQuery, grid: CellGrid, cells: pa.Table) -> Result:
     out = con.sql(query.sql("duckdb")).to_arrow_table()
     suppressed = out.column("suppressed_").to_pylist()
     out = out.drop_columns(["suppressed_"]).rename_columns([n for n, _ in q.select])
-    return Result(out, suppressed, min_cell_size=q.federation.policy.min_cell_size)
+    return Result(out, suppressed, min_cell_size=q.federation.policy.min_cell_size, cells=cells)

@@ -77,7 +77,7 @@ def test_one_table_is_pre_aggregated_by_its_owner(federation):
     assert plan.mode == "local"
     p = part(plan, "c")
     assert "GROUP BY" in p.sql and p.party == "insurer"
-    assert [l.what for l in plan.leakage] == ["cells passing k", "released values"]
+    assert [l.what for l in plan.leakage] == ["input sizes", "cells passing k", "released values"]
 
 
 def test_where_on_a_dimension_narrows_its_domain(federation):
@@ -94,7 +94,8 @@ def test_plan_hash_is_stable_and_sensitive(federation):
 
 def test_leakage_declaration_names_every_opening(federation):
     plan = plan_for(federation, APP)
-    assert [l.what for l in plan.leakage] == ["join tokens", "cells passing k", "released values"]
+    assert [l.what for l in plan.leakage] == ["input sizes", "join tokens", "cells passing k", "released values"]
+    assert plan.leakage[-1].per_cell == 1 + 2 + 2            # COUNT opened as is; AVG and VAR_SAMP as ratios
 
 
 def test_explain_shows_local_sql_secure_part_and_leakage(federation):

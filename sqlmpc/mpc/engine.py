@@ -53,8 +53,11 @@ class Engine:
 
     async def sizes(self) -> dict[tuple[str, int], int]:
         """Every party learns the size of every local result (declared leakage: input sizes)."""
+        from sqlmpc.mpc.reveal import current_ledger
+
         mine = {f"{r}/{i}": t.num_rows for (r, i), t in self.local.items()}
         everyone = await self.mpc.transfer(mine)
+        current_ledger().record("input sizes", len(self.plan.parts), "rows of each local result")
         sizes = {}
         for d in everyone:
             for key, n in d.items():

@@ -57,8 +57,24 @@ class Leak:
     """One line of the leakage declaration: what is opened, how many values, why."""
 
     what: str
-    count: str           # how many, in terms of run-time sizes (e.g. "n(hospital.patients)")
+    count: str           # how many, in terms of run-time sizes (e.g. "12 × released cells")
     why: str
+    per_cell: int = 0    # for per-cell openings: values opened per (released) cell
+
+
+def opened_per_cell(formula: exp.Expression) -> int:
+    """How many values the release of one output formula opens per released cell.
+
+    A formula without a secret denominator is opened as is (1); a ratio opens
+    num·r and den·r (2); a correlation opens its square as a ratio and its sign (3).
+    """
+    if isinstance(formula, exp.Sqrt):
+        return opened_per_cell(formula.this)
+    if isinstance(formula, exp.Div) and isinstance(formula.expression, exp.Sqrt):
+        return 3
+    secret_denominator = any(any(c.table == "M" for c in d.expression.find_all(exp.Column))
+                             for d in formula.find_all(exp.Div))
+    return 2 if secret_denominator else 1
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from sqlmpc import errors
 from sqlmpc.catalog import Role
 from sqlmpc.plan.bind import BoundQuery, Join, Relation, RelationPart, is_aggregate
 from sqlmpc.plan.cells import CellGrid, _lit, cell_grid
-from sqlmpc.plan.plan import Leak, LocalColumn, LocalPart, Moment, Plan
+from sqlmpc.plan.plan import Leak, LocalColumn, LocalPart, Moment, Plan, opened_per_cell
 from sqlmpc.result import aggregate_items
 
 BOOLEAN = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.And, exp.Or, exp.Not, exp.Is,
@@ -383,18 +383,22 @@ class Planner:
         return query, tuple(cols)
 
     def leakage(self, mode, parts, outputs, having) -> tuple[Leak, ...]:
-        leaks = []
+        k = self.q.federation.policy.min_cell_size
+        leaks = [Leak("input sizes", f"{len(parts)}",
+                      "rows of each local result" + (" (per-key totals)" if mode == "join" else " (cells)"))]
         if mode == "join":
-            leaks.append(Leak("join tokens", "Σ rows × token bits",
+            leaks.append(Leak("join tokens", "Σ keys × token bits",
                               "Legendre-PRF bits of each shuffled key: reveal which shuffled rows share a key "
-                              "(input sizes after local filters, join size, key multiplicity pattern)"))
+                              "(join size and key multiplicity pattern)"))
         leaks.append(Leak("cells passing k", f"{self.grid.size}",
-                          f"which cells describe at least k={self.q.federation.policy.min_cell_size} persons"))
+                          f"which cells describe at least k={k} persons", per_cell=1))
         if having is not None:
-            leaks.append(Leak("having", "cells passing k", "HAVING outcome of the released cells"))
+            leaks.append(Leak("having", "1 × cells passing k", "HAVING outcome of the released cells", per_cell=1))
         if outputs:
-            leaks.append(Leak("released values", f"{len(outputs)} × released cells",
-                              "the result: each output of each released cell (as an exact ratio)"))
+            per_cell = sum(opened_per_cell(o) for o in outputs)
+            leaks.append(Leak("released values", f"{per_cell} × released cells",
+                              "the result: each output of each released cell (ratios as num·r, den·r)",
+                              per_cell=per_cell))
         return tuple(leaks)
 
 
