@@ -6,9 +6,10 @@
 """
 
 from sqlmpc.dbapi import (  # noqa: F401
-    Connection, Cursor, DatabaseError, DataError, Error, IntegrityError, InterfaceError, InternalError,
-    NotSupportedError, OperationalError, ProgrammingError, Warning, apilevel, connect, paramstyle,
-    threadsafety,
+    BINARY, DATETIME, NUMBER, ROWID, STRING, Binary, Connection, Cursor, DatabaseError, DataError, Date,
+    DateFromTicks, Error, IntegrityError, InterfaceError, InternalError, NotSupportedError,
+    OperationalError, ProgrammingError, Time, TimeFromTicks, Timestamp, TimestampFromTicks, Warning,
+    apilevel, connect, paramstyle, threadsafety,
 )
 
 __version__ = "0.1.0"

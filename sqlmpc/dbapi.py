@@ -4,10 +4,17 @@
 process per party on loopback).  ``connect(federation="fed.toml")`` runs a
 federation file's parties embedded; ``oracle=True`` runs the plaintext
 oracle instead (a dry run on synthetic data: no privacy at all).
+
+Beyond PEP 249: ``Cursor.fetch_arrow_table()``, ``Cursor.fetchdf()``,
+``Cursor.suppressed`` (one flag per result row: the cell had fewer than k
+persons, its values are None) and ``Cursor.leakage`` (what the secure
+computation opened besides the result).
 """
 
 from __future__ import annotations
 
+import datetime
+import time as _time
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,8 +31,59 @@ threadsafety = 1          # threads may share the module, not connections
 paramstyle = "qmark"
 
 
+# --------------------------------------------------------------------------
+# Type objects and constructors (PEP 249).  A column's type code in
+# ``Cursor.description`` is its Arrow type as a string ("int64", "double",
+# "string", "date32[day]", ...); it compares equal to one of these objects.
+
+
+class DBAPITypeObject:
+    def __init__(self, name: str, *prefixes: str):
+        self.name = name
+        self.prefixes = prefixes
+
+    def __eq__(self, other):
+        if isinstance(other, DBAPITypeObject):
+            return self is other
+        return isinstance(other, str) and other.startswith(self.prefixes)
+
+    def __hash__(self):
+        return hash(self.name)
+
+    def __repr__(self):
+        return f"<sqlmpc type {self.name}>"
+
+
+STRING = DBAPITypeObject("STRING", "string", "large_string")
+BINARY = DBAPITypeObject("BINARY", "binary", "large_binary", "fixed_size_binary")
+NUMBER = DBAPITypeObject("NUMBER", "int", "uint", "float", "halffloat", "double", "decimal", "bool")
+DATETIME = DBAPITypeObject("DATETIME", "date", "time", "timestamp", "duration")
+ROWID = DBAPITypeObject("ROWID")          # sqlmpc has no row ids
+
+Date = datetime.date
+Time = datetime.time
+Timestamp = datetime.datetime
+Binary = bytes
+
+
+def DateFromTicks(ticks: float) -> datetime.date:  # noqa: N802 - PEP 249 name
+    return Date(*_time.localtime(ticks)[:3])
+
+
+def TimeFromTicks(ticks: float) -> datetime.time:  # noqa: N802
+    return Time(*_time.localtime(ticks)[3:6])
+
+
+def TimestampFromTicks(ticks: float) -> datetime.datetime:  # noqa: N802
+    return Timestamp(*_time.localtime(ticks)[:6])
+
+
+# --------------------------------------------------------------------------
+
+
 def connect(federation: str | Path | None = None, *, oracle: bool = False, timeout: float = 30.0,
             persons: int = 5000) -> "Connection":
+    """Connect to a federation (a TOML file) or, with no argument, to the embedded demo."""
     from sqlmpc.catalog import load_federation
     from sqlmpc.party.embedded import demo_federation_path
 
@@ -38,40 +96,92 @@ class Connection:
         self.federation = federation
         self.oracle = oracle
         self._backend = None
+        self._closed = False
         if not oracle:
             from sqlmpc.party.embedded import EmbeddedFederation
             self._backend = EmbeddedFederation(federation, timeout=timeout)
-        self._closed = False
 
-    def run(self, sql: str, parameters=None) -> Result:
+    def _check_open(self) -> None:
         if self._closed:
             raise errors.InterfaceError("the connection is closed")
-        if parameters:
-            from sqlmpc.sql import parse_query
-            from sqlmpc.sql.params import bind_parameters
-            # Values become literals in the tree; sqlglot renders (and escapes) them.
-            sql = bind_parameters(parse_query(sql), parameters).sql("duckdb")
-        if self.oracle:
-            from sqlmpc.oracle import run_oracle
-            return run_oracle(sql, self.federation)
-        return self._backend.query(sql)
+
+    def run(self, sql: str, parameters=None) -> Result:
+        """Run one statement and return its whole result (the engine under ``Cursor.execute``)."""
+        self._check_open()
+        from sqlmpc.sql import Describe, Explain, Query, ShowPolicy, ShowTables, parse
+
+        statement = parse(sql)
+        if parameters is not None and not isinstance(statement, Query):
+            if parameters:
+                raise errors.ProgrammingError("parameters are only allowed in a SELECT")
+        if isinstance(statement, Query):
+            if parameters:
+                from sqlmpc.sql.params import bind_parameters
+                # Values become literals in the tree; sqlglot renders (and escapes) them.
+                sql = bind_parameters(statement.tree, parameters).sql("duckdb")
+            return self._query(sql)
+        if isinstance(statement, Explain):
+            from sqlmpc.plan.bind import bind
+            from sqlmpc.plan.explain import explain
+            from sqlmpc.plan.planner import plan_query
+            text = explain(plan_query(bind(statement.query.tree, self.federation, sql)))
+            return _listing({"plan": text.splitlines()})
+        if isinstance(statement, ShowTables):
+            tables = self.federation.tables
+            return _listing({"party": [t.party for t in tables], "table": [t.name for t in tables]})
+        if isinstance(statement, Describe):
+            table = self.federation.table(statement.party, statement.table)
+            if table is None:
+                raise errors.UnknownTableError(f"no table {statement.party}.{statement.table}")
+            cols = table.columns
+            return _listing({"column": [c.name for c in cols], "type": [c.type for c in cols],
+                             "role": [c.role.value for c in cols]})
+        if isinstance(statement, ShowPolicy):
+            policy = self.federation.policy
+            return _listing({"setting": ["min_cell_size", "joins"],
+                             "value": [str(policy.min_cell_size),
+                                       "any pair" if policy.joins is None else
+                                       "; ".join(sorted(" ⋈ ".join(sorted(j)) for j in policy.joins))]})
+        raise errors.NotSupportedError(f"unsupported statement {type(statement).__name__}")
+
+    def _query(self, sql: str) -> Result:
+        try:
+            if self.oracle:
+                from sqlmpc.oracle import run_oracle
+                return run_oracle(sql, self.federation)
+            return self._backend.query(sql)
+        except errors.Error:
+            raise
+        except OSError as exc:      # a party's pipe or socket broke
+            raise errors.OperationalError(f"lost contact with a party: {exc}") from exc
+        except Exception as exc:    # a bug: still a DB-API error, with its cause chained
+            raise errors.InternalError(f"{type(exc).__name__}: {exc}") from exc
 
     def cursor(self) -> "Cursor":
+        self._check_open()
         return Cursor(self)
 
     def execute(self, sql: str, parameters=None) -> "Cursor":
+        """Shortcut (as in sqlite3 and DuckDB): a new cursor that has run ``sql``."""
         return self.cursor().execute(sql, parameters)
 
     def commit(self) -> None:
         """sqlmpc is read-only: nothing to commit."""
+        self._check_open()
 
     def rollback(self) -> None:
+        self._check_open()
         raise errors.NotSupportedError("sqlmpc is read-only: there are no transactions to roll back")
 
     def close(self) -> None:
         if self._backend is not None:
             self._backend.close()
+            self._backend = None
         self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def __enter__(self):
         return self
@@ -80,18 +190,38 @@ class Connection:
         self.close()
 
 
-class Cursor:
-    arraysize = 1
+def _listing(columns: dict[str, list]) -> Result:
+    table = pa.table({k: pa.array(v, pa.string()) for k, v in columns.items()})
+    return Result(table, [False] * table.num_rows)
 
+
+class Cursor:
     def __init__(self, connection: Connection):
         self.connection = connection
+        self.arraysize = 1
         self._result: Result | None = None
         self._rows: list[tuple] = []
         self._pos = 0
+        self._closed = False
         self.leakage: list = []
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise errors.InterfaceError("the cursor is closed")
+        self.connection._check_open()
+
+    def _check_result(self) -> None:
+        self._check_open()
+        if self._result is None:
+            raise errors.ProgrammingError("no result to fetch: call execute() first")
 
     @property
     def description(self):
+        """One 7-tuple per column: (name, type_code, None, None, None, None, True).
+
+        ``type_code`` is the Arrow type as a string; it equals ``STRING``,
+        ``NUMBER`` or ``DATETIME``.  Every column may be NULL (suppressed cells).
+        """
         if self._result is None:
             return None
         return [(f.name, str(f.type), None, None, None, None, True) for f in self._result.table.schema]
@@ -101,46 +231,89 @@ class Cursor:
         return -1 if self._result is None else len(self._rows)
 
     @property
+    def rownumber(self) -> int | None:
+        return None if self._result is None else self._pos
+
+    @property
     def suppressed(self) -> list[bool]:
-        return [] if self._result is None else self._result.suppressed
+        """Per result row: True when the cell had fewer than k persons (its values are None)."""
+        return [] if self._result is None else list(self._result.suppressed)
 
     def execute(self, sql: str, parameters=None) -> "Cursor":
-        self._result = self.connection.run(sql, parameters)
-        self._rows = self._result.rows()
-        self._pos = 0
-        self.leakage = self._result.leakage
+        self._check_open()
+        self._result = None
+        self._rows, self._pos, self.leakage = [], 0, []
+        result = self.connection.run(sql, parameters)
+        self._result = result
+        self._rows = result.rows()
+        self.leakage = list(result.leakage)
         return self
 
     def executemany(self, sql: str, seq_of_parameters) -> "Cursor":
+        """Run ``sql`` once per parameter sequence; the last result stays fetchable."""
         for parameters in seq_of_parameters:
             self.execute(sql, parameters)
         return self
 
     def fetchone(self):
+        self._check_result()
         if self._pos >= len(self._rows):
             return None
         self._pos += 1
         return self._rows[self._pos - 1]
 
     def fetchmany(self, size: int | None = None):
+        self._check_result()
         size = self.arraysize if size is None else size
         out = self._rows[self._pos:self._pos + size]
         self._pos += len(out)
         return out
 
     def fetchall(self):
+        self._check_result()
         out = self._rows[self._pos:]
         self._pos = len(self._rows)
         return out
 
     def fetch_arrow_table(self) -> pa.Table:
-        return self._result.table
+        """The rows not fetched yet, as an Arrow table (suppressed cells are null)."""
+        self._check_result()
+        out = self._result.table.slice(self._pos)
+        self._pos = len(self._rows)
+        return out
 
     def fetchdf(self):
-        return self._result.table.to_pandas()
+        """The rows not fetched yet, as a pandas DataFrame (suppressed cells are NaN/None)."""
+        return self.fetch_arrow_table().to_pandas()
+
+    def setinputsizes(self, sizes) -> None:
+        pass
+
+    def setoutputsize(self, size, column=None) -> None:
+        pass
+
+    def callproc(self, procname, parameters=None):
+        raise errors.NotSupportedError("sqlmpc has no stored procedures")
+
+    def nextset(self):
+        raise errors.NotSupportedError("sqlmpc returns one result set per statement")
 
     def close(self) -> None:
         self._result = None
+        self._rows = []
+        self._closed = True
 
     def __iter__(self):
-        return iter(self.fetchone, None)
+        return self
+
+    def __next__(self):
+        row = self.fetchone()
+        if row is None:
+            raise StopIteration
+        return row
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
