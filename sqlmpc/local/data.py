@@ -295,3 +295,19 @@ def open_union_database(federation: Federation, *, validate: bool = True) -> duc
     for table in federation.tables:
         register_table(con, table, validate=validate)
     return con
+
+
+def seal(con: duckdb.DuckDBPyConnection, tables) -> None:
+    """Load the given tables into memory and cut the database off from every file.
+
+    A party node seals its database after loading its own tables: its local
+    SQL can then read nothing but those tables, not another party's files.
+    """
+    for table in tables:
+        view = exp.Table(this=_ident(table.name), db=_ident(table.party)).sql("duckdb")
+        loaded = exp.Table(this=_ident(f"{table.name}__loaded"), db=_ident(table.party)).sql("duckdb")
+        con.execute(f"CREATE TABLE {loaded} AS SELECT * FROM {view}")
+        con.execute(f"DROP VIEW {view}")
+        con.execute(f"ALTER TABLE {loaded} RENAME TO {_ident(table.name).sql('duckdb')}")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")

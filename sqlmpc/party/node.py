@@ -38,7 +38,7 @@ class Outcome:
 
 class PartyNode:
     def __init__(self, federation: Federation, party: str):
-        from sqlmpc.local.data import open_party_database
+        from sqlmpc.local.data import open_party_database, seal
 
         if federation.party(party) is None:
             raise errors.ConfigError(f"party '{party}' is not in the federation")
@@ -46,6 +46,7 @@ class PartyNode:
         self.party = party
         self.index = {p.name: i for i, p in enumerate(federation.parties)}
         self.db: duckdb.DuckDBPyConnection = open_party_database(federation, party)
+        seal(self.db, federation.party(party).tables)      # own tables in memory; no file access after this
 
     def admit(self, sql: str, digest: str | None) -> Plan:
         """This party's own decision on a proposed query: plan it and compare plan hashes."""
