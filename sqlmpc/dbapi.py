@@ -115,10 +115,12 @@ class Connection:
             if parameters:
                 raise errors.ProgrammingError("parameters are only allowed in a SELECT")
         if isinstance(statement, Query):
-            if parameters:
-                from sqlmpc.sql.params import bind_parameters
-                # Values become literals in the tree; sqlglot renders (and escapes) them.
-                sql = bind_parameters(statement.tree, parameters).sql("duckdb")
+            from sqlmpc.sql.params import bind_parameters
+            # Values become literals in the tree; sqlglot renders (and escapes) them.  Binding
+            # also checks that every '?' has a parameter.
+            bound = bind_parameters(statement.tree, parameters)
+            if bound is not statement.tree:
+                sql = bound.sql("duckdb")
             return self._query(sql)
         if isinstance(statement, Explain):
             from sqlmpc.plan.bind import bind
