@@ -23,7 +23,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from sqlmpc import errors
-from sqlmpc.mpc.prf import key_tokens, token_bits
+from sqlmpc.mpc.prf import residue_tokens, token_bits, token_field
 from sqlmpc.mpc.reveal import reveal, reveal_ratio
 from sqlmpc.mpc.shuffle import shuffle
 from sqlmpc.plan.plan import LocalPart, Plan
@@ -65,13 +65,13 @@ class Engine:
                 sizes[(r, int(i))] = int(n)
         return sizes
 
-    def input_matrix(self, part: LocalPart, n: int, width: int, values: np.ndarray | None):
+    def input_matrix(self, part: LocalPart, n: int, width: int, values: np.ndarray | None, sectype=None):
         """Secret-share the owner's integer matrix (n x width); the others pass zeros of that shape."""
         owner = self.index[part.party]
         if n == 0 or width == 0:
             return None
         data = values if self.mpc.pid == owner else np.zeros((n, width), dtype=object)
-        return self.mpc.input(self.secint.array(data), senders=owner)
+        return self.mpc.input((sectype or self.secint).array(data), senders=owner)
 
     # -- local mode ----------------------------------------------------------
 
@@ -111,37 +111,46 @@ class Engine:
     async def run_join_mode(self, sizes) -> dict[str, object]:
         plan, mpc = self.plan, self.mpc
         self.progress("input")
-        matrices, layouts = {}, {}
+        keyfield = token_field()
+        matrices, keymats, layouts = {}, {}, {}
         for rel in plan.relations:
             parts = plan.parts_of(rel)
             layout = self.layout(parts[0])
             layouts[rel] = layout
-            blocks = []
+            blocks, keyblocks = [], []
             for part in parts:
                 n = sizes[(rel, part.part)]
-                values = self.encode(part, layout) if part.party == self.me else None
+                keys, values = self.encode(part, layout) if part.party == self.me else (None, None)
                 x = self.input_matrix(part, n, layout["width"], values)
+                kx = self.input_matrix(part, n, len(layout["keys"]), keys, keyfield)
                 if x is not None:
                     blocks.append(x)
-            matrices[rel] = np.vstack(blocks) if len(blocks) > 1 else (blocks[0] if blocks else None)
+                if kx is not None:
+                    keyblocks.append(kx)
+            matrices[rel] = _stack(blocks)
+            keymats[rel] = _stack(keyblocks)
 
         self.progress("shuffle")
-        for rel, x in matrices.items():
-            if x is not None and x.shape[0] > 1:
-                cols = await shuffle([x[:, j] for j in range(x.shape[1])])
-                matrices[rel] = self.stack_columns(cols)
+        for rel, k in keymats.items():
+            if k is not None and k.shape[0] > 1:
+                x = matrices[rel]
+                width = 0 if x is None else x.shape[1]
+                cols = await shuffle([k[:, j] for j in range(k.shape[1])] + [x[:, j] for j in range(width)])
+                keymats[rel] = self.stack_columns(cols[:k.shape[1]])
+                if width:
+                    matrices[rel] = self.stack_columns(cols[k.shape[1]:])
 
         self.progress("join")
-        total = sum(x.shape[0] * len(layouts[r]["keys"]) for r, x in matrices.items() if x is not None)
+        total = sum(k.shape[0] * k.shape[1] for k in keymats.values() if k is not None)
         bits = token_bits(max(total, 2))
         # One PRF key for every key column, so that tokens compare across relations.
-        columns_ = [(rel, name, x[:, j]) for rel, x in matrices.items() if x is not None
+        columns_ = [(rel, name, k[:, j]) for rel, k in keymats.items() if k is not None
                     for j, name in enumerate(layouts[rel]["keys"])]
-        opened = await key_tokens([c for _, _, c in columns_], bits=bits) if columns_ else []
+        opened = await residue_tokens([c for _, _, c in columns_], bits=bits) if columns_ else []
         tokens = {(rel, name): [] for rel in matrices for name in layouts[rel]["keys"]}
         for (rel, name, _), toks in zip(columns_, opened):
             tokens[(rel, name)] = [int(t) for t in toks]
-        index, matched = self.join_in_clear(tokens, {r: 0 if x is None else x.shape[0] for r, x in matrices.items()})
+        index, matched = self.join_in_clear(tokens, {r: 0 if k is None else k.shape[0] for r, k in keymats.items()})
         n = len(next(iter(index.values()))) if index else 0
         if n == 0:
             return self.empty_moments(), 1
@@ -205,33 +214,34 @@ class Engine:
         return self.plan.per_key and all(len(self.plan.parts_of(r)) == 1 for r in self.plan.relations)
 
     def layout(self, part: LocalPart) -> dict:
-        """Column positions of a relation's input matrix: keys, one-hot cells, values and flags."""
+        """Column positions of a relation's input matrix: one-hot cells, values and flags (keys apart)."""
         keys = [c.name for c in part.columns if c.kind == "key"]
         cells = part.column("cell")
-        onehot = len(keys)
-        columns, pos = {}, onehot + (cells.bound if cells.bound > 1 else 0)
+        columns, pos = {}, (cells.bound if cells.bound > 1 else 0)
         for c in part.columns:
             if c.kind in ("value", "flag"):
                 columns[c.name] = (pos, c)
                 pos += 1
-        return {"width": pos, "keys": keys, "onehot": onehot, "cells": cells.bound,
+        return {"width": pos, "keys": keys, "onehot": 0, "cells": cells.bound,
                 "absent_cell": cells.absent, "columns": columns}
 
-    def encode(self, part: LocalPart, layout: dict) -> np.ndarray:
+    def encode(self, part: LocalPart, layout: dict) -> tuple[np.ndarray, np.ndarray]:
+        """This party's local result as integer matrices: keys (for tokens) and values."""
         t = self.local[(part.relation, part.part)]
         n = t.num_rows
-        out = np.zeros((n, layout["width"]), dtype=object)
+        keys = np.zeros((n, len(layout["keys"])), dtype=object)
         for j, name in enumerate(layout["keys"]):
             # A missing key (LEFT JOIN inside the party) becomes a fresh random value: it matches nothing.
-            out[:, j] = [int(k) if k is not None else secrets.randbits(64) + 2 ** 64
-                         for k in t.column(name).to_pylist()]
+            keys[:, j] = [int(k) if k is not None else secrets.randbits(64) + 2 ** 64
+                          for k in t.column(name).to_pylist()]
+        out = np.zeros((n, layout["width"]), dtype=object)
         if layout["cells"] > 1:
             codes = np.array(t.column("cell").to_pylist(), dtype=np.int64)
             inside = codes >= 0
             out[np.nonzero(inside)[0], layout["onehot"] + codes[inside]] = 1
         for name, (j, _) in layout["columns"].items():
             out[:, j] = [int(v) for v in t.column(name).to_pylist()]
-        return out
+        return keys, out
 
     def stack_columns(self, cols):
         return np.stack(cols, axis=1)
@@ -563,6 +573,13 @@ def _ratio_parts(node: exp.Expression):
 
 
 EXTREME = 10 ** 18
+
+
+def _stack(blocks: list):
+    """Rows of several parts (UNION ALL branches) as one secure matrix."""
+    if not blocks:
+        return None
+    return blocks[0] if len(blocks) == 1 else np.vstack(blocks)
 
 
 def _expr_bound(node, locals_) -> int:

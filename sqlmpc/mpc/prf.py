@@ -132,3 +132,116 @@ async def key_tokens(keys, *, bits: int, key: PrfKey | None = None, mode: str = 
         out.append(tokens[i:i + length])
         i += length
     return out
+
+
+# -- power-residue tokens ------------------------------------------------------------
+#
+# The Legendre PRF opens one bit per multiplication.  Its generalisation to d-th power
+# residues (Damgård 1988) opens log2(d) bits per multiplication: for p ≡ 1 (mod d) the
+# d-th power residue symbol χ(y) = y^((p-1)/d) is a d-th root of unity, and with a mask
+# ρ that is a uniformly random d-th power, y = (k + s)·ρ is uniform on the coset of
+# (k + s) and reveals χ(k + s) and nothing else.  ρ is a product of t+1 parties' secret
+# inputs r_i^d (each party picks r_i itself), so no t parties know it.  With d = 2^16 and
+# a 128-bit prime, four evaluations give a 64-bit token; the known attacks on the power
+# residue PRF (which need known input/output pairs, not a shuffled multiset) stay far
+# beyond reach at this field size.
+
+RESIDUE_BITS = 16
+
+
+def _token_prime(bits: int = 128, degree_bits: int = RESIDUE_BITS) -> int:
+    import gmpy2
+    step = 1 << degree_bits
+    c = (1 << (bits - 1)) // step + 1
+    while not gmpy2.is_prime(c * step + 1):
+        c += 1
+    return int(c * step + 1)
+
+
+_TOKEN_PRIME = None
+_ROOTS: dict | None = None
+
+
+def token_field():
+    """The secure prime field of join keys: p ≡ 1 (mod 2^16), 128 bits (keys are 64-bit hashes)."""
+    from mpyc.runtime import mpc
+    global _TOKEN_PRIME
+    if _TOKEN_PRIME is None:
+        _TOKEN_PRIME = _token_prime()
+    return mpc.SecFld(_TOKEN_PRIME)
+
+
+def _root_index(p: int) -> dict:
+    """Map each 2^16-th root of unity mod p to its discrete log (a 16-bit token digit)."""
+    global _ROOTS
+    if _ROOTS is None:
+        import gmpy2
+        d = 1 << RESIDUE_BITS
+        a = 3
+        while gmpy2.powmod(a, (p - 1) // 2, p) == 1:   # a non-square generates the full 2-part
+            a += 1
+        g = int(gmpy2.powmod(a, (p - 1) // d, p))
+        table, x = {}, 1
+        for i in range(d):
+            table[x] = i
+            x = x * g % p
+        _ROOTS = table
+    return _ROOTS
+
+
+async def residue_tokens(keys: list, *, bits: int,
+                         why: str = "join on pseudonymous keys: match tokens in the clear") -> list[np.ndarray]:
+    """64-bit-or-more tokens of secret keys (arrays of `token_field()`), one PRF key for all."""
+    import secrets
+
+    import gmpy2
+    from mpyc import thresha
+    from mpyc.runtime import mpc
+
+    from sqlmpc.mpc.reveal import reveal
+
+    lengths = [a.shape[0] for a in keys]
+    n = sum(lengths)
+    digits = max(1, -(-bits // RESIDUE_BITS))
+    if n == 0:
+        return [np.zeros(0, dtype=object) for _ in keys]
+    sectype = keys[0].sectype
+    field = sectype.field
+    p = int(field.modulus)
+    d = 1 << RESIDUE_BITS
+    N = n * digits
+    k = keys[0] if len(keys) == 1 else mpc.np_concatenate(keys)
+    s = mpc._np_randoms(sectype, digits)                                 # the PRF key, unknown to all
+    y = mpc.np_add(mpc.np_reshape(k, (n, 1)), mpc.np_reshape(s, (1, digits)))
+    t, m = mpc.threshold, len(mpc.parties)
+    # Masks: parties 0..t each input ρ_i = r_i^d; their product is a random d-th power.
+    masks = []
+    for i in range(t + 1):
+        mine = None
+        if mpc.pid == i:
+            mine = np.array([int(gmpy2.powmod(secrets.randbelow(p - 1) + 1, d, p)) for _ in range(N)], dtype=object)
+        data = mine if mine is not None else np.zeros(N, dtype=object)
+        masks.append(mpc.np_reshape(mpc.input(sectype.array(field.array(data)), senders=i), (n, digits)))
+    for mask in masks[:-1]:
+        y = mpc.np_multiply(y, mask)                                     # t resharing rounds
+    if t > 0 and not mpc.options.no_prss:
+        # The last product is opened as a degree-2t sharing, re-randomised by a PRZS.
+        y_sh, last_sh = await mpc.gather(y, masks[-1])
+        z = thresha.np_pseudorandom_share_0(field, m, mpc.pid, mpc.prfs(field.order), mpc._prss_uci(), N)
+        opened = await reveal(sectype.array(y_sh * last_sh + z.reshape((n, digits))), what="join tokens",
+                              why=why, raw=True, _threshold=2 * t)
+    else:
+        opened = await reveal(mpc.np_multiply(y, masks[-1]), what="join tokens", why=why, raw=True)
+    roots = _root_index(p)
+    exponent = (p - 1) // d
+    values = opened.value.reshape(-1)
+    symbols = np.array([roots[int(gmpy2.powmod(int(v), exponent, p))] if v else 0 for v in values],
+                       dtype=object).reshape(n, digits)
+    tokens = np.zeros(n, dtype=object)
+    for j in range(digits):
+        tokens = tokens * d + symbols[:, j]
+    out, i = [], 0
+    for length in lengths:
+        out.append(tokens[i:i + length])
+        i += length
+    return out
