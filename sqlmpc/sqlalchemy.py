@@ -4,19 +4,43 @@
     create_engine("sqlmpc:///path/to/fed.toml")     a federation file's parties, embedded
 
 Parties are schemas, their tables are tables; the federation is read-only.
+pandas works through ``pandas.read_sql(text(sql), engine)``; Core
+``select()`` statements compile to the sqlmpc dialect (a table of a party is
+rendered ``party.table AS table`` and its columns ``table.column``, as the
+dialect names columns by alias, never by three-part names).
 """
 
 from __future__ import annotations
 
 from sqlalchemy import types as sqltypes
 from sqlalchemy.engine import default
+from sqlalchemy.sql import compiler
+from sqlalchemy.sql.schema import Table
 
 _TYPES = {"INTEGER": sqltypes.Integer, "BIGINT": sqltypes.BigInteger, "DOUBLE": sqltypes.Float,
           "VARCHAR": sqltypes.String, "DATE": sqltypes.Date, "BOOLEAN": sqltypes.Boolean}
 
 
+class SqlmpcCompiler(compiler.SQLCompiler):
+    def visit_table(self, table, asfrom=False, enclosing_alias=None, **kw):
+        text = super().visit_table(table, asfrom=asfrom, enclosing_alias=enclosing_alias, **kw)
+        aliased = enclosing_alias is not None and enclosing_alias.element is table
+        if asfrom and table.schema and not aliased and kw.get("use_schema", True):
+            text += " AS " + self.preparer.quote(table.name)
+        return text
+
+    def visit_column(self, column, include_table=True, **kw):
+        text = super().visit_column(column, include_table=include_table, **kw)
+        table = column.table
+        if include_table and isinstance(table, Table) and table.schema:
+            prefix = self.preparer.quote_schema(table.schema) + "."
+            text = text.removeprefix(prefix)
+        return text
+
+
 class SqlmpcDialect(default.DefaultDialect):
     name = "sqlmpc"
+    statement_compiler = SqlmpcCompiler
     driver = "sqlmpc"
     supports_statement_cache = True
     supports_native_boolean = True
