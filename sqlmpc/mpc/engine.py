@@ -27,6 +27,7 @@ from sqlmpc.mpc.prf import residue_tokens, token_bits, token_field
 from sqlmpc.mpc.reveal import reveal, reveal_ratio
 from sqlmpc.mpc.shuffle import shuffle
 from sqlmpc.plan.plan import LocalPart, Plan
+from sqlmpc.plan.planner import EXTREME
 
 
 @dataclass
@@ -570,9 +571,6 @@ def _ratio_parts(node: exp.Expression):
         yield exp.Mul(this=node.this, expression=exp.Mul(this=node.expression, expression=node.expression))
     else:
         yield node
-
-
-EXTREME = 10 ** 18
 
 
 def _stack(blocks: list):

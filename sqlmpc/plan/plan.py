@@ -50,6 +50,7 @@ class Moment:
     name: str
     expr: exp.Expression                  # secure row expression (exp.Literal 1 for a count)
     kind: str = "sum"                     # "sum" | "persons" | "min" | "max"
+    present: exp.Expression | None = None  # min/max: the rows whose value is not NULL
 
 
 @dataclass(frozen=True)

@@ -374,7 +374,15 @@ class Planner:
                     agg = exp.Count(this=exp.Distinct(expressions=[exp.If(
                         this=exp.EQ(this=local(m.expr), expression=ONE), true=key)]))
             elif m.kind in ("min", "max"):
-                agg = exp.Min(this=local(m.expr)) if m.kind == "min" else exp.Max(this=local(m.expr))
+                value = local(m.expr)
+                if m.present is not None:           # NULLs (coalesced to 0 in the row) do not count
+                    value = exp.If(this=exp.EQ(this=local(m.present), expression=ONE), true=value)
+                agg = exp.Min(this=value) if m.kind == "min" else exp.Max(this=value)
+                # A cell without values holds an extreme that loses every comparison across parties.
+                extreme = exp.Literal.number(EXTREME if m.kind == "min" else -EXTREME)
+                items.append(exp.alias_(exp.func("coalesce", agg, extreme), m.name))
+                cols.append(LocalColumn(m.name, m.kind))
+                continue
             else:
                 agg = exp.Sum(this=exp.cast(local(m.expr), "HUGEINT"))
             items.append(exp.alias_(exp.func("coalesce", agg, exp.Literal.number(0)), m.name))
@@ -443,14 +451,15 @@ class Formulas:
         self.q = planner.q
         self.moments = moments
 
-    def moment(self, expr: exp.Expression, kind: str = "sum") -> exp.Column:
+    def moment(self, expr: exp.Expression, kind: str = "sum", present: exp.Expression | None = None) -> exp.Column:
         local = self.p.localize(expr) if expr is not ONE else ONE
-        key = (kind, local.sql())
+        present = self.p.localize(present) if present is not None and present is not ONE else None
+        key = (kind, local.sql(), present.sql() if present is not None else None)
         for m in self.moments.values():
-            if (m.kind, m.expr.sql()) == key:
+            if (m.kind, m.expr.sql(), m.present.sql() if m.present is not None else None) == key:
                 return M(m.name)
         name = f"m{len(self.moments)}"
-        self.moments[name] = Moment(name, local, kind)
+        self.moments[name] = Moment(name, local, kind, present)
         return M(name)
 
     def persons(self):
@@ -495,8 +504,11 @@ class Formulas:
         x = node.this
         px, sx = self.presence(x), _interval(x, self.q)[2]
         if isinstance(node, (exp.Min, exp.Max)):
-            m = self.moment(x, "min" if isinstance(node, exp.Min) else "max")
-            return over(m, exp.Literal.number(10 ** sx)) if sx else m
+            m = self.moment(x, "min" if isinstance(node, exp.Min) else "max", present=times(weight, px))
+            # m·n/n: NULL exactly when the cell has no non-NULL value (n = 0).
+            n = total(px)
+            value = over(times(m, n), n)
+            return over(value, exp.Literal.number(10 ** sx)) if sx else value
 
         if isinstance(node, (exp.Sum, exp.Avg, exp.Stddev, exp.StddevSamp, exp.StddevPop,
                              exp.Variance, exp.VariancePop)):
@@ -540,6 +552,7 @@ class Formulas:
         raise errors.NotSupportedError(f"aggregate {node.sql()} is not supported")
 
 
+EXTREME = 10 ** 18         # stands for "no value" in a party's per-cell MIN/MAX
 ROWS_PER_KEY = 2 ** 24   # declared bound on one person's rows in one table (sets bit lengths)
 
 

@@ -1,0 +1,606 @@
+"""A long-running party node on the network: ``sqlmpc serve``.
+
+Three endpoints per node (ports default to the federation address's port P):
+
+* peer control, P (the federation ``address``): Arrow Flight with mutual TLS;
+  only holders of a certificate from the federation's CA get through.  Actions
+  (JSON bodies): ``hello``, ``propose``, ``execute``, ``abort``.
+* analyst control, ``--analyst-port`` (default P + 1): Arrow Flight with TLS and
+  a bearer token (``authorization: Bearer ...``).  Actions: ``query``, ``status``.
+* MPC data plane, ``--mpc-port`` (default P + 2): MPyC's own TCP channels with
+  TLS, open only while a query runs (a fresh MpcSession per query).
+
+The node that receives an analyst's query coordinates it: it parses, binds and
+plans, proposes {sql, digest, catalog fingerprint, k, analyst} to every peer;
+each peer decides on its own (own federation file + local policy,
+``PartyNode.admit``) and answers with its MPC port or its reason.  Any refusal
+stops the query for all (the accepted peers are told to abort) and the analyst
+gets that party's reason.  Otherwise all nodes run their local parts and the
+MPC concurrently (``PartyNode.run_local`` / ``run_secure``, the same code the
+embedded federation runs); the coordinator checks that every party computed
+the same cell table, finishes the result and returns it as Arrow IPC with the
+leakage ledger.  One query at a time per node (a slot, held from proposal to
+the end of execution); a busy peer says so and the coordinator retries.
+
+Without certificates the node refuses to start unless ``--insecure-loopback``,
+and then it binds 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from sqlmpc import errors
+from sqlmpc.party.audit import AuditLog
+from sqlmpc.party.embedded import _REPORTABLE, _from_ipc, _rebuild, _to_ipc
+
+BUSY_WAIT = 2.0        # how long a peer waits for its slot before answering "busy"
+
+
+def version() -> str:
+    import sqlmpc
+    return getattr(sqlmpc, "__version__", "unknown")
+
+
+# -- wire helpers ----------------------------------------------------------------
+
+def error_reply(exc: BaseException, party: str | None = None) -> dict:
+    name = type(exc).__name__
+    if name not in _REPORTABLE:
+        # Keep the class where the client can rebuild it; name the party for the rest.
+        name = "OperationalError" if isinstance(exc, errors.OperationalError) else name
+    return {"error": name, "message": str(exc), "party": getattr(exc, "party", None) or party}
+
+
+def rebuild(reply: dict, party: str | None = None) -> Exception:
+    exc = _rebuild(reply, reply.get("party") or party)
+    return exc
+
+
+def results(*items) -> list[flight.Result]:
+    out = []
+    for item in items:
+        data = item if isinstance(item, (bytes, bytearray)) else json.dumps(item, default=str).encode()
+        out.append(flight.Result(pa.py_buffer(data)))
+    return out
+
+
+def call(client: flight.FlightClient, action: str, body: dict, *, timeout: float | None = None,
+         headers: list | None = None) -> list[bytes]:
+    options = flight.FlightCallOptions(timeout=timeout, headers=headers or [])
+    return [r.body.to_pybytes() for r in client.do_action(flight.Action(action, json.dumps(body).encode()),
+                                                          options=options)]
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class Tls:
+    cert: bytes
+    key: bytes
+    ca: bytes
+    files: object          # sqlmpc.mpc.session.TlsFiles for the MPC data plane
+
+
+# -- the node ----------------------------------------------------------------------
+
+class NodeServer:
+    def __init__(self, federation_path: str | Path, party: str, *, local_policy: str | Path | None = None,
+                 keys: str | Path | None = None, tokens: str | Path | None = None,
+                 insecure_loopback: bool = False, bind: str = "0.0.0.0", analyst_port: int | None = None,
+                 mpc_port: int | None = None, state_dir: str | Path | None = None, timeout: float = 30.0):
+        from sqlmpc.catalog import load_federation
+        from sqlmpc.party.node import PartyNode
+        from sqlmpc.party import watchdog
+
+        self.federation = load_federation(federation_path, local_policy=local_policy)
+        self.node = PartyNode(self.federation, party)
+        self.party = self.node.party
+        self.timeout = timeout
+        self.tls: Tls | None = None
+        self.tokens: dict[str, str] | None = None
+        if keys is not None:
+            from sqlmpc.mpc.session import TlsFiles
+            kdir = Path(keys)
+            pdir = kdir / self.party
+            cert, key, ca = pdir / "cert.pem", pdir / "key.pem", (pdir / "ca.pem")
+            if not ca.exists():
+                ca = kdir / "ca.pem"
+            for f in (cert, key, ca):
+                if not f.exists():
+                    raise errors.ConfigError(f"missing key material {f} (run: sqlmpc keys init)")
+            self.tls = Tls(cert.read_bytes(), key.read_bytes(), ca.read_bytes(),
+                           TlsFiles(str(cert), str(key), str(ca)))
+            if tokens is None and (kdir / "tokens.json").exists():
+                tokens = kdir / "tokens.json"
+        elif not insecure_loopback:
+            raise errors.ConfigError(
+                "no certificates: a node needs --keys DIR (from 'sqlmpc keys init') for TLS, or "
+                "--insecure-loopback for a plaintext development node on 127.0.0.1")
+        if tokens is not None:
+            from sqlmpc.party.keys import load_tokens
+            self.tokens = load_tokens(tokens)
+        elif self.tls is not None:
+            raise errors.ConfigError("TLS without analyst tokens: give --tokens tokens.json")
+        self.insecure = self.tls is None
+        self.bind = "127.0.0.1" if self.insecure else bind
+        host, port = _split(self.federation.party(self.party).address)
+        self.port = port
+        self.analyst_port = analyst_port or port + 1
+        self.mpc_port = mpc_port or port + 2
+        self.peers = {p.name: _split(p.address) for p in self.federation.parties if p.name != self.party}
+        state = Path(state_dir) if state_dir else Path("sqlmpc-state") / self.party
+        self.audit = AuditLog(state / "audit.jsonl")
+        self._clients: dict[str, flight.FlightClient] = {}
+        self._clients_lock = threading.Lock()
+        self._slot_cond = threading.Condition()
+        self._slot: str | None = None
+        self._pending: dict[str, dict] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max(4, 2 * len(self.peers)), thread_name_prefix="peer")
+        self.sessions_opened = 0
+        self.sessions_open = 0
+        watchdog.install()
+        self._peer_server = None
+        self._analyst_server = None
+
+    # -- endpoints ------------------------------------------------------------
+
+    def _location(self, port: int) -> str:
+        scheme = "grpc+tcp" if self.insecure else "grpc+tls"
+        return f"{scheme}://{self.bind}:{port}"
+
+    def start(self) -> None:
+        tls_args = {}
+        if self.tls is not None:
+            tls_args = {"tls_certificates": [flight.CertKeyPair(self.tls.cert, self.tls.key)]}
+        peer_args = dict(tls_args)
+        if self.tls is not None:
+            peer_args.update(verify_client=True, root_certificates=self.tls.ca)
+        self._peer_server = _Endpoint(self._location(self.port), self, "peer", **peer_args)
+        self._analyst_server = _Endpoint(self._location(self.analyst_port), self, "analyst",
+                                         middleware={"auth": _TokenAuth(self.tokens)}, **tls_args)
+        for s in (self._peer_server, self._analyst_server):
+            threading.Thread(target=s.serve, daemon=True).start()
+
+    def shutdown(self) -> None:
+        for s in (self._analyst_server, self._peer_server):
+            if s is not None:
+                s.shutdown()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- peers ----------------------------------------------------------------
+
+    def client(self, peer: str) -> flight.FlightClient:
+        with self._clients_lock:
+            c = self._clients.get(peer)
+            if c is None:
+                host, port = self.peers[peer]
+                if self.tls is None:
+                    c = flight.FlightClient(f"grpc+tcp://127.0.0.1:{port}")
+                else:
+                    c = flight.FlightClient(f"grpc+tls://{host}:{port}", tls_root_certs=self.tls.ca,
+                                            cert_chain=self.tls.cert, private_key=self.tls.key,
+                                            override_hostname=peer.lower())
+                self._clients[peer] = c
+            return c
+
+    def _peer_call(self, peer: str, action: str, body: dict, timeout: float | None) -> list[bytes]:
+        try:
+            return call(self.client(peer), action, body, timeout=timeout)
+        except flight.FlightError as exc:
+            # Drop the channel: a restarted peer gets a fresh connection.
+            with self._clients_lock:
+                self._clients.pop(peer, None)
+            raise errors.PartyError(f"unreachable or failed on the control channel: {_short(exc)}",
+                                    party=peer) from None
+
+    # -- the query slot (one query at a time per node) ----------------------------
+
+    def _acquire(self, qid: str, wait: float) -> bool:
+        deadline = time.monotonic() + wait
+        with self._slot_cond:
+            while self._slot is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._slot_cond.wait(left)
+            self._slot = qid
+            return True
+
+    def _release(self, qid: str) -> None:
+        with self._slot_cond:
+            if self._slot == qid:
+                self._slot = None
+                self._slot_cond.notify_all()
+
+    # -- admission ------------------------------------------------------------------
+
+    def _check_analyst(self, analyst: str) -> None:
+        allowed = self.federation.policy.analysts
+        if allowed is not None and analyst not in allowed:
+            raise errors.QueryRefusedError(f"analyst '{analyst}' may not query this party", party=self.party)
+
+    def admit(self, msg: dict):
+        """This party's own decision on a proposal (plan hash compared by PartyNode.admit)."""
+        self._check_analyst(msg.get("analyst", ""))
+        fp = msg.get("fingerprint")
+        if fp and fp != self.federation.fingerprint:
+            raise errors.QueryRefusedError(
+                f"catalog fingerprint differs ({self.federation.fingerprint[:12]} here, {fp[:12]} at "
+                f"'{msg.get('from')}'): the parties' federation files are not identical", party=self.party)
+        k = msg.get("min_cell_size")
+        own_k = self.federation.policy.min_cell_size
+        if k is not None and k < own_k:
+            raise errors.QueryRefusedError(
+                f"local policy requires min_cell_size = {own_k}; the proposed plan uses {k}", party=self.party)
+        try:
+            return self.node.admit(msg["sql"], msg.get("digest"))
+        except errors.QueryRefusedError:
+            raise
+        except errors.PolicyError as exc:
+            exc.party = self.party
+            raise errors.QueryRefusedError(str(exc), party=self.party) from None
+
+    # -- running one party's share -----------------------------------------------
+
+    def run_mpc(self, plan, addresses: list[tuple[str, int]]) -> tuple[pa.Table, list]:
+        """Local parts and the secure computation, as PartyNode.execute, with TLS and a watchdog."""
+        from sqlmpc.mpc.reveal import ledger_scope
+        from sqlmpc.mpc.session import MpcSession, SessionError
+        from sqlmpc.party import watchdog
+
+        index = self.node.index
+        names = {i: name for name, i in index.items()}
+        pid = index[self.party]
+        peers = {i: n for i, n in names.items() if i != pid}
+        local = self.node.run_local(plan)
+
+        class Session(MpcSession):
+            missing: list[str] = []
+
+            def abort(self):
+                rt = self.mpc
+                if rt is not None:
+                    self.missing = [names[p.pid] for p in rt.parties
+                                    if p.pid != rt.pid and p.protocol is None]
+                super().abort()
+
+        async def main():
+            with ledger_scope() as ledger:
+                session = Session(pid, addresses, tls=self.tls.files if self.tls else None,
+                                  timeout=self.timeout, listen_host=self.bind)
+                try:
+                    async with session as mpc:
+                        self.sessions_open += 1
+                        self.sessions_opened += 1
+                        cells = await watchdog.guard(self.node.run_secure(mpc, plan, local), peers, self.timeout)
+                except SessionError as exc:
+                    who = session.missing[0] if session.missing else None
+                    raise errors.PartyError(f"MPC session failed: {exc}", party=who) from None
+                finally:
+                    self.sessions_open = max(0, self.sessions_open - 1)
+                return cells, [e.__dict__ for e in ledger.entries]
+
+        return asyncio.run(main())
+
+    # -- peer actions -----------------------------------------------------------------
+
+    def on_hello(self, msg: dict) -> list:
+        from sqlmpc.mpc import unpickle
+        import mpyc.runtime
+        return results({"party": self.party, "version": version(), "fingerprint": self.federation.fingerprint,
+                        "busy": self._slot is not None, "sessions_open": self.sessions_open,
+                        "sessions_opened": self.sessions_opened, "tls": self.tls is not None,
+                        "restricted_unpickler": getattr(mpyc.runtime, "pickle", None) is unpickle._shim
+                        if "mpyc.runtime" in __import__("sys").modules else None})
+
+    def on_propose(self, msg: dict) -> list:
+        qid = msg["qid"]
+        if not self._acquire(qid, BUSY_WAIT):
+            return results({"busy": True})
+        record = {"qid": qid, "role": "participant", "coordinator": msg.get("from"),
+                  "analyst": msg.get("analyst"), "sql": msg.get("sql")}
+        started = time.monotonic()
+        try:
+            plan = self.admit(msg)
+        except Exception as exc:
+            self._release(qid)
+            self.audit.write({**record, "plan_hash": None, "decision": "refused", "reason": str(exc),
+                              "ledger": [], "outcome": "refused", "duration_s": time.monotonic() - started})
+            return results(error_reply(exc, self.party))
+        timer = threading.Timer(self.timeout + 5, self._expire, (qid,))
+        timer.daemon = True
+        self._pending[qid] = {"plan": plan, "record": {**record, "plan_hash": plan.digest}, "started": started,
+                              "timer": timer}
+        timer.start()
+        return results({"ok": True, "mpc_port": self.mpc_port})
+
+    def _expire(self, qid: str) -> None:
+        p = self._pending.pop(qid, None)
+        if p is not None:
+            self._release(qid)
+            self.audit.write({**p["record"], "decision": "accepted", "reason": None, "ledger": [],
+                              "outcome": "expired", "error": "the coordinator never started the query",
+                              "duration_s": time.monotonic() - p["started"]})
+
+    def on_abort(self, msg: dict) -> list:
+        qid = msg["qid"]
+        p = self._pending.pop(qid, None)
+        if p is not None:
+            p["timer"].cancel()
+            self._release(qid)
+            self.audit.write({**p["record"], "decision": "accepted", "reason": None, "ledger": [],
+                              "outcome": "aborted", "error": msg.get("reason"),
+                              "duration_s": time.monotonic() - p["started"]})
+        return results({"ok": True})
+
+    def on_execute(self, msg: dict) -> list:
+        qid = msg["qid"]
+        p = self._pending.pop(qid, None)
+        if p is None:
+            return results(error_reply(errors.PartyError("no accepted proposal with this id (expired?)"),
+                                       self.party))
+        p["timer"].cancel()
+        record = p["record"]
+        try:
+            cells, ledger = self.run_mpc(p["plan"], [tuple(a) for a in msg["addresses"]])
+        except Exception as exc:
+            self.audit.write({**record, "decision": "accepted", "reason": None, "ledger": [], "outcome": "failed",
+                              "error": str(exc), "duration_s": time.monotonic() - p["started"]})
+            return results(error_reply(exc, self.party))
+        finally:
+            self._release(qid)
+        ipc = _to_ipc(cells)
+        self.audit.write({**record, "decision": "accepted", "reason": None, "ledger": ledger, "outcome": "ok",
+                          "cells": cells.num_rows, "cells_sha256": hashlib.sha256(ipc).hexdigest(),
+                          "duration_s": time.monotonic() - p["started"]})
+        return results({"ok": True, "ledger": ledger}, ipc)
+
+    # -- analyst actions ----------------------------------------------------------------
+
+    def on_status(self, analyst: str) -> list:
+        peers = {}
+        futures = {name: self._pool.submit(self._peer_call, name, "hello", {}, 3.0) for name in self.peers}
+        for name, fut in futures.items():
+            try:
+                peers[name] = {"reachable": True, **json.loads(fut.result()[0])}
+            except Exception as exc:
+                peers[name] = {"reachable": False, "error": str(exc)}
+        me = json.loads(self.on_hello({})[0].body.to_pybytes())
+        return results({"coordinator": self.party, "analyst": analyst,
+                        "parties": {self.party: {"reachable": True, **me}, **peers}})
+
+    def on_query(self, msg: dict, analyst: str) -> list:
+        try:
+            meta, table = self.coordinate(msg["sql"], analyst)
+        except Exception as exc:
+            return results(error_reply(exc, self.party))
+        return results(meta, _to_ipc(table))
+
+    def coordinate(self, sql: str, analyst: str) -> tuple[dict, pa.Table]:
+        from sqlmpc.plan.bind import bind
+        from sqlmpc.plan.cells import cell_grid
+        from sqlmpc.plan.planner import plan_query
+        from sqlmpc.result import finish
+        from sqlmpc.sql import parse_query
+
+        qid = uuid.uuid4().hex
+        started = time.monotonic()
+        record = {"qid": qid, "role": "coordinator", "coordinator": self.party, "analyst": analyst, "sql": sql,
+                  "plan_hash": None, "decision": None, "reason": None, "ledger": [], "outcome": None}
+        try:
+            try:
+                self._check_analyst(analyst)
+                q = bind(parse_query(sql), self.federation, sql)
+                plan = plan_query(q)
+            except errors.Error as exc:
+                record.update(decision="refused", reason=str(exc))
+                raise
+            record["plan_hash"] = plan.digest
+            proposal = {"qid": qid, "from": self.party, "analyst": analyst, "sql": sql, "digest": plan.digest,
+                        "fingerprint": self.federation.fingerprint, "min_cell_size": plan.min_cell_size}
+            ports = self._propose_all(proposal, started, record)
+            record.update(decision="accepted")
+            try:
+                addresses = [(self.peers[p.name][0] if p.name != self.party else _split(p.address)[0],
+                              ports[p.name]) for p in self.federation.parties]
+                if self.insecure:
+                    addresses = [("127.0.0.1", port) for _, port in addresses]
+                cells, ledger = self._execute_all(qid, plan, addresses)
+            finally:
+                self._release(qid)
+            result = finish(q, cell_grid(q), cells)
+            ipc = _to_ipc(result.table)
+            record.update(outcome="ok", ledger=ledger, released_cells=sum(not s for s in result.suppressed),
+                          suppressed_cells=sum(result.suppressed),
+                          result_sha256=hashlib.sha256(ipc).hexdigest())
+            meta = {"qid": qid, "suppressed": result.suppressed, "leakage": ledger,
+                    "min_cell_size": result.min_cell_size, "seconds": time.monotonic() - started}
+            return meta, result.table
+        except Exception as exc:
+            if record["outcome"] is None:
+                record["outcome"] = "refused" if record["decision"] == "refused" else "failed"
+                record["error"] = str(exc)
+            raise
+        finally:
+            record["duration_s"] = time.monotonic() - started
+            self.audit.write(record)
+
+    def _propose_all(self, proposal: dict, started: float, record: dict) -> dict[str, int]:
+        """Hold our slot and get every peer's acceptance; retry while a peer is busy."""
+        qid = proposal["qid"]
+        deadline = started + self.timeout
+        while True:
+            if not self._acquire(qid, max(0.0, deadline - time.monotonic())):
+                raise errors.OperationalError(f"party '{self.party}' stayed busy for {self.timeout:g} s")
+            futures = {name: self._pool.submit(self._peer_call, name, "propose", proposal, self.timeout)
+                       for name in self.peers}
+            replies, failure, busy = {}, None, False
+            for name in self.peers:     # federation order: the first refusal is reported
+                try:
+                    reply = json.loads(futures[name].result()[0])
+                except errors.Error as exc:
+                    failure = failure or exc
+                    continue
+                replies[name] = reply
+                if reply.get("busy"):
+                    busy = True
+                elif "error" in reply and failure is None:
+                    failure = rebuild(reply, name)
+            if failure is None and not busy:
+                ports = {name: int(r["mpc_port"]) for name, r in replies.items()}
+                ports[self.party] = self.mpc_port
+                return ports
+            for name, r in replies.items():
+                if r.get("ok"):
+                    self._pool.submit(self._peer_call, name, "abort",
+                                      {"qid": qid, "reason": str(failure) if failure else "a peer was busy"}, 5.0)
+            self._release(qid)
+            if failure is not None:
+                if isinstance(failure, errors.QueryRefusedError) or isinstance(failure, errors.ProgrammingError):
+                    record.update(decision="refused", reason=str(failure))
+                raise failure
+            if time.monotonic() > deadline:
+                raise errors.OperationalError(f"the federation stayed busy for {self.timeout:g} s")
+            time.sleep(random.uniform(0.05, 0.5))
+
+    def _execute_all(self, qid: str, plan, addresses) -> tuple[pa.Table, list]:
+        body = {"qid": qid, "addresses": [list(a) for a in addresses]}
+        futures = {name: self._pool.submit(self._peer_call, name, "execute", body, None) for name in self.peers}
+        own_error = None
+        try:
+            cells, ledger = self.run_mpc(plan, addresses)
+        except Exception as exc:
+            own_error, cells, ledger = exc, None, []
+        tables, peer_errors, transport_errors = {}, [], []
+        grace = 3.0 if own_error is not None else self.timeout + 10
+        for name, fut in futures.items():
+            try:
+                out = fut.result(timeout=grace)
+            except FutureTimeout:
+                transport_errors.append(errors.PartyError(f"no answer within {grace:g} s", party=name))
+                continue
+            except errors.Error as exc:
+                transport_errors.append(exc)
+                continue
+            reply = json.loads(out[0])
+            if "error" in reply:
+                peer_errors.append(rebuild(reply, name))
+            else:
+                tables[name] = _from_ipc(out[1])
+        # The most specific error first: ours when it names another party (a lost or silent
+        # peer), then a peer we could not reach, then ours, then what the peers reported.
+        if own_error is not None and getattr(own_error, "party", None) not in (None, self.party):
+            raise own_error
+        if transport_errors:
+            raise transport_errors[0]
+        if own_error is not None:
+            raise own_error
+        if peer_errors:
+            raise peer_errors[0]
+        if any(not t.equals(cells) for t in tables.values()):
+            raise errors.InternalError("parties computed different results")
+        return cells, ledger
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# -- Flight plumbing ----------------------------------------------------------------
+
+class _Analyst(flight.ServerMiddleware):
+    def __init__(self, name: str):
+        self.name = name
+
+
+class _TokenAuth(flight.ServerMiddlewareFactory):
+    """Bearer tokens: sha256(token) -> analyst name; None = no tokens (loopback development only)."""
+
+    def __init__(self, tokens: dict[str, str] | None):
+        self.tokens = tokens
+
+    def start_call(self, info, headers):
+        import hmac
+        if self.tokens is None:
+            return _Analyst("anonymous")
+        values = headers.get("authorization") or headers.get("Authorization") or []
+        value = values[0] if values else ""
+        if isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        if not value.startswith("Bearer "):
+            raise flight.FlightUnauthenticatedError("missing bearer token")
+        digest = hashlib.sha256(value[len("Bearer "):].strip().encode()).hexdigest()
+        for known, name in self.tokens.items():
+            if hmac.compare_digest(known, digest):
+                return _Analyst(name)
+        raise flight.FlightUnauthenticatedError("invalid analyst token")
+
+
+class _Endpoint(flight.FlightServerBase):
+    def __init__(self, location: str, node: NodeServer, kind: str, **kwargs):
+        super().__init__(location, **kwargs)
+        self.node = node
+        self.kind = kind
+
+    def do_action(self, context, action):
+        msg = json.loads(action.body.to_pybytes() or b"{}")
+        node = self.node
+        if self.kind == "peer":
+            handler = {"hello": node.on_hello, "propose": node.on_propose, "execute": node.on_execute,
+                       "abort": node.on_abort}.get(action.type)
+            if handler is None:
+                raise flight.FlightServerError(f"unknown peer action '{action.type}'")
+            return handler(msg)
+        analyst = context.get_middleware("auth").name
+        if action.type == "query":
+            return node.on_query(msg, analyst)
+        if action.type == "status":
+            return node.on_status(analyst)
+        raise flight.FlightServerError(f"unknown action '{action.type}'")
+
+    def list_actions(self, context):
+        if self.kind == "peer":
+            return [("hello", ""), ("propose", ""), ("execute", ""), ("abort", "")]
+        return [("query", "run one SQL query; returns JSON metadata and the result as Arrow IPC"),
+                ("status", "reachability, versions and catalog fingerprints of all parties")]
+
+
+def serve(args) -> int:
+    """Entry point of ``sqlmpc serve`` (blocks until interrupted)."""
+    import signal
+    import sys
+
+    t0 = time.perf_counter()
+    node = NodeServer(args.federation, args.party, local_policy=args.policy, keys=args.keys, tokens=args.tokens,
+                      insecure_loopback=args.insecure_loopback, bind=args.bind, analyst_port=args.analyst_port,
+                      mpc_port=args.mpc_port, state_dir=args.state, timeout=args.timeout)
+    node.start()
+    mode = "PLAINTEXT on 127.0.0.1 (--insecure-loopback)" if node.insecure else "mutual TLS / TLS + token"
+    print(f"sqlmpc node '{node.party}' ready in {time.perf_counter() - t0:.2f} s: peers on port {node.port}, "
+          f"analysts on port {node.analyst_port}, MPC on port {node.mpc_port}; {mode}; "
+          f"audit log {node.audit.path}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    node.shutdown()
+    print(f"sqlmpc node '{node.party}' stopped", file=sys.stderr, flush=True)
+    return 0
