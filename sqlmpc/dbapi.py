@@ -82,8 +82,14 @@ def TimestampFromTicks(ticks: float) -> datetime.datetime:  # noqa: N802
 
 
 def connect(federation: str | Path | None = None, *, oracle: bool = False, timeout: float = 30.0,
-            persons: int = 5000) -> "Connection":
-    """Connect to a federation (a TOML file) or, with no argument, to the embedded demo."""
+            persons: int = 5000, token: str | None = None, ca=None) -> "Connection":
+    """Connect to a federation (a TOML file) or, with no argument, to the embedded demo.
+
+    ``connect("sqlmpc://host:port", token=..., ca="ca.pem")`` reaches a running party node.
+    """
+    from sqlmpc.party.client import connect_remote, is_url
+    if is_url(federation):
+        return connect_remote(federation, token=token, ca=ca)
     from sqlmpc.catalog import load_federation
     from sqlmpc.party.embedded import demo_federation_path
 
@@ -158,6 +164,16 @@ class Connection:
             raise errors.OperationalError(f"lost contact with a party: {exc}") from exc
         except Exception as exc:    # a bug: still a DB-API error, with its cause chained
             raise errors.InternalError(f"{type(exc).__name__}: {exc}") from exc
+
+    def restart(self) -> None:
+        """Stop the embedded parties and start them afresh (after a cancelled or failed query)."""
+        self._check_open()
+        if self._backend is not None:
+            from sqlmpc.party.embedded import EmbeddedFederation
+            timeout = self._backend.timeout
+            self._backend.close()
+            self._backend = None
+            self._backend = EmbeddedFederation(self.federation, timeout=timeout)
 
     def cursor(self) -> "Cursor":
         self._check_open()

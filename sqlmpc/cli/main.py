@@ -5,6 +5,12 @@
     sqlmpc explain "SQL"            the plan: local SQL per party, secure part, leakage
     sqlmpc run [--check] FILE...    run saved queries (compare with FILE.expected.csv)
     sqlmpc demo [--persons N]       generate the demo federation's data
+    sqlmpc serve --federation F --party P [--policy L] [--keys DIR | --insecure-loopback]
+                                    run a party node (Arrow Flight control, MPyC data plane)
+    sqlmpc keys init --federation F --out DIR
+                                    development CA, party certificates, analyst tokens
+    sqlmpc --connect URL -c "SQL"   run a query at a party node (sqlmpc://host:port, --token, --ca)
+    sqlmpc status --connect URL     parties reachable, versions, catalog fingerprints
 """
 
 from __future__ import annotations
@@ -60,13 +66,55 @@ def cmd_query(args) -> int:
     import sqlmpc
     from sqlmpc.output import render
 
-    fed = args.federation
-    with sqlmpc.connect(fed, oracle=args.oracle, persons=args.persons) as con:
+    fed = args.connect or args.federation
+    kwargs = {"token": _token(args), "ca": args.ca} if args.connect else {}
+    with sqlmpc.connect(fed, oracle=args.oracle, persons=args.persons, **kwargs) as con:
         statements = [args.command] if args.command else _statements(sys.stdin.read())
         for sql in statements:
             result = con.run(sql)
             render(result, args.format, sys.stdout)
     return 0
+
+
+def _token(args) -> str | None:
+    if getattr(args, "token_file", None):
+        return Path(args.token_file).read_text().strip()
+    return getattr(args, "token", None)
+
+
+def cmd_serve(args) -> int:
+    from sqlmpc.party.server import serve
+
+    if not args.federation:
+        raise errors.InterfaceError("sqlmpc serve needs --federation FILE")
+    return serve(args)
+
+
+def cmd_keys(args) -> int:
+    from sqlmpc.catalog import load_federation
+    from sqlmpc.party.keys import init_keys
+
+    if not args.federation:
+        raise errors.InterfaceError("sqlmpc keys init needs --federation FILE")
+    fed = load_federation(args.federation)
+    tokens = init_keys(fed, args.out, analysts=args.analyst or None)
+    print(f"{args.out}: CA, certificates for {', '.join(fed.party_names)}; tokens for {', '.join(tokens)} "
+          f"in {Path(args.out) / 'analysts'}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from sqlmpc.party.client import RemoteConnection, format_status
+
+    if not args.connect:
+        raise errors.InterfaceError("sqlmpc status needs --connect URL")
+    remote = RemoteConnection(args.connect, token=_token(args), ca=args.ca)
+    try:
+        status = remote.status()
+    finally:
+        remote.close()
+    print(format_status(status))
+    return 0 if all(p.get("reachable") for p in status["parties"].values()) else 1
 
 
 def _statements(text: str) -> list[str]:
@@ -85,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="DRY RUN: run in the clear on all data in one process (no privacy)")
     parser.add_argument("-c", "--command", help="run one SQL statement and exit")
     parser.add_argument("--format", default="table", choices=["table", "csv", "json", "markdown"])
+    parser.add_argument("--connect", help="a party node: sqlmpc://host:port (sqlmpc+insecure:// for loopback)")
+    parser.add_argument("--token", help="analyst bearer token (or $SQLMPC_TOKEN)")
+    parser.add_argument("--token-file", help="file holding the analyst token")
+    parser.add_argument("--ca", help="CA certificate that signed the node's certificate (or $SQLMPC_CA)")
     sub = parser.add_subparsers(dest="cmd")
     p = sub.add_parser("explain", help="show the plan of a query")
     p.add_argument("sql")
@@ -99,6 +151,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="demo-data")
     p.add_argument("--seed", type=int, default=20241)
     p.set_defaults(func=cmd_demo)
+    def common(p, *names):
+        # Options of the main parser, also accepted after the subcommand.
+        helps = {"--federation": "federation TOML", "--connect": "sqlmpc://host:port", "--token": "analyst token",
+                 "--token-file": "file holding the analyst token", "--ca": "CA certificate"}
+        for name in names:
+            p.add_argument(name, default=argparse.SUPPRESS, help=helps[name])
+
+    p = sub.add_parser("serve", help="run a party node")
+    common(p, "--federation")
+    p.add_argument("--party", required=True)
+    p.add_argument("--policy", help="this party's local policy (TOML, only stricter than the federation's)")
+    p.add_argument("--keys", help="directory from 'sqlmpc keys init' (TLS and analyst tokens)")
+    p.add_argument("--tokens", help="analyst tokens file (default: KEYS/tokens.json)")
+    p.add_argument("--insecure-loopback", action="store_true",
+                   help="no TLS, no certificates: bind 127.0.0.1 only (development)")
+    p.add_argument("--bind", default="0.0.0.0", help="interface to listen on (default all; loopback if insecure)")
+    p.add_argument("--analyst-port", type=int, help="analyst endpoint port (default: address port + 1)")
+    p.add_argument("--mpc-port", type=int, help="MPC data plane port (default: address port + 2)")
+    p.add_argument("--state", help="state directory with the audit log (default ./sqlmpc-state/PARTY)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds before a silent party fails a query")
+    p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("keys", help="key material for a federation")
+    common(p, "--federation")
+    p.add_argument("action", choices=["init"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--analyst", action="append", help="analyst name (repeatable; default: the policy's or 'analyst')")
+    p.set_defaults(func=cmd_keys)
+    p = sub.add_parser("status", help="parties reachable, versions, catalog fingerprints")
+    common(p, "--connect", "--token", "--token-file", "--ca")
+    p.set_defaults(func=cmd_status)
     args = parser.parse_args(argv)
     try:
         if getattr(args, "func", None):

@@ -92,6 +92,18 @@ class RemoteConnection:
         self.last_stats = meta
         return result
 
+    def catalog(self):
+        """The node's federation file as a Federation (for EXPLAIN, SHOW TABLES, DESCRIBE; no data)."""
+        import tempfile
+
+        from sqlmpc.catalog import load_federation
+
+        reply = json.loads(self._call("catalog", {}, 15.0)[0])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "federation.toml"
+            path.write_text(reply["toml"])
+            return load_federation(path)
+
     def status(self) -> dict:
         return json.loads(self._call("status", {}, 15.0)[0])
 
@@ -113,7 +125,8 @@ def connect_remote(url: str, *, token: str | None = None, ca=None, timeout: floa
 
     backend = RemoteConnection(url, token=token, ca=ca, timeout=timeout)
     con = Connection.__new__(Connection)
-    con.federation = None
+    con.federation = backend.catalog()
+    backend.federation = con.federation
     con.oracle = False
     con._backend = backend
     con._closed = False

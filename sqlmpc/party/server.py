@@ -574,13 +574,17 @@ class _Endpoint(flight.FlightServerBase):
             return node.on_query(msg, analyst)
         if action.type == "status":
             return node.on_status(analyst)
+        if action.type == "catalog":
+            return results({"toml": Path(node.federation.path).read_text(),
+                            "fingerprint": node.federation.fingerprint})
         raise flight.FlightServerError(f"unknown action '{action.type}'")
 
     def list_actions(self, context):
         if self.kind == "peer":
             return [("hello", ""), ("propose", ""), ("execute", ""), ("abort", "")]
         return [("query", "run one SQL query; returns JSON metadata and the result as Arrow IPC"),
-                ("status", "reachability, versions and catalog fingerprints of all parties")]
+                ("status", "reachability, versions and catalog fingerprints of all parties"),
+                ("catalog", "the shared federation file (tables, columns, roles, policy; no data)")]
 
 
 def serve(args) -> int:
