@@ -13,6 +13,7 @@ Local mode skips the row steps: owners pre-aggregated per cell.
 from __future__ import annotations
 
 import itertools
+import time
 import secrets
 from dataclasses import dataclass
 from fractions import Fraction
@@ -48,7 +49,19 @@ class Engine:
         self.index = party_index
         self.me = me
         self.local = local            # (relation, part) -> this party's local result
-        self.progress = progress or (lambda stage: None)
+        self.report = progress or (lambda stage: None)
+        self.timings: dict[str, float] = {}
+        self._stage = None
+
+    def progress(self, stage: str) -> None:
+        """Enter a stage (input, shuffle, join, aggregate, threshold, reveal): report it and time it."""
+        now = time.perf_counter()
+        if self._stage is not None:
+            name, started = self._stage
+            self.timings[name] = self.timings.get(name, 0.0) + now - started
+        self._stage = (stage, now) if stage else None
+        if stage:
+            self.report(stage)
 
     # -- input -------------------------------------------------------------
 
@@ -521,7 +534,9 @@ class Engine:
             big = self.mpc.SecInt(cell_bits)
             moments = {name: self.convert(v, big) for name, v in moments.items()}
             self.secint = big
-        return await self.release(moments, bounds)
+        cells = await self.release(moments, bounds)
+        self.progress("")
+        return cells
 
     def convert(self, x, sectype):
         values = self.mpc.convert([x[i] for i in range(x.shape[0])], sectype)

@@ -192,12 +192,11 @@ def _root_index(p: int) -> dict:
 async def residue_tokens(keys: list, *, bits: int,
                          why: str = "join on pseudonymous keys: match tokens in the clear") -> list[np.ndarray]:
     """64-bit-or-more tokens of secret keys (arrays of `token_field()`), one PRF key for all."""
-    import secrets
-
     import gmpy2
     from mpyc import thresha
     from mpyc.runtime import mpc
 
+    from sqlmpc.mpc.randomness import uniform_below
     from sqlmpc.mpc.reveal import reveal
 
     lengths = [a.shape[0] for a in keys]
@@ -219,7 +218,8 @@ async def residue_tokens(keys: list, *, bits: int,
     for i in range(t + 1):
         mine = None
         if mpc.pid == i:
-            mine = np.array([int(gmpy2.powmod(secrets.randbelow(p - 1) + 1, d, p)) for _ in range(N)], dtype=object)
+            r = uniform_below(p - 1, N) + 1
+            mine = np.fromiter((int(gmpy2.powmod(v, d, p)) for v in r), dtype=object, count=N)
         data = mine if mine is not None else np.zeros(N, dtype=object)
         masks.append(mpc.np_reshape(mpc.input(sectype.array(field.array(data)), senders=i), (n, digits)))
     for mask in masks[:-1]:
@@ -235,8 +235,8 @@ async def residue_tokens(keys: list, *, bits: int,
     roots = _root_index(p)
     exponent = (p - 1) // d
     values = opened.value.reshape(-1)
-    symbols = np.array([roots[int(gmpy2.powmod(int(v), exponent, p))] if v else 0 for v in values],
-                       dtype=object).reshape(n, digits)
+    symbols = np.fromiter((roots[int(gmpy2.powmod(v, exponent, p))] if v else 0 for v in values),
+                          dtype=object, count=N).reshape(n, digits)
     tokens = np.zeros(n, dtype=object)
     for j in range(digits):
         tokens = tokens * d + symbols[:, j]

@@ -141,8 +141,9 @@ class MpcSession:
         if _active is not None:
             raise SessionError("an MPC session is already open in this process")
         runtime_mod = _import_mpyc()
-        from sqlmpc.mpc import unpickle
+        from sqlmpc.mpc import randomness, unpickle
         unpickle.install()
+        randomness.install()
         parties = [runtime_mod.Party(i, h, p) for i, (h, p) in enumerate(self.addresses)]
         rt = runtime_mod.Runtime(self.pid, parties, self.options)
         # Runtime.__init__ caches asyncio.get_event_loop(); make sure it is *this* loop.
