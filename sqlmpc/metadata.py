@@ -64,10 +64,12 @@ def describe(fed: Federation, statement: Describe) -> Result:
 
 
 def explain_text(fed: Federation, statement: Explain) -> str:
-    from sqlmpc.party.node import plan_for
+    from sqlmpc.plan.bind import bind
     from sqlmpc.plan.explain import explain
+    from sqlmpc.plan.planner import plan_query
 
-    return explain(plan_for(fed, statement.query.sql))
+    # The query's tree carries positions in the whole statement's text, so errors point right.
+    return explain(plan_query(bind(statement.query.tree, fed, statement.query.sql)))
 
 
 def explain_result(text: str) -> Result:
