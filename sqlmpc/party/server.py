@@ -59,14 +59,21 @@ def version() -> str:
 
 def error_reply(exc: BaseException, party: str | None = None) -> dict:
     name = type(exc).__name__
-    if name not in _REPORTABLE:
-        # Keep the class where the client can rebuild it; name the party for the rest.
-        name = "OperationalError" if isinstance(exc, errors.OperationalError) else name
+    if getattr(errors, name, None) is not type(exc):
+        # Not one of ours: the client rebuilds the nearest sqlmpc class.
+        name = next((c.__name__ for c in type(exc).__mro__ if getattr(errors, c.__name__, None) is c),
+                    "OperationalError")
     return {"error": name, "message": str(exc), "party": getattr(exc, "party", None) or party}
 
 
 def rebuild(reply: dict, party: str | None = None) -> Exception:
-    exc = _rebuild(reply, reply.get("party") or party)
+    """The error a party reported, as the same sqlmpc.errors class (its message already rendered)."""
+    cls = getattr(errors, str(reply.get("error")), None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.Error)):
+        return _rebuild(reply, reply.get("party") or party)
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, reply.get("message", "unknown error"))
+    exc.party = reply.get("party") or party
     return exc
 
 
@@ -239,23 +246,29 @@ class NodeServer:
     def admit(self, msg: dict):
         """This party's own decision on a proposal (plan hash compared by PartyNode.admit)."""
         self._check_analyst(msg.get("analyst", ""))
-        fp = msg.get("fingerprint")
-        if fp and fp != self.federation.fingerprint:
-            raise errors.QueryRefusedError(
-                f"catalog fingerprint differs ({self.federation.fingerprint[:12]} here, {fp[:12]} at "
-                f"'{msg.get('from')}'): the parties' federation files are not identical", party=self.party)
         k = msg.get("min_cell_size")
         own_k = self.federation.policy.min_cell_size
         if k is not None and k < own_k:
             raise errors.QueryRefusedError(
                 f"local policy requires min_cell_size = {own_k}; the proposed plan uses {k}", party=self.party)
+        fp = msg.get("fingerprint")
+        catalogs = ""
+        if fp and fp != self.federation.fingerprint:
+            catalogs = (f"catalog fingerprint differs ({self.federation.fingerprint[:12]} here, {fp[:12]} at "
+                        f"'{msg.get('from')}'): the parties' federation files are not identical")
         try:
-            return self.node.admit(msg["sql"], msg.get("digest"))
-        except errors.QueryRefusedError:
+            plan = self.node.admit(msg["sql"], msg.get("digest"))
+        except errors.QueryRefusedError as exc:
+            if catalogs:
+                raise errors.QueryRefusedError(f"{exc.args[0].split(': ', 1)[-1]}; {catalogs}",
+                                               party=self.party) from None
             raise
         except errors.PolicyError as exc:
             exc.party = self.party
             raise errors.QueryRefusedError(str(exc), party=self.party) from None
+        if catalogs:
+            raise errors.QueryRefusedError(catalogs, party=self.party)
+        return plan
 
     # -- running one party's share -----------------------------------------------
 
@@ -290,6 +303,8 @@ class NodeServer:
                         self.sessions_open += 1
                         self.sessions_opened += 1
                         cells = await watchdog.guard(self.node.run_secure(mpc, plan, local), peers, self.timeout)
+                        if isinstance(cells, tuple):     # (cells, timings) from newer PartyNode versions
+                            cells = cells[0]
                 except SessionError as exc:
                     who = session.missing[0] if session.missing else None
                     raise errors.PartyError(f"MPC session failed: {exc}", party=who) from None
@@ -589,9 +604,11 @@ class _Endpoint(flight.FlightServerBase):
 
 def serve(args) -> int:
     """Entry point of ``sqlmpc serve`` (blocks until interrupted)."""
+    import faulthandler
     import signal
     import sys
 
+    faulthandler.register(signal.SIGUSR1, all_threads=True)   # kill -USR1 <pid>: stacks to stderr
     t0 = time.perf_counter()
     node = NodeServer(args.federation, args.party, local_policy=args.policy, keys=args.keys, tokens=args.tokens,
                       insecure_loopback=args.insecure_loopback, bind=args.bind, analyst_port=args.analyst_port,
@@ -604,7 +621,10 @@ def serve(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    node.shutdown()
-    print(f"sqlmpc node '{node.party}' stopped", file=sys.stderr, flush=True)
-    return 0
+    while not stop.wait(0.5):
+        pass
+    print(f"sqlmpc node '{node.party}' stopping", file=sys.stderr, flush=True)
+    threading.Thread(target=node.shutdown, daemon=True).start()
+    time.sleep(1.0)   # let in-flight replies go out; an MPC session in progress fails at the peers
+    import os
+    os._exit(0)

@@ -1,0 +1,354 @@
+"""Party nodes over the network: three `sqlmpc serve` processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import sqlmpc
+from sqlmpc import errors
+from sqlmpc.oracle import run_oracle
+from sqlmpc.result import Result
+
+pytestmark = pytest.mark.mpc
+
+QUERIES = Path(__file__).parent.parent / "queries"
+PARTIES = ("hospital", "insurer", "bureau")
+TIMEOUT = 8.0
+
+
+def free_ports(n):
+    from sqlmpc.mpc.session import free_ports as fp
+    return fp(n)
+
+
+def same(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
+    return a == b
+
+
+def assert_equals_oracle(result, sql, federation, union_db):
+    oracle = run_oracle(sql, federation, union_db)
+    assert result.columns == oracle.columns
+    assert result.suppressed == oracle.suppressed
+    assert len(result.rows()) == len(oracle.rows())
+    for got, want in zip(result.rows(), oracle.rows()):
+        assert all(same(a, b) for a, b in zip(got, want)), (got, want)
+
+
+class Federation:
+    """A federation file with fresh loopback ports and one `sqlmpc serve` process per party."""
+
+    def __init__(self, demo_path: Path, workdir: Path, *, tamper: str | None = None):
+        self.workdir = workdir
+        ports = free_ports(3 * len(PARTIES))
+        self.ports = {p: ports[3 * i:3 * i + 3] for i, p in enumerate(PARTIES)}
+        text = Path(demo_path).read_text()
+        for i, p in enumerate(PARTIES):
+            text = text.replace(f"127.0.0.1:{7471 + i}", f"127.0.0.1:{self.ports[p][0]}")
+        # Same directory as the demo (sources are relative to the file).
+        self.path = Path(demo_path).parent / f"net-{ports[0]}.toml"
+        self.path.write_text(text)
+        self.tampered = None
+        if tamper:
+            self.tampered = Path(demo_path).parent / f"net-{ports[0]}-{tamper}.toml"
+            self.tampered.write_text(text.replace("range = [0, 250000], scale = 2", "range = [0, 500000], scale = 2", 1))
+            assert self.tampered.read_text() != text
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def state(self, party):
+        return self.workdir / "state" / party
+
+    def audit(self, party):
+        path = self.state(party) / "audit.jsonl"
+        return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+
+    def start(self, *parties, extra=(), per_party=None, wait=True):
+        started = {}
+        for p in parties or PARTIES:
+            fed = self.tampered if (self.tampered and p == "bureau") else self.path
+            args = [sys.executable, "-m", "sqlmpc.cli.main", "serve", "--federation", str(fed), "--party", p,
+                    "--analyst-port", str(self.ports[p][1]), "--mpc-port", str(self.ports[p][2]),
+                    "--state", str(self.state(p)), "--timeout", str(TIMEOUT),
+                    *(extra or ["--insecure-loopback"]),
+                    *((per_party or {}).get(p, ()))]
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            log = open(self.workdir / f"{p}.log", "a")
+            started[p] = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True)
+        if wait:
+            for p, proc in started.items():
+                self.wait_ready(p, proc)
+        self.procs.update(started)
+        return started
+
+    def wait_ready(self, p, proc, timeout=30):
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline() if ready else ""
+        if "ready" not in line:
+            proc.kill()
+            raise AssertionError(f"{p} did not start: {line} {(self.workdir / f'{p}.log').read_text()}")
+
+    def kill(self, party, sig=signal.SIGKILL):
+        proc = self.procs.pop(party)
+        proc.send_signal(sig)
+        proc.wait(10)
+
+    def stop(self):
+        for p in list(self.procs):
+            self.kill(p, signal.SIGTERM)
+
+    def url(self, party="hospital", scheme="sqlmpc+insecure"):
+        return f"{scheme}://127.0.0.1:{self.ports[party][1]}"
+
+
+@pytest.fixture(scope="module")
+def loopback(demo_path, tmp_path_factory):
+    fed = Federation(demo_path, tmp_path_factory.mktemp("net"))
+    t0 = time.perf_counter()
+    fed.start()
+    fed.start_seconds = time.perf_counter() - t0
+    yield fed
+    fed.stop()
+
+
+# -- end to end -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["claim_categories", "app_effectiveness", "small_cells_suppressed"])
+def test_saved_queries_equal_the_oracle(loopback, name, federation, union_db):
+    sql = (QUERIES / f"{name}.sql").read_text()
+    with sqlmpc.connect(loopback.url()) as con:
+        cur = con.execute(sql)
+        result = cur.connection._backend.last_stats
+        assert result["leakage"] == cur.leakage and cur.leakage
+        secure = Result(cur.fetch_arrow_table(), cur.suppressed, cur.leakage)
+    assert_equals_oracle(secure, sql, federation, union_db)
+    # Every party logged the accepted query with the same plan hash and its ledger; no data values.
+    lines = [loopback.audit(p)[-1] for p in PARTIES]
+    assert {l["plan_hash"] for l in lines} == {lines[0]["plan_hash"]}
+    assert all(l["decision"] == "accepted" and l["outcome"] == "ok" and l["ledger"] for l in lines)
+    assert lines[0]["role"] == "coordinator" and lines[1]["role"] == "participant"
+    assert {"time", "analyst", "sql", "reason", "duration_s"} <= set(lines[0])
+
+
+def test_any_node_can_coordinate_and_status(loopback):
+    with sqlmpc.connect(loopback.url("bureau")) as con:
+        rows = con.execute("SELECT b.region, COUNT(*) AS n FROM bureau.persons b GROUP BY b.region").fetchall()
+    assert rows and all(n >= 10 for _, n in rows)
+    out = subprocess.run([sys.executable, "-m", "sqlmpc.cli.main", "status", "--connect", loopback.url("insurer")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("reachable") == 3 and "catalogs identical" in out.stdout
+
+
+def test_policy_errors_come_back_with_caret(loopback):
+    with sqlmpc.connect(loopback.url()) as con:
+        with pytest.raises(errors.ProgrammingError) as info:
+            con.execute("SELECT p.pid FROM hospital.patients p")
+    assert "pid" in str(info.value)
+    assert loopback.audit("hospital")[-1]["decision"] == "refused"
+
+
+# -- refusals ----------------------------------------------------------------------------
+
+def test_local_policy_refusal_names_the_party(demo_path, tmp_path, federation):
+    policy = tmp_path / "bureau-policy.toml"
+    policy.write_text("[policy]\nmin_cell_size = 20\n")
+    fed = Federation(demo_path, tmp_path)
+    fed.start(per_party={"bureau": ["--policy", str(policy)]})
+    try:
+        with sqlmpc.connect(fed.url()) as con:
+            with pytest.raises(errors.QueryRefusedError) as info:
+                con.execute((QUERIES / "claim_categories.sql").read_text())
+        assert info.value.party == "bureau"
+        assert "min_cell_size = 20" in str(info.value) and "bureau" in str(info.value)
+        refused = fed.audit("bureau")[-1]
+        assert refused["decision"] == "refused" and "min_cell_size" in refused["reason"]
+        coord = fed.audit("hospital")[-1]
+        assert coord["decision"] == "refused" and coord["outcome"] == "refused"
+        # The insurer had accepted and was told to abort: its slot is free again.
+        assert fed.audit("insurer")[-1]["outcome"] == "aborted"
+    finally:
+        fed.stop()
+
+
+def test_tampered_catalog_gives_plan_hash_mismatch(demo_path, tmp_path):
+    fed = Federation(demo_path, tmp_path, tamper="claims-range")
+    fed.start()
+    try:
+        with sqlmpc.connect(fed.url()) as con:
+            with pytest.raises(errors.QueryRefusedError) as info:
+                con.execute((QUERIES / "claim_categories.sql").read_text())
+        assert info.value.party == "bureau"
+        assert "plan hash mismatch" in str(info.value) and "fingerprint" in str(info.value)
+    finally:
+        fed.stop()
+
+
+# -- failures ------------------------------------------------------------------------------
+
+def test_killed_party_fails_the_query_then_recovers(loopback, federation, union_db):
+    sql = (QUERIES / "app_effectiveness.sql").read_text()
+    box = {}
+
+    def run():
+        t0 = time.perf_counter()
+        try:
+            with sqlmpc.connect(loopback.url()) as con:
+                con.execute(sql)
+            box["ok"] = True
+        except Exception as exc:
+            box["error"] = exc
+        box["seconds"] = time.perf_counter() - t0
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(0.6)           # inside the MPC (planning + proposal take ~0.1 s)
+    loopback.kill("insurer")
+    t.join(TIMEOUT + 20)
+    assert not t.is_alive()
+    if box.get("ok"):
+        pytest.skip("the query finished before the party was killed")
+    exc = box["error"]
+    assert isinstance(exc, errors.OperationalError), exc
+    assert "insurer" in str(exc)
+    assert box["seconds"] < TIMEOUT + 5
+    coord = loopback.audit("hospital")[-1]
+    assert coord["outcome"] == "failed" and "insurer" in coord["error"]
+    # Restart the party on the same ports: the next query succeeds, nothing was left behind.
+    loopback.start("insurer")
+    with sqlmpc.connect(loopback.url()) as con:
+        cur = con.execute(sql)
+        secure = Result(cur.fetch_arrow_table(), cur.suppressed, cur.leakage)
+    assert_equals_oracle(secure, sql, federation, union_db)
+    from sqlmpc.party.client import RemoteConnection
+    status = RemoteConnection(loopback.url()).status()
+    assert all(p["sessions_open"] == 0 and not p["busy"] for p in status["parties"].values())
+
+
+def test_stalled_party_fails_within_the_timeout(loopback):
+    sql = (QUERIES / "app_effectiveness.sql").read_text()
+    box = {}
+
+    def run():
+        t0 = time.perf_counter()
+        try:
+            with sqlmpc.connect(loopback.url()) as con:
+                con.execute(sql)
+            box["ok"] = True
+        except Exception as exc:
+            box["error"] = exc
+        box["seconds"] = time.perf_counter() - t0
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(0.6)
+    loopback.procs["bureau"].send_signal(signal.SIGSTOP)
+    try:
+        t.join(TIMEOUT + 20)
+    finally:
+        loopback.procs["bureau"].send_signal(signal.SIGCONT)
+    assert not t.is_alive()
+    if box.get("ok"):
+        pytest.skip("the query finished before the party was stopped")
+    assert isinstance(box["error"], errors.OperationalError), box["error"]
+    assert "bureau" in str(box["error"])
+    assert box["seconds"] < TIMEOUT + 6
+    time.sleep(1.0)
+    with sqlmpc.connect(loopback.url()) as con:      # the resumed party serves the next query
+        assert con.execute((QUERIES / "claim_categories.sql").read_text()).fetchall()
+
+
+# -- security ----------------------------------------------------------------------------------
+
+def test_no_certificates_no_start(loopback):
+    out = subprocess.run([sys.executable, "-m", "sqlmpc.cli.main", "serve", "--federation", str(loopback.path),
+                          "--party", "hospital"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "--insecure-loopback" in out.stderr
+
+
+@pytest.fixture(scope="module")
+def tls(demo_path, tmp_path_factory):
+    from sqlmpc.catalog import load_federation
+    from sqlmpc.party.keys import init_keys
+
+    work = tmp_path_factory.mktemp("tls")
+    fed = Federation(demo_path, work)
+    tokens = init_keys(load_federation(fed.path), work / "keys")
+    other = init_keys(load_federation(fed.path), work / "other-keys")
+    fed.keys, fed.token, fed.other_token = work / "keys", tokens["analyst"], other["analyst"]
+    fed.start(extra=["--keys", str(work / "keys")])
+    yield fed
+    fed.stop()
+
+
+def test_tls_query_with_token(tls, federation, union_db):
+    sql = (QUERIES / "claim_categories.sql").read_text()
+    with sqlmpc.connect(tls.url(scheme="sqlmpc"), token=tls.token, ca=str(tls.keys / "ca.pem")) as con:
+        cur = con.execute(sql)
+        secure = Result(cur.fetch_arrow_table(), cur.suppressed, cur.leakage)
+    assert_equals_oracle(secure, sql, federation, union_db)
+    assert tls.audit("hospital")[-1]["analyst"] == "analyst"
+
+
+def test_wrong_token_is_rejected(tls):
+    for token in (tls.other_token, None):
+        with pytest.raises(errors.OperationalError, match="authentication failed"):
+            sqlmpc.connect(tls.url(scheme="sqlmpc"), token=token, ca=str(tls.keys / "ca.pem"))
+
+
+def test_nothing_listens_in_plaintext(tls):
+    import pyarrow.flight as flight
+
+    for port in tls.ports["hospital"][:2]:
+        client = flight.FlightClient(f"grpc+tcp://127.0.0.1:{port}")
+        with pytest.raises(flight.FlightError):
+            list(client.do_action(flight.Action("hello", b"{}"), options=flight.FlightCallOptions(timeout=5)))
+
+
+def test_peer_with_a_certificate_from_another_ca_is_rejected(tls):
+    import pyarrow.flight as flight
+
+    def hello(keys: Path):
+        client = flight.FlightClient(
+            f"grpc+tls://127.0.0.1:{tls.ports['insurer'][0]}", tls_root_certs=(tls.keys / "ca.pem").read_bytes(),
+            cert_chain=(keys / "hospital" / "cert.pem").read_bytes(),
+            private_key=(keys / "hospital" / "key.pem").read_bytes(), override_hostname="insurer")
+        return list(client.do_action(flight.Action("hello", b"{}"), options=flight.FlightCallOptions(timeout=5)))
+
+    assert json.loads(hello(tls.keys)[0].body.to_pybytes())["party"] == "insurer"   # the right CA works
+    with pytest.raises(flight.FlightError):
+        hello(tls.keys.parent / "other-keys")
+
+
+def test_crafted_pickle_is_not_executed(loopback, tmp_path):
+    """A peer's message with a code-running pickle is refused by the unpickler every session installs."""
+    from sqlmpc.mpc import unpickle
+    from sqlmpc.party.client import RemoteConnection
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    payload = pickle.dumps(Evil())
+    with pytest.raises(pickle.UnpicklingError, match="forbidden global"):
+        unpickle.loads(payload)
+    assert not marker.exists()
+    # Every node runs MPyC with the restricted unpickler installed (after its first session).
+    status = RemoteConnection(loopback.url()).status()
+    assert all(p["restricted_unpickler"] for p in status["parties"].values())
