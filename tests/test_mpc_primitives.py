@@ -233,38 +233,34 @@ def test_shuffle():
 
 async def _prf_party(mpc, pid, n):
     from sqlmpc.mpc import unpickle
-    from sqlmpc.mpc.prf import key_tokens, prf_key, token_bits
+    from sqlmpc.mpc.prf import residue_tokens, token_bits, token_field
     from sqlmpc.mpc.reveal import current_ledger
     unpickle.TRACE = []
-    secint = mpc.SecInt(64)
+    field = token_field()
     rng = random.Random(3)
     distinct = rng.sample(range(1, 1 << 62), n)
-    keys = _input(mpc, secint, distinct, 0)
-    again = _input(mpc, secint, distinct[::-1], 1)
+    keys = _input(mpc, field, distinct, 0)
+    again = _input(mpc, field, distinct[::-1], 1)
     bits = token_bits(2 * n)
-    t1, t2 = await key_tokens([keys, again], bits=bits)          # one PRF key for both
-    t3 = await key_tokens(keys, bits=bits)                        # fresh key
-    k = prf_key(secint, 24)
-    t4 = await key_tokens(keys[:50], bits=24, key=k, mode="reshare")
-    t5 = await key_tokens(keys[:50], bits=24, key=k, mode="przs")
-    return (t1.tolist(), t2.tolist(), t3.tolist(), t4.tolist(), t5.tolist(), bits,
-            current_ledger().entries, sorted(set(unpickle.TRACE)))
+    t1, t2 = await residue_tokens([keys, again], bits=bits)      # one PRF key for both
+    (t3,) = await residue_tokens([keys], bits=bits)               # fresh key
+    return (t1.tolist(), t2.tolist(), t3.tolist(), bits, current_ledger().entries, sorted(set(unpickle.TRACE)))
 
 
-def test_key_tokens():
-    from sqlmpc.mpc.prf import token_bits
+def test_residue_tokens():
+    from sqlmpc.mpc.prf import RESIDUE_BITS, token_bits
     from sqlmpc.mpc.reveal import Opening
     from sqlmpc.mpc.unpickle import ALLOWED
     n = 2000
     res = run_parties(_prf_party, args=(n,))
-    t1, t2, t3, t4, t5, bits, ledger, trace = res[0]
-    assert all(r[:5] == res[0][:5] for r in res)                 # every party gets the same tokens
+    t1, t2, t3, bits, ledger, trace = res[0]
+    assert all(r[:3] == res[0][:3] for r in res)                 # every party gets the same tokens
     assert len(set(t1)) == n                                      # distinct keys -> distinct tokens
     assert t2 == t1[::-1]                                         # equal keys -> equal tokens
     assert len(set(t1) & set(t3)) == 0                            # fresh PRF key per call
-    assert t4 == t5                                               # both opening modes agree
-    assert max(t1) < 1 << bits
-    assert ledger[0] == Opening("join tokens", 2 * n * bits, ledger[0].why)
-    assert [e.count for e in ledger] == [2 * n * bits, n * bits, 50 * 24, 50 * 24]
+    digits = -(-bits // RESIDUE_BITS)
+    assert max(t1) < 1 << (RESIDUE_BITS * digits)
+    assert ledger[0] == Opening("join tokens", 2 * n * digits, ledger[0].why)
+    assert [e.count for e in ledger] == [2 * n * digits, n * digits]
     assert set(trace) <= ALLOWED
     assert token_bits(2) == 21 and token_bits(2 * 10**5) >= 55

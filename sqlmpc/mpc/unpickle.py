@@ -9,7 +9,7 @@ shim whose ``loads`` uses :class:`RestrictedUnpickler` (``dumps`` is the normal
 
 The allow-list was found by logging ``find_class`` during real 3-party runs of
 input/output/multiplication/reshare on secure int arrays, ``mpc.transfer`` of
-plain data, shuffle, key_tokens and reveal_ratio (see tests): numpy arrays of
+plain data, shuffle, residue_tokens and reveal_ratio (see tests): numpy arrays of
 dtype object/int64 pickle as ``numpy._core.multiarray._reconstruct`` +
 ``numpy.ndarray`` + ``numpy.dtype``; object arrays hold Python ints (no global)
 or gmpy2 ``mpz`` values (``gmpy2.from_binary``).  Nothing else is admitted.
