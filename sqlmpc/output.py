@@ -61,11 +61,17 @@ def rich_table(result: Result, title: str | None = None):
     for row, s in zip(result.rows(), result.suppressed):
         cells = [_cell(v, s) for v in row]
         table.add_row(*cells, style="dim" if s else None)
-    n_sup = sum(result.suppressed)
-    table.caption = (f"{len(result.suppressed)} rows"
-                     + (f", {n_sup} suppressed ({SUPPRESSED}: fewer than {result.min_cell_size} persons)"
-                        if n_sup else ""))
     return table
+
+
+def summary(result: Result) -> str:
+    """'N rows' and, when there are any, how many cells were suppressed and why."""
+    n_sup = sum(result.suppressed)
+    n = len(result.suppressed)
+    text = f"{n} row{'' if n == 1 else 's'}"
+    if n_sup:
+        text += f", {n_sup} suppressed ({SUPPRESSED}: fewer than {result.min_cell_size} persons)"
+    return text
 
 
 def render(result: Result, fmt: str, stream) -> None:
@@ -77,4 +83,6 @@ def render(result: Result, fmt: str, stream) -> None:
         stream.write(to_markdown(result))
     else:
         from rich.console import Console
-        Console(file=stream).print(rich_table(result))
+        console = Console(file=stream)
+        console.print(rich_table(result))
+        console.print(summary(result), style="dim", highlight=False)

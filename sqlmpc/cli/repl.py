@@ -1,19 +1,29 @@
-"""The interactive shell, in the spirit of the DuckDB and sqlite3 shells."""
+"""The interactive shell, in the spirit of the DuckDB and sqlite3 shells.
+
+Statements may span lines and end with ';'.  Tab completes keywords, parties,
+``party.`` + table names, column names and ``alias.`` + column names.  History
+persists in ``$SQLMPC_HISTORY`` (default ``~/.sqlmpc_history``).  Ctrl-C clears
+the current input; during a query it cancels it (the embedded parties restart).
+"""
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 import time
 from pathlib import Path
 
 from sqlmpc import errors
 
-KEYWORDS = ["SELECT", "FROM", "WHERE", "GROUP BY", "HAVING", "ORDER BY", "LIMIT", "JOIN", "LEFT JOIN",
-            "ON", "AS", "AND", "OR", "NOT", "IN", "BETWEEN", "IS NULL", "IS NOT NULL", "CASE", "WHEN",
-            "THEN", "ELSE", "END", "UNION ALL", "FILTER", "DISTINCT", "COUNT", "SUM", "AVG", "MIN", "MAX",
-            "STDDEV_SAMP", "STDDEV_POP", "VAR_SAMP", "VAR_POP", "CORR", "COVAR_POP", "COVAR_SAMP",
-            "REGR_SLOPE", "REGR_INTERCEPT", "REGR_R2", "WIDTH_BUCKET", "EXPLAIN", "SHOW TABLES",
-            "SHOW POLICY", "DESCRIBE"]
+KEYWORDS = ["SELECT", "FROM", "WHERE", "GROUP BY", "HAVING", "ORDER BY", "LIMIT", "OFFSET", "JOIN",
+            "LEFT JOIN", "INNER JOIN", "ON", "AS", "AND", "OR", "NOT", "IN", "BETWEEN", "LIKE", "IS NULL",
+            "IS NOT NULL", "CASE", "WHEN", "THEN", "ELSE", "END", "UNION ALL", "FILTER", "DISTINCT", "ASC",
+            "DESC", "COUNT", "SUM", "AVG", "MIN", "MAX", "STDDEV_SAMP", "STDDEV_POP", "VAR_SAMP", "VAR_POP",
+            "CORR", "COVAR_POP", "COVAR_SAMP", "REGR_SLOPE", "REGR_INTERCEPT", "REGR_R2", "WIDTH_BUCKET",
+            "EXPLAIN", "SHOW TABLES", "SHOW POLICY", "DESCRIBE"]
+DOT_COMMANDS = [".help", ".tables", ".schema", ".explain", ".timer", ".mode", ".output", ".read", ".quit"]
+MODES = ("table", "csv", "json", "markdown")
 
 HELP = """\
 .help                 this help
@@ -24,24 +34,74 @@ HELP = """\
 .mode table|csv|json|markdown
 .output [FILE]        send results to FILE (no FILE: back to the screen)
 .read FILE            run the statements in FILE
-.quit                 leave
-Statements end with ';'.  Suppressed cells (fewer than k persons) show as ·"""
+.quit                 leave (or Ctrl-D)
+Statements end with ';' and may span lines.  Tab completes names.  Ctrl-C clears
+the input or cancels a running query.  Suppressed cells (fewer than k persons) show as ·"""
+
+_ALIAS = re.compile(r"\b(\w+)\.(\w+)(?:\s+(?:AS\s+)?(\w+))?", re.IGNORECASE)
+
+
+def history_path() -> Path:
+    return Path(os.environ.get("SQLMPC_HISTORY") or Path.home() / ".sqlmpc_history")
+
+
+def make_completer(federation, pending=lambda: ""):
+    """A prompt_toolkit completer for the federation's names (imports prompt_toolkit lazily).
+
+    ``pending()`` returns the earlier lines of an unfinished statement, so that
+    ``alias.`` completes with aliases defined on earlier lines too.
+    """
+    from prompt_toolkit.completion import Completer, Completion
+
+    tables = {(t.party.lower(), t.name.lower()): t for t in federation.tables}
+    parties = [p.name for p in federation.parties]
+    columns = sorted({c.name for t in federation.tables for c in t.columns})
+
+    def aliases(text: str) -> dict[str, object]:
+        """alias -> table for every ``party.table [AS] alias`` (and ``party.table``) in the text."""
+        found = {}
+        for party, name, alias in _ALIAS.findall(text):
+            table = tables.get((party.lower(), name.lower()))
+            if table is not None:
+                found[name.lower()] = table
+                if alias and alias.upper() not in KEYWORDS + ["JOIN", "WHERE", "ON", "GROUP", "LEFT"]:
+                    found[alias.lower()] = table
+        return found
+
+    class SqlCompleter(Completer):
+        def get_completions(self, document, complete_event):
+            word = document.get_word_before_cursor(pattern=re.compile(r"[\w.]+"))
+            text = document.text
+            if not pending().strip() and text.lstrip().startswith(".") and " " not in text.lstrip():
+                candidates = DOT_COMMANDS
+            elif "." in word:
+                head, _, tail = word.rpartition(".")
+                head_l = head.lower()
+                if head_l in (p.lower() for p in parties):
+                    candidates = [f"{head}.{t.name}" for t in federation.tables if t.party.lower() == head_l]
+                else:
+                    table = aliases(pending() + " " + text).get(head_l)
+                    candidates = [f"{head}.{c.name}" for c in table.columns] if table else []
+            else:
+                candidates = KEYWORDS + parties + columns
+            lower = word.lower()
+            for c in candidates:
+                if c.lower().startswith(lower) and c.lower() != lower:
+                    yield Completion(c, start_position=-len(word))
+
+    return SqlCompleter()
 
 
 class Shell:
-    def __init__(self, connection, out=sys.stdout):
+    """The shell's state and commands, independent of the terminal (used by the REPL and tests)."""
+
+    def __init__(self, connection, out=sys.stdout, interactive: bool = False):
         self.con = connection
         self.fed = connection.federation
         self.mode = "table"
         self.timer = False
         self.out = out
-
-    def words(self) -> list[str]:
-        words = list(KEYWORDS)
-        for t in self.fed.tables:
-            words.append(f"{t.party}.{t.name}")
-            words += [c.name for c in t.columns]
-        return sorted(set(words), key=str.lower)
+        self.interactive = interactive
 
     def tables(self) -> str:
         return "\n".join(f"{t.party}.{t.name}" for t in self.fed.tables)
@@ -55,14 +115,14 @@ class Shell:
             for c in t.columns:
                 detail = {"key": c.key_space, "dimension": ", ".join(map(str, c.domain or ())),
                           "measure": f"[{c.range[0]}, {c.range[1]}]" if c.range else ""}.get(c.role.value, "")
-                lines.append(f"  {c.name:<16} {c.type:<8} {c.role.value:<10} {detail}")
-        return "\n".join(lines) or f"no table {name}"
+                lines.append(f"  {c.name:<16} {c.type:<8} {c.role.value:<10} {detail or ''}")
+        return "\n".join(lines) or f"no table {name}; .tables lists them"
 
     def command(self, line: str) -> bool:
         """Run a dot command; False means quit."""
         cmd, _, arg = line.strip().partition(" ")
-        arg = arg.strip().rstrip(";")
-        if cmd in (".quit", ".exit"):
+        arg = arg.strip().rstrip(";").strip()
+        if cmd in (".quit", ".exit", ".q"):
             return False
         if cmd == ".help":
             self.print(HELP)
@@ -71,14 +131,15 @@ class Shell:
         elif cmd == ".schema":
             self.print(self.schema(arg or None))
         elif cmd == ".explain":
-            from sqlmpc.party.node import plan_for
-            from sqlmpc.plan.explain import explain
-            self.guard(lambda: self.print(explain(plan_for(self.fed, arg))))
+            self.guard(lambda: self.print("\n".join(r[0] for r in self.con.run("EXPLAIN " + arg).rows())))
         elif cmd == ".timer":
-            self.timer = arg.lower() == "on"
+            if arg.lower() not in ("on", "off"):
+                self.print(f"timer is {'on' if self.timer else 'off'}; .timer on|off")
+            else:
+                self.timer = arg.lower() == "on"
         elif cmd == ".mode":
-            if arg not in ("table", "csv", "json", "markdown"):
-                self.print("modes: table csv json markdown")
+            if arg not in MODES:
+                self.print(f"mode is {self.mode}; modes: {' '.join(MODES)}")
             else:
                 self.mode = arg
         elif cmd == ".output":
@@ -87,7 +148,12 @@ class Shell:
             self.out = open(arg, "w") if arg else sys.stdout
         elif cmd == ".read":
             from sqlmpc.cli.main import _statements
-            for sql in _statements(Path(arg).read_text()):
+            try:
+                text = Path(arg).read_text()
+            except OSError as exc:
+                self.print(f"Error: cannot read {arg}: {exc.strerror}")
+                return True
+            for sql in _statements(text):
                 self.sql(sql)
         else:
             self.print(f"unknown command {cmd}; try .help")
@@ -103,12 +169,20 @@ class Shell:
         except errors.Error as exc:
             self.print(f"Error: {exc}")
 
+    def _run(self, text: str):
+        if not (self.interactive and self.out is sys.stdout and not self.con.oracle):
+            return self.con.run(text)
+        from rich.console import Console
+        # A spinner while the parties compute; it disappears when the result arrives.
+        with Console(stderr=True).status("running across the parties (Ctrl-C cancels) ...", spinner="dots"):
+            return self.con.run(text)
+
     def sql(self, text: str) -> None:
         from sqlmpc.output import render
 
         def run():
             started = time.perf_counter()
-            result = self.con.run(text)
+            result = self._run(text)
             render(result, self.mode, self.out)
             if self.timer:
                 self.print(f"Run Time: {time.perf_counter() - started:.3f} s")
@@ -116,11 +190,20 @@ class Shell:
             self.guard(run)
         except KeyboardInterrupt:
             self.print("cancelled")
+            if not self.con.oracle:
+                self.print("restarting the parties ...")
+                self.guard(self.con.restart)
+
+
+def split_complete(buffer: str) -> tuple[list[str], str]:
+    """The complete statements (ended by ';') in ``buffer`` and the unfinished rest."""
+    parts = buffer.split(";")
+    done = [p.strip() for p in parts[:-1] if p.strip()]
+    return done, parts[-1]
 
 
 def repl(args) -> int:
     from prompt_toolkit import PromptSession
-    from prompt_toolkit.completion import WordCompleter
     from prompt_toolkit.history import FileHistory
     from prompt_toolkit.lexers import PygmentsLexer
     from pygments.lexers.sql import SqlLexer
@@ -129,27 +212,28 @@ def repl(args) -> int:
 
     print("sqlmpc — federated SQL over MPC. Starting the parties ...", flush=True)
     with sqlmpc.connect(args.federation, oracle=args.oracle, persons=args.persons) as con:
-        shell = Shell(con)
+        shell = Shell(con, interactive=True)
         names = ", ".join(p.name for p in con.federation.parties)
         print(f"Connected to federation '{con.federation.name}' ({names}); k = "
-              f"{con.federation.policy.min_cell_size}. Enter .help for help.")
-        history = Path.home() / ".sqlmpc_history"
-        session = PromptSession(history=FileHistory(str(history)), lexer=PygmentsLexer(SqlLexer),
-                                completer=WordCompleter(shell.words(), ignore_case=True, sentence=True))
+              f"{con.federation.policy.min_cell_size}"
+              + ("; DRY RUN in the clear (--oracle)" if con.oracle else "")
+              + ". Enter .help for help.")
         buffer = ""
+        session = PromptSession(history=FileHistory(str(history_path())), lexer=PygmentsLexer(SqlLexer),
+                                completer=make_completer(con.federation, lambda: buffer),
+                                complete_while_typing=False)
         while True:
             try:
-                line = session.prompt("sqlmpc> " if not buffer else "   ...> ")
+                line = session.prompt("sqlmpc> " if not buffer.strip() else "   ...> ")
             except KeyboardInterrupt:
                 buffer = ""
                 continue
             except EOFError:
                 return 0
-            if not buffer and line.strip().startswith("."):
+            if not buffer.strip() and line.strip().startswith("."):
                 if not shell.command(line):
                     return 0
                 continue
-            buffer += line + "\n"
-            if buffer.strip().endswith(";"):
-                shell.sql(buffer.strip().rstrip(";"))
-                buffer = ""
+            statements, buffer = split_complete(buffer + line + "\n")
+            for sql in statements:
+                shell.sql(sql)
