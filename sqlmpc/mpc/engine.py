@@ -444,6 +444,13 @@ class Engine:
         return pa.table(data)
 
     async def reveal_output(self, formula: exp.Expression, moments, bounds) -> list:
+        if isinstance(formula, exp.Anonymous) and formula.name == "IF_UNDEFINED":
+            inner, guard, value = formula.expressions
+            values = await self.reveal_output(inner, moments, bounds)
+            g = self.formula(guard, moments, bounds)
+            defined = await self.ratio(Frac(g.num, g.num, g.bnum, g.bnum), "released values")
+            fallback = float(value.this)
+            return [v if v is not None else (None if d is None else fallback) for v, d in zip(values, defined)]
         if isinstance(formula, exp.Sqrt):
             inner = await self.reveal_output(formula.this, moments, bounds)
             return [None if v is None else float(v) ** 0.5 for v in inner]
@@ -574,7 +581,10 @@ MAX_ROWS = 2 ** 40     # declared maximum of rows per party in local mode (sets 
 
 def _ratio_parts(node: exp.Expression):
     """The rational sub-formulas the release opens, with squares where a square root follows."""
-    if isinstance(node, exp.Sqrt):
+    if isinstance(node, exp.Anonymous) and node.name == "IF_UNDEFINED":
+        yield from _ratio_parts(node.expressions[0])
+        yield node.expressions[1]
+    elif isinstance(node, exp.Sqrt):
         yield from _ratio_parts(node.this)
     elif isinstance(node, exp.Div) and isinstance(node.expression, exp.Sqrt):
         yield exp.Mul(this=node.this, expression=node.this)

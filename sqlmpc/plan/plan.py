@@ -69,6 +69,8 @@ def opened_per_cell(formula: exp.Expression) -> int:
     A formula without a secret denominator is opened as is (1); a ratio opens
     num·r and den·r (2); a correlation opens its square as a ratio and its sign (3).
     """
+    if isinstance(formula, exp.Anonymous) and formula.name == "IF_UNDEFINED":
+        return opened_per_cell(formula.expressions[0]) + 2      # and guard·r, guard·r
     if isinstance(formula, exp.Sqrt):
         return opened_per_cell(formula.this)
     if isinstance(formula, exp.Div) and isinstance(formula.expression, exp.Sqrt):

@@ -55,16 +55,21 @@ class LocalColumns:
 
     def add(self, node: exp.Expression) -> exp.Column:
         key = node.sql()
-        for name, (_, e) in self.exprs.items():
+        for col, e in self.exprs.values():
             if e.sql() == key:
-                return exp.column(name, table=self.group.name)
+                return self.ref(col)
         if isinstance(node, BOOLEAN) or _is_match_test(node):
             col = LocalColumn(f"f{len(self.exprs)}", "flag", 0, 1, self.absent_flag(node))
         else:
             scale, bound = self.interval(node)
             col = LocalColumn(f"v{len(self.exprs)}", "value", scale, bound)
         self.exprs[col.name] = (col, node)
-        return exp.column(col.name, table=self.group.name)
+        return self.ref(col)
+
+    def ref(self, col: LocalColumn) -> exp.Column:
+        out = exp.column(col.name, table=self.group.name)
+        out.meta["scale"] = col.scale
+        return out
 
     def absent_flag(self, node: exp.Expression) -> int:
         """The flag's value for a LEFT JOIN row without a match (all columns NULL)."""
@@ -133,6 +138,40 @@ def _interval(node, q) -> tuple[float, float, int]:
         f"cannot bound the values of {node.sql()}: use measures with declared ranges and + - * CASE")
 
 
+COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
+
+
+def _scale(node: exp.Expression) -> int:
+    return node.meta.get("scale", 0) if node.meta else 0
+
+
+def _rescale(node: exp.Expression, scale: int) -> exp.Expression:
+    """``node`` times 10^(scale - its scale): the same number at a finer scale."""
+    if _scale(node) == scale:
+        return node
+    out = exp.Mul(this=node, expression=exp.Literal.number(10 ** (scale - _scale(node))))
+    out.meta["scale"] = scale
+    return out
+
+
+def _constant(node: exp.Expression) -> exp.Expression:
+    """A constant as an integer literal with its decimal scale (TRUE/FALSE as 1/0)."""
+    import decimal
+
+    import duckdb
+    value = duckdb.execute(exp.select(node.copy()).sql("duckdb")).fetchall()[0][0]
+    if value is None:
+        raise errors.NotSupportedError(f"NULL constant {node.sql()} in a condition across parties")
+    if isinstance(value, bool):
+        out, scale = exp.Literal.number(int(value)), 0
+    else:
+        number = decimal.Decimal(str(value)).normalize()
+        scale = max(0, -number.as_tuple().exponent)
+        out = exp.Literal.number(int(number.scaleb(scale)))
+    out.meta["scale"] = scale
+    return out
+
+
 def _is_match_test(node):
     return isinstance(node, exp.Is) and isinstance(node.expression, exp.Null)
 
@@ -152,10 +191,15 @@ class Planner:
     # -- splitting expressions --------------------------------------------
 
     def localize(self, node: exp.Expression) -> exp.Expression:
-        """Rewrite a row expression so that every single-party subtree is a local column."""
+        """Rewrite a row expression so that every single-party subtree is a local column.
+
+        What remains spans parties and runs in MPC on integers: each node's decimal
+        scale is kept in ``meta["scale"]`` and the operands of + - and comparisons
+        are brought to one scale by multiplying with a power of ten.
+        """
         groups = self.groups_of(node)
         if not groups:
-            return node.copy()
+            return _constant(node)
         if len(groups) == 1:
             return self.locals[next(iter(groups))].add(node.copy())
         if isinstance(node, exp.Paren):
@@ -170,9 +214,19 @@ class Planner:
                 f"{node.sql('duckdb')} combines several parties' columns in a way sqlmpc cannot compute "
                 "securely yet; use + - * comparisons AND OR NOT across parties")
         out = node.copy()
-        for key, child in node.args.items():
-            if isinstance(child, exp.Expression):
-                out.set(key, self.localize(child))
+        children = {k: self.localize(c) for k, c in node.args.items() if isinstance(c, exp.Expression)}
+        if isinstance(node, (exp.Add, exp.Sub) + COMPARISONS):
+            target = max(_scale(c) for c in children.values())
+            children = {k: _rescale(c, target) for k, c in children.items()}
+        for k, c in children.items():
+            out.set(k, c)
+        if isinstance(node, exp.Mul):
+            scale = sum(_scale(c) for c in children.values())
+        elif isinstance(node, (exp.Add, exp.Sub, exp.Neg)):
+            scale = max(_scale(c) for c in children.values())
+        else:
+            scale = 0                                         # comparisons and logic give 0/1 flags
+        out.meta["scale"] = scale
         return out
 
     # -- the plan ----------------------------------------------------------
@@ -438,6 +492,11 @@ def over(a: exp.Expression, b: exp.Expression) -> exp.Expression:
     return exp.Div(this=a.copy(), expression=b.copy())
 
 
+def if_undefined(formula: exp.Expression, guard: exp.Expression, value: str) -> exp.Expression:
+    """``formula``, but ``value`` where it is undefined (zero denominator) while ``guard`` ≠ 0."""
+    return exp.Anonymous(this="IF_UNDEFINED", expressions=[formula, guard.copy(), exp.Literal.string(value)])
+
+
 class Formulas:
     """Aggregates → moments, and outputs → formulas over moments.
 
@@ -541,14 +600,16 @@ class Formulas:
             return over(cov, times(n, n))
         if isinstance(node, exp.CovarSamp):
             return over(cov, times(n, minus(n, ONE)))
+        # Where the ratio is undefined DuckDB gives NaN (CORR, REGR_SLOPE on at least one row)
+        # or 1 (REGR_R2 when only y is constant); if_undefined keeps those semantics.
         if isinstance(node, exp.RegrSlope):
-            return over(cov, varx)
+            return if_undefined(over(cov, varx), n, "NaN")
         if isinstance(node, exp.RegrIntercept):
             return over(minus(times(sum_y, varx), times(cov, sum_x)), times(n, varx))
         if isinstance(node, exp.Corr):
-            return over(cov, exp.Sqrt(this=times(varx, vary)))
+            return if_undefined(over(cov, exp.Sqrt(this=times(varx, vary))), n, "NaN")
         if isinstance(node, exp.RegrR2):
-            return over(times(cov, cov), times(varx, vary))
+            return if_undefined(over(times(cov, cov), times(varx, vary)), varx, "1")
         raise errors.NotSupportedError(f"aggregate {node.sql()} is not supported")
 
 
