@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 import subprocess
 import sys
 
 import pexpect
 import pytest
 
+QUERIES = Path(__file__).parent.parent / "queries"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # prompt_toolkit turns bracketed paste on while it reads a line and off when the line is entered.
 INPUT_STARTS, INPUT_DONE = r"\x1b\[\?2004h", r"\x1b\[\?2004l"
@@ -128,6 +130,20 @@ def test_ctrl_c_clears_the_input(shell):
     shell.until(INPUT_STARTS)
     out = shell.run(".tables")                 # a dot command again: the unfinished statement is gone
     assert "bureau.persons" in out and "Error" not in out
+
+
+@pytest.mark.mpc
+def test_ctrl_c_cancels_a_secure_query_and_the_shell_goes_on(shell):
+    sql = " ".join(line for line in (QUERIES / "app_effectiveness.sql").read_text().splitlines()
+                   if not line.startswith("--"))
+    shell.child.send(sql + "\r")
+    shell.child.expect(INPUT_DONE)
+    shell.child.expect("running across the parties")      # the spinner: the query is under way
+    shell.child.sendcontrol("c")
+    out = shell.until(INPUT_STARTS)
+    assert "cancelled" in out and "restarting the parties" in out and "┏" not in out
+    out = shell.run("SELECT b.region, COUNT(*) AS n FROM bureau.persons b GROUP BY b.region;")
+    assert "North" in out and "4 rows" in out
 
 
 def test_quit_and_history(shell, env):
