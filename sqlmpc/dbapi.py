@@ -117,9 +117,8 @@ class Connection:
         from sqlmpc.sql import Describe, Explain, Query, ShowPolicy, ShowTables, parse
 
         statement = parse(sql)
-        if parameters is not None and not isinstance(statement, Query):
-            if parameters:
-                raise errors.ProgrammingError("parameters are only allowed in a SELECT")
+        if parameters and not isinstance(statement, Query):
+            raise errors.ProgrammingError("parameters are only allowed in a SELECT")
         if isinstance(statement, Query):
             from sqlmpc.sql.params import bind_parameters
             # Values become literals in the tree; sqlglot renders (and escapes) them.  Binding

@@ -172,6 +172,8 @@ def test_parameter_count_and_type_errors(con):
         cur.execute(COUNT_DIAGNOSIS, "IBD")
     with pytest.raises(dbapi.ProgrammingError, match="parameter type"):
         cur.execute(COUNT_DIAGNOSIS, [object()])
+    with pytest.raises(dbapi.ProgrammingError, match="only allowed in a SELECT"):
+        cur.execute("SHOW TABLES", ["x"])
 
 
 def test_executemany_runs_each_and_keeps_the_last(con):
