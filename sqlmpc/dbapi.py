@@ -114,42 +114,29 @@ class Connection:
     def run(self, sql: str, parameters=None) -> Result:
         """Run one statement and return its whole result (the engine under ``Cursor.execute``)."""
         self._check_open()
-        from sqlmpc.sql import Describe, Explain, Query, ShowPolicy, ShowTables, parse
+        from sqlmpc.sql import Explain, Query, parse
 
         statement = parse(sql)
-        if parameters and not isinstance(statement, Query):
-            raise errors.ProgrammingError("parameters are only allowed in a SELECT")
-        if isinstance(statement, Query):
-            from sqlmpc.sql.params import bind_parameters
-            # Values become literals in the tree; sqlglot renders (and escapes) them.  Binding
-            # also checks that every '?' has a parameter.
-            bound = bind_parameters(statement.tree, parameters)
-            if bound is not statement.tree:
-                sql = bound.sql("duckdb")
-            return self._query(sql)
-        if isinstance(statement, Explain):
-            from sqlmpc.plan.bind import bind
-            from sqlmpc.plan.explain import explain
-            from sqlmpc.plan.planner import plan_query
-            text = explain(plan_query(bind(statement.query.tree, self.federation, sql)))
-            return _listing({"plan": text.splitlines()})
-        if isinstance(statement, ShowTables):
-            tables = self.federation.tables
-            return _listing({"party": [t.party for t in tables], "table": [t.name for t in tables]})
-        if isinstance(statement, Describe):
-            table = self.federation.table(statement.party, statement.table)
-            if table is None:
-                raise errors.UnknownTableError(f"no table {statement.party}.{statement.table}")
-            cols = table.columns
-            return _listing({"column": [c.name for c in cols], "type": [c.type for c in cols],
-                             "role": [c.role.value for c in cols]})
-        if isinstance(statement, ShowPolicy):
-            policy = self.federation.policy
-            return _listing({"setting": ["min_cell_size", "joins"],
-                             "value": [str(policy.min_cell_size),
-                                       "any pair" if policy.joins is None else
-                                       "; ".join(sorted(" ⋈ ".join(sorted(j)) for j in policy.joins))]})
-        raise errors.NotSupportedError(f"unsupported statement {type(statement).__name__}")
+        if not isinstance(statement, Query):
+            if parameters:
+                raise errors.ProgrammingError("parameters are only allowed in a SELECT")
+            from sqlmpc import metadata
+            result = metadata.run_metadata(self.federation, statement)    # SHOW, DESCRIBE, EXPLAIN
+            if result is not None:
+                return result
+            if isinstance(statement, Explain):                             # EXPLAIN ANALYZE: run it too
+                plan = metadata.explain_text(self.federation, statement)
+                run = self._query(statement.query.tree.sql("duckdb"))
+                stats = getattr(self._backend, "last_stats", None)
+                return metadata.explain_result(metadata.analyze_text(plan, run, stats))
+            raise errors.NotSupportedError(f"unsupported statement {type(statement).__name__}")
+        from sqlmpc.sql.params import bind_parameters
+        # Values become literals in the tree; sqlglot renders (and escapes) them.  Binding
+        # also checks that every '?' has a parameter.
+        bound = bind_parameters(statement.tree, parameters)
+        if bound is not statement.tree:
+            sql = bound.sql("duckdb")
+        return self._query(sql)
 
     def _query(self, sql: str) -> Result:
         try:
@@ -205,11 +192,6 @@ class Connection:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _listing(columns: dict[str, list]) -> Result:
-    table = pa.table({k: pa.array(v, pa.string()) for k, v in columns.items()})
-    return Result(table, [False] * table.num_rows)
 
 
 class Cursor:

@@ -197,12 +197,15 @@ def test_cursor_close(con):
 
 
 def test_statements_through_the_driver(con):
-    tables = con.execute("SHOW TABLES").fetchall()
+    tables = [r[:2] for r in con.execute("SHOW TABLES").fetchall()]
     assert ("hospital", "patients") in tables and ("bureau", "persons") in tables
-    columns = con.execute("DESCRIBE hospital.patients").fetchall()
+    columns = [r[:3] for r in con.execute("DESCRIBE hospital.patients").fetchall()]
     assert ("pid", "VARCHAR", "key") in columns
     plan = [r[0] for r in con.execute("EXPLAIN " + REGIONS).fetchall()]
     assert any("Leakage" in line for line in plan)
+    analyzed = [r[0] for r in con.execute("EXPLAIN ANALYZE " + REGIONS).fetchall()]
+    assert any("Leakage ledger of this run" in line for line in analyzed)
+    assert any(line.startswith("Result: 4 rows, 4 released") for line in analyzed)
 
 
 # -- the secure join query: suppression and leakage ---------------------------
