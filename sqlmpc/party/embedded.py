@@ -116,7 +116,7 @@ def _party_main(federation_path: str, party: str, conn: Channel) -> None:
             out = node.execute(msg["sql"], msg.get("digest"), [tuple(a) for a in msg["addresses"]],
                                timeout=msg.get("timeout", 30.0))
             conn.send(json.dumps({"digest": out.digest, "seconds": out.seconds,
-                                  "ledger": [e.__dict__ for e in out.ledger],
+                                  "ledger": [e.__dict__ for e in out.ledger], "timings": out.timings,
                                   "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
             conn.send_bytes(_to_ipc(out.cells))
         except Exception as exc:
@@ -200,13 +200,14 @@ class EmbeddedFederation:
             reply = self._receive(p, max(1.0, deadline - time.monotonic()))
             replies.append((p.name, reply))
             if "error" not in reply:
-                tables.append(_from_ipc(p.conn.recv_bytes()))
+                tables.append(p.conn.recv_bytes())
         for name, reply in replies:
             if "error" in reply:
                 raise _rebuild(reply, name)
-        if any(not t.equals(tables[0]) for t in tables[1:]):
+        # Byte-for-byte: Arrow's equals() calls NaN unequal to itself (CORR of a constant is NaN).
+        if any(t != tables[0] for t in tables[1:]):
             raise errors.InternalError("parties computed different results")
-        result = finish(q, cell_grid(q), tables[0])
+        result = finish(q, cell_grid(q), _from_ipc(tables[0]))
         result.leakage = replies[0][1]["ledger"]
         self.last_stats = {name: reply for name, reply in replies}
         return result
