@@ -159,7 +159,8 @@ class NodeServer:
         self._slot_cond = threading.Condition()
         self._slot: str | None = None
         self._pending: dict[str, dict] = {}
-        self._pool = ThreadPoolExecutor(max_workers=max(4, 2 * len(self.peers)), thread_name_prefix="peer")
+        self._aborted: list[str] = []
+        self._pool = ThreadPoolExecutor(max_workers=16 + 4 * len(self.peers), thread_name_prefix="peer")
         self.sessions_opened = 0
         self.sessions_open = 0
         watchdog.install()
@@ -312,7 +313,19 @@ class NodeServer:
                     self.sessions_open = max(0, self.sessions_open - 1)
                 return cells, [e.__dict__ for e in ledger.entries]
 
-        return asyncio.run(main())
+        from sqlmpc.mpc import session as session_mod
+        session_mod.errors.clear()
+        # Not asyncio.run: after a failure thousands of MPyC tasks are still pending, and
+        # cancelling them one by one (each reported with its stack by MPyC's exception
+        # handler) takes minutes.  Drop them silently with the loop instead.
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            return loop.run_until_complete(main())
+        finally:
+            loop.set_exception_handler(lambda loop, context: None)
+            asyncio.set_event_loop(None)
+            loop.close()
 
     # -- peer actions -----------------------------------------------------------------
 
@@ -327,6 +340,8 @@ class NodeServer:
 
     def on_propose(self, msg: dict) -> list:
         qid = msg["qid"]
+        if qid in self._aborted:
+            return results({"error": "OperationalError", "message": "query already aborted", "party": self.party})
         if not self._acquire(qid, BUSY_WAIT):
             return results({"busy": True})
         record = {"qid": qid, "role": "participant", "coordinator": msg.get("from"),
@@ -356,6 +371,8 @@ class NodeServer:
 
     def on_abort(self, msg: dict) -> list:
         qid = msg["qid"]
+        self._aborted.append(qid)
+        del self._aborted[:-1000]
         p = self._pending.pop(qid, None)
         if p is not None:
             p["timer"].cancel()
@@ -482,10 +499,9 @@ class NodeServer:
                 ports = {name: int(r["mpc_port"]) for name, r in replies.items()}
                 ports[self.party] = self.mpc_port
                 return ports
-            for name, r in replies.items():
-                if r.get("ok"):
-                    self._pool.submit(self._peer_call, name, "abort",
-                                      {"qid": qid, "reason": str(failure) if failure else "a peer was busy"}, 5.0)
+            for name in self.peers:     # also those that did not answer: a late proposal is dropped
+                self._pool.submit(self._peer_call, name, "abort",
+                                  {"qid": qid, "reason": str(failure) if failure else "a peer was busy"}, 5.0)
             self._release(qid)
             if failure is not None:
                 if isinstance(failure, errors.QueryRefusedError) or isinstance(failure, errors.ProgrammingError):
@@ -503,30 +519,43 @@ class NodeServer:
             cells, ledger = self.run_mpc(plan, addresses)
         except Exception as exc:
             own_error, cells, ledger = exc, None, []
-        tables, peer_errors, transport_errors = {}, [], []
-        grace = 3.0 if own_error is not None else self.timeout + 10
+            for name in self.peers:
+                self._pool.submit(self._peer_call, name, "abort", {"qid": qid, "reason": str(exc)}, 5.0)
+        tables, peer_errors, transport_errors, answered = {}, [], [], set()
+        deadline = time.monotonic() + (1.5 if own_error is not None else self.timeout)
         for name, fut in futures.items():
             try:
-                out = fut.result(timeout=grace)
+                out = fut.result(timeout=max(0.0, deadline - time.monotonic()))
             except FutureTimeout:
-                transport_errors.append(errors.PartyError(f"no answer within {grace:g} s", party=name))
+                transport_errors.append(errors.PartyError("no answer on the control channel", party=name))
                 continue
             except errors.Error as exc:
                 transport_errors.append(exc)
                 continue
+            answered.add(name)
             reply = json.loads(out[0])
             if "error" in reply:
                 peer_errors.append(rebuild(reply, name))
             else:
                 tables[name] = _from_ipc(out[1])
-        # The most specific error first: ours when it names another party (a lost or silent
-        # peer), then a peer we could not reach, then ours, then what the peers reported.
-        if own_error is not None and getattr(own_error, "party", None) not in (None, self.party):
+        # The most specific error first.  A peer we saw close its MPC connection but that
+        # answered with its own error is not the culprit (it gave up on someone else).
+        blamed = getattr(own_error, "party", None)
+        if own_error is not None and blamed not in (None, self.party) and blamed not in answered:
             raise own_error
         if transport_errors:
             raise transport_errors[0]
+        named = [e for e in peer_errors if getattr(e, "party", None) and "party '" in str(e)]
+        for exc in peer_errors:
+            # A peer's report that names a third party (e.g. "party 'bureau': no MPC message ...").
+            text = str(exc)
+            for p in self.federation.party_names:
+                if p not in answered and p != self.party and f"party '{p}'" in text:
+                    raise exc
         if own_error is not None:
             raise own_error
+        if named:
+            raise named[0]
         if peer_errors:
             raise peer_errors[0]
         if any(not t.equals(cells) for t in tables.values()):
