@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
+from compare import same
 from sqlmpc.oracle import run_oracle
-
-
-def close(a, b):
-    if a is None or b is None:
-        return a is None and b is None
-    if isinstance(a, float) or isinstance(b, float):
-        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
-    return a == b
 
 
 def test_cost_by_region_matches_handwritten_sql(federation, union_db):
@@ -27,7 +18,7 @@ def test_cost_by_region_matches_handwritten_sql(federation, union_db):
     rows = [r for r, s in zip(got.rows(), got.suppressed) if not s]
     assert len(rows) == len(want) > 0
     for r, w in zip(rows, want):
-        assert all(close(a, b) for a, b in zip(r, w))
+        assert all(same(a, b) for a, b in zip(r, w))
 
 
 def test_small_cells_are_suppressed_exactly_below_k(federation, union_db):

@@ -7,13 +7,12 @@ compares the secure result with the plaintext oracle.  Run with a fixed seed in 
 
 from __future__ import annotations
 
-import math
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from compare import assert_same_result
 from sqlmpc.catalog import load_federation
 from sqlmpc.oracle import run_oracle
 
@@ -92,14 +91,6 @@ def write(path, names, types, rows):
     pq.write_table(pa.table({n: pa.array(list(c), type=t) for n, c, t in zip(names, cols, types)}), path)
 
 
-def same(a, b) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    if isinstance(a, float) or isinstance(b, float):
-        return math.isclose(float(a), float(b), rel_tol=1e-8, abs_tol=1e-8)
-    return a == b
-
-
 @pytest.fixture(scope="module")
 def parties(tmp_path_factory):
     from sqlmpc.party.embedded import EmbeddedFederation
@@ -134,9 +125,4 @@ def test_secure_equals_oracle(parties, t, c, t2, p, k, query, y, s):
     federation = load_federation(path)
     fed_proc.reload(federation)
     sql = query.format(y=y, s=s)
-    secure = fed_proc.query(sql)
-    oracle = run_oracle(sql, federation)
-    assert secure.suppressed == oracle.suppressed, sql
-    assert len(secure.rows()) == len(oracle.rows())
-    for got, want in zip(secure.rows(), oracle.rows()):
-        assert all(same(a, b) for a, b in zip(got, want)), (sql, got, want)
+    assert_same_result(fed_proc.query(sql), run_oracle(sql, federation), sql, rel_tol=1e-8)

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 
+from compare import assert_same_result
 from sqlmpc.oracle import run_oracle
 
 QUERIES = sorted((Path(__file__).parent.parent / "queries").glob("*.sql"))
 
 pytestmark = pytest.mark.mpc
-
-
-def same(a, b) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    if isinstance(a, float) or isinstance(b, float):
-        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
-    return a == b
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +25,7 @@ def embedded(federation):
 @pytest.mark.parametrize("path", QUERIES, ids=[p.stem for p in QUERIES])
 def test_saved_query_equals_oracle(path, embedded, federation, union_db):
     sql = path.read_text()
-    secure = embedded.query(sql)
-    oracle = run_oracle(sql, federation, union_db)
-    assert secure.columns == oracle.columns
-    assert secure.suppressed == oracle.suppressed
-    assert len(secure.rows()) == len(oracle.rows())
-    for got, want in zip(secure.rows(), oracle.rows()):
-        assert all(same(a, b) for a, b in zip(got, want)), (got, want)
+    assert_same_result(embedded.query(sql), run_oracle(sql, federation, union_db), path.stem)
 
 
 GATEWAY_QUERIES = ["app_effectiveness", "small_cells_suppressed", "app_engagement_by_age", "sessions_vs_cost",
