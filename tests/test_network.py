@@ -105,7 +105,11 @@ class Federation:
     def kill(self, party, sig=signal.SIGKILL):
         proc = self.procs.pop(party)
         proc.send_signal(sig)
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
     def stop(self):
         for p in list(self.procs):
