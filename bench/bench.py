@@ -59,6 +59,9 @@ def secure_run(fed, sql: str, repeat: int) -> tuple[float, dict, float]:
             embedded.query(sql)
             times.append(time.perf_counter() - t0)
         memory = {name: reply.get("max_rss_mb", 0.0) for name, reply in embedded.last_stats.items()}
+        first = next(iter(embedded.last_stats.values()))
+        print("  stages of", next(iter(embedded.last_stats)), {k: round(v, 2) for k, v in first["timings"].items()},
+              flush=True)
     return statistics.median(times), memory, startup
 
 

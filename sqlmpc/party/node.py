@@ -34,6 +34,7 @@ class Outcome:
     ledger: list
     digest: str
     seconds: float
+    timings: dict       # seconds per stage: local, input, shuffle, join, aggregate, threshold, reveal
 
 
 class PartyNode:
@@ -61,11 +62,11 @@ class PartyNode:
         """Run this party's local parts in its own DuckDB."""
         return {(p.relation, p.part): self.db.sql(p.sql).to_arrow_table() for p in plan.parts_at(self.party)}
 
-    async def run_secure(self, mpc, plan: Plan, local, progress=None) -> pa.Table:
+    async def run_secure(self, mpc, plan: Plan, local, progress=None):
         from sqlmpc.mpc.engine import Engine
 
         engine = Engine(mpc, plan, self.index, self.party, local, progress)
-        return await engine.run()
+        return await engine.run(), engine.timings
 
     def execute(self, sql: str, digest: str | None, addresses: list[tuple[str, int]],
                 progress=None, timeout: float = 30.0) -> Outcome:
@@ -75,13 +76,15 @@ class PartyNode:
         started = time.perf_counter()
         plan = self.admit(sql, digest)
         local = self.run_local(plan)
+        local_seconds = time.perf_counter() - started
 
         async def main():
             with ledger_scope() as ledger:
                 async with MpcSession(self.index[self.party], addresses, timeout=timeout) as mpc:
-                    cells = await self.run_secure(mpc, plan, local, progress)
-                return cells, list(ledger.entries)
+                    cells, timings = await self.run_secure(mpc, plan, local, progress)
+                return cells, list(ledger.entries), timings
 
-        cells, ledger = asyncio.run(main())
-        return Outcome(cells, ledger, plan.digest, time.perf_counter() - started)
+        cells, ledger, timings = asyncio.run(main())
+        timings = {"local": local_seconds, **timings}
+        return Outcome(cells, ledger, plan.digest, time.perf_counter() - started, timings)
 

@@ -359,9 +359,12 @@ class Planner:
         for alias in group.members:
             if alias in keys:
                 # The key enters MPC as a 64-bit hash; a LEFT JOIN's missing key as NULL (no token).
+                # In local mode it only counts distinct persons at its owner: no hash needed.
                 key = exp.column(q.relations[alias].key.name, table=alias)
+                if mode != "local":
+                    key = exp.func("md5_number_lower", exp.cast(key, "VARCHAR"))
                 cols.append(LocalColumn(f"key_{alias}", "key"))
-                items.append(exp.alias_(exp.func("md5_number_lower", exp.cast(key, "VARCHAR")), f"key_{alias}"))
+                items.append(exp.alias_(key, f"key_{alias}"))
         cols.append(LocalColumn("cell", "cell", 0, size, absent))
         items.append(exp.alias_(code, "cell"))
         for name_, (col, node) in self.locals[name].exprs.items():
