@@ -62,13 +62,22 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def cmd_query(args) -> int:
+def open_connection(args):
+    """The connection the command line asks for: a node (--connect), a federation file, or the demo."""
     import sqlmpc
+
+    kwargs = {"token": _token(args), "ca": args.ca} if args.connect else {}
+    return sqlmpc.connect(args.connect or args.federation, oracle=args.oracle, persons=args.persons, **kwargs)
+
+
+DRY_RUN = ("DRY RUN: --oracle computes in the clear on all parties' data in one process. "
+           "No privacy: use it on synthetic data only.")
+
+
+def cmd_query(args) -> int:
     from sqlmpc.output import render
 
-    fed = args.connect or args.federation
-    kwargs = {"token": _token(args), "ca": args.ca} if args.connect else {}
-    with sqlmpc.connect(fed, oracle=args.oracle, persons=args.persons, **kwargs) as con:
+    with open_connection(args) as con:
         statements = [args.command] if args.command else _statements(sys.stdin.read())
         for sql in statements:
             result = con.run(sql)
@@ -145,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("files", nargs="+")
     p.add_argument("--check", action="store_true", help="compare with FILE.expected.csv; exit 1 on a difference")
     p.add_argument("--write-expected", action="store_true", help="(re)write FILE.expected.csv")
-    p.add_argument("--out", help="directory for results (CSV)")
+    p.add_argument("--out", help="directory for the results")
+    p.add_argument("--format", choices=["csv", "json", "markdown", "parquet"], default=argparse.SUPPRESS,
+                   help="format of the files written to --out (default csv)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("demo", help="generate the demo federation")
     p.add_argument("--out", default="demo-data")
@@ -182,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     common(p, "--connect", "--token", "--token-file", "--ca")
     p.set_defaults(func=cmd_status)
     args = parser.parse_args(argv)
+    if args.oracle:
+        print(DRY_RUN, file=sys.stderr)
     try:
         if getattr(args, "func", None):
             return args.func(args)

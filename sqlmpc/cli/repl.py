@@ -208,10 +208,10 @@ def repl(args) -> int:
     from prompt_toolkit.lexers import PygmentsLexer
     from pygments.lexers.sql import SqlLexer
 
-    import sqlmpc
+    from sqlmpc.cli.main import open_connection
 
     print("sqlmpc — federated SQL over MPC. Starting the parties ...", flush=True)
-    with sqlmpc.connect(args.federation, oracle=args.oracle, persons=args.persons) as con:
+    with open_connection(args) as con:
         shell = Shell(con, interactive=True)
         names = ", ".join(p.name for p in con.federation.parties)
         print(f"Connected to federation '{con.federation.name}' ({names}); k = "
