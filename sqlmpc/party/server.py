@@ -303,9 +303,7 @@ class NodeServer:
                     async with session as mpc:
                         self.sessions_open += 1
                         self.sessions_opened += 1
-                        cells = await watchdog.guard(self.node.run_secure(mpc, plan, local), peers, self.timeout)
-                        if isinstance(cells, tuple):     # (cells, timings) from newer PartyNode versions
-                            cells = cells[0]
+                        cells, _ = await watchdog.guard(self.node.run_secure(mpc, plan, local), peers, self.timeout)
                 except SessionError as exc:
                     who = session.missing[0] if session.missing else None
                     raise errors.PartyError(f"MPC session failed: {exc}", party=who) from None
