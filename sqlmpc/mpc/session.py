@@ -285,3 +285,21 @@ def free_ports(m: int, host: str = "127.0.0.1") -> list[int]:
         for s in socks:
             s.close()
     return ports
+
+
+def run_in_fresh_loop(coro):
+    """Run one query's coroutine in an event loop of its own, closed afterwards.
+
+    Not ``asyncio.run``: after a failure thousands of MPyC tasks are still pending,
+    and cancelling them one by one (each reported with its stack by MPyC's exception
+    handler) takes minutes.  They are dropped silently with the loop instead.
+    """
+    errors.clear()
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.set_exception_handler(lambda loop, context: None)
+        asyncio.set_event_loop(None)
+        loop.close()

@@ -8,7 +8,6 @@ parts and takes part in the secure computation.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 
@@ -71,7 +70,7 @@ class PartyNode:
     def execute(self, sql: str, digest: str | None, addresses: list[tuple[str, int]],
                 progress=None, timeout: float = 30.0) -> Outcome:
         from sqlmpc.mpc.reveal import ledger_scope
-        from sqlmpc.mpc.session import MpcSession
+        from sqlmpc.mpc.session import MpcSession, run_in_fresh_loop
 
         started = time.perf_counter()
         plan = self.admit(sql, digest)
@@ -84,7 +83,7 @@ class PartyNode:
                     cells, timings = await self.run_secure(mpc, plan, local, progress)
                 return cells, list(ledger.entries), timings
 
-        cells, ledger, timings = asyncio.run(main())
+        cells, ledger, timings = run_in_fresh_loop(main())
         timings = {"local": local_seconds, **timings}
         return Outcome(cells, ledger, plan.digest, time.perf_counter() - started, timings)
 

@@ -28,7 +28,6 @@ and then it binds 127.0.0.1 only.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import random
@@ -276,7 +275,7 @@ class NodeServer:
     def run_mpc(self, plan, addresses: list[tuple[str, int]]) -> tuple[pa.Table, list]:
         """Local parts and the secure computation, as PartyNode.execute, with TLS and a watchdog."""
         from sqlmpc.mpc.reveal import ledger_scope
-        from sqlmpc.mpc.session import MpcSession, SessionError
+        from sqlmpc.mpc.session import MpcSession, SessionError, run_in_fresh_loop
         from sqlmpc.party import watchdog
 
         index = self.node.index
@@ -311,19 +310,7 @@ class NodeServer:
                     self.sessions_open = max(0, self.sessions_open - 1)
                 return cells, [e.__dict__ for e in ledger.entries]
 
-        from sqlmpc.mpc import session as session_mod
-        session_mod.errors.clear()
-        # Not asyncio.run: after a failure thousands of MPyC tasks are still pending, and
-        # cancelling them one by one (each reported with its stack by MPyC's exception
-        # handler) takes minutes.  Drop them silently with the loop instead.
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        try:
-            return loop.run_until_complete(main())
-        finally:
-            loop.set_exception_handler(lambda loop, context: None)
-            asyncio.set_event_loop(None)
-            loop.close()
+        return run_in_fresh_loop(main())
 
     # -- peer actions -----------------------------------------------------------------
 
