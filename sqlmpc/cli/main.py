@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="no TLS, no certificates: bind 127.0.0.1 only (development)")
     p.add_argument("--bind", default="0.0.0.0", help="interface to listen on (default all; loopback if insecure)")
     p.add_argument("--analyst-port", type=int, help="analyst endpoint port (default: address port + 1)")
-    p.add_argument("--mpc-port", type=int, help="MPC data plane port (default: address port + 2)")
+    p.add_argument("--mpc-port", type=int,
+                   help="first of the 16 MPC data plane ports used in turn, one per query (default: address port + 2)")
     p.add_argument("--state", help="state directory with the audit log (default ./sqlmpc-state/PARTY)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before a silent party fails a query")
     p.set_defaults(func=cmd_serve)

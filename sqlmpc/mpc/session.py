@@ -287,6 +287,11 @@ def free_ports(m: int, host: str = "127.0.0.1") -> list[int]:
     return ports
 
 
+def session_open() -> bool:
+    """Whether this process holds an open MPC session."""
+    return _active is not None
+
+
 def run_in_fresh_loop(coro):
     """Run one query's coroutine in an event loop of its own, closed afterwards.
 
@@ -300,6 +305,10 @@ def run_in_fresh_loop(coro):
     try:
         return loop.run_until_complete(coro)
     finally:
+        # MPyC stops the loop on a failure, so the session's own exit may never have run:
+        # close what it left open, or the next query finds "a session is already open".
+        if _active is not None:
+            _active.abort()
         loop.set_exception_handler(lambda loop, context: None)
         asyncio.set_event_loop(None)
         loop.close()

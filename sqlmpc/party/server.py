@@ -29,7 +29,9 @@ and then it binds 127.0.0.1 only.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import socket
 import random
 import threading
 import time
@@ -96,6 +98,9 @@ def _split(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+MPC_PORTS = 16          # MPC ports a node rotates through, from --mpc-port on
+
+
 @dataclass
 class Tls:
     cert: bytes
@@ -149,7 +154,8 @@ class NodeServer:
         host, port = _split(self.federation.party(self.party).address)
         self.port = port
         self.analyst_port = analyst_port or port + 1
-        self.mpc_port = mpc_port or port + 2
+        self.mpc_port = mpc_port or port + 2       # first of MPC_PORTS ports, one per query in turn
+        self._mpc_turn = -1
         self.peers = {p.name: _split(p.address) for p in self.federation.parties if p.name != self.party}
         state = Path(state_dir) if state_dir else Path("sqlmpc-state") / self.party
         self.audit = AuditLog(state / "audit.jsonl")
@@ -161,7 +167,6 @@ class NodeServer:
         self._aborted: list[str] = []
         self._pool = ThreadPoolExecutor(max_workers=16 + 4 * len(self.peers), thread_name_prefix="peer")
         self.sessions_opened = 0
-        self.sessions_open = 0
         watchdog.install()
         self._peer_server = None
         self._analyst_server = None
@@ -211,11 +216,31 @@ class NodeServer:
         try:
             return call(self.client(peer), action, body, timeout=timeout)
         except flight.FlightError as exc:
-            # Drop the channel: a restarted peer gets a fresh connection.
-            with self._clients_lock:
-                self._clients.pop(peer, None)
+            self._forget(peer)
             raise errors.PartyError(f"unreachable or failed on the control channel: {_short(exc)}",
                                     party=peer) from None
+
+    def take_mpc_port(self) -> int:
+        """The MPC port for the next query: the next free one of MPC_PORTS ports from --mpc-port.
+
+        A fresh port per query means a failed query's lingering connections can never
+        meet the next query's (a party that was killed or stalled may still hold them).
+        """
+        for _ in range(MPC_PORTS):
+            self._mpc_turn = (self._mpc_turn + 1) % MPC_PORTS
+            port = self.mpc_port + self._mpc_turn
+            with socket.socket() as probe:
+                try:
+                    probe.bind((self.bind if self.bind != "0.0.0.0" else "", port))
+                    return port
+                except OSError:
+                    continue
+        raise errors.OperationalError(f"no free MPC port in {self.mpc_port}..{self.mpc_port + MPC_PORTS - 1}")
+
+    def _forget(self, peer: str | None) -> None:
+        """Drop a peer's control channel: a restarted peer gets a fresh connection, not gRPC's backoff."""
+        with self._clients_lock:
+            self._clients.pop(peer, None)
 
     # -- the query slot (one query at a time per node) ----------------------------
 
@@ -300,25 +325,24 @@ class NodeServer:
                                   timeout=self.timeout, listen_host=self.bind)
                 try:
                     async with session as mpc:
-                        self.sessions_open += 1
-                        self.sessions_opened += 1
                         cells, _ = await watchdog.guard(self.node.run_secure(mpc, plan, local), peers, self.timeout)
                 except SessionError as exc:
                     who = session.missing[0] if session.missing else None
                     raise errors.PartyError(f"MPC session failed: {exc}", party=who) from None
-                finally:
-                    self.sessions_open = max(0, self.sessions_open - 1)
                 return cells, [e.__dict__ for e in ledger.entries]
 
+        self.sessions_opened += 1
         return run_in_fresh_loop(main())
 
     # -- peer actions -----------------------------------------------------------------
 
     def on_hello(self, msg: dict) -> list:
-        from sqlmpc.mpc import unpickle
         import mpyc.runtime
+
+        from sqlmpc.mpc import unpickle
+        from sqlmpc.mpc.session import session_open
         return results({"party": self.party, "version": version(), "fingerprint": self.federation.fingerprint,
-                        "busy": self._slot is not None, "sessions_open": self.sessions_open,
+                        "busy": self._slot is not None, "sessions_open": int(session_open()),
                         "sessions_opened": self.sessions_opened, "tls": self.tls is not None,
                         "restricted_unpickler": getattr(mpyc.runtime, "pickle", None) is unpickle._shim
                         if "mpyc.runtime" in __import__("sys").modules else None})
@@ -344,7 +368,7 @@ class NodeServer:
         self._pending[qid] = {"plan": plan, "record": {**record, "plan_hash": plan.digest}, "started": started,
                               "timer": timer}
         timer.start()
-        return results({"ok": True, "mpc_port": self.mpc_port})
+        return results({"ok": True, "mpc_port": self.take_mpc_port()})
 
     def _expire(self, qid: str) -> None:
         p = self._pending.pop(qid, None)
@@ -432,7 +456,7 @@ class NodeServer:
             record["plan_hash"] = plan.digest
             proposal = {"qid": qid, "from": self.party, "analyst": analyst, "sql": sql, "digest": plan.digest,
                         "fingerprint": self.federation.fingerprint, "min_cell_size": plan.min_cell_size}
-            ports = self._propose_all(proposal, started, record)
+            ports, qid = self._propose_all(proposal, started, record)
             record.update(decision="accepted")
             try:
                 addresses = [(self.peers[p.name][0] if p.name != self.party else _split(p.address)[0],
@@ -454,16 +478,23 @@ class NodeServer:
             if record["outcome"] is None:
                 record["outcome"] = "refused" if record["decision"] == "refused" else "failed"
                 record["error"] = str(exc)
+            if isinstance(exc, errors.OperationalError):
+                self._forget(getattr(exc, "party", None))
             raise
         finally:
             record["duration_s"] = time.monotonic() - started
             self.audit.write(record)
 
-    def _propose_all(self, proposal: dict, started: float, record: dict) -> dict[str, int]:
-        """Hold our slot and get every peer's acceptance; retry while a peer is busy."""
-        qid = proposal["qid"]
+    def _propose_all(self, proposal: dict, started: float, record: dict) -> tuple[dict[str, int], str]:
+        """Hold our slot and get every peer's acceptance; retry while a peer is busy.
+
+        Returns the MPC ports and the id of the accepted attempt: a retry is a new
+        attempt, since peers drop any attempt they were told to abort.
+        """
         deadline = started + self.timeout
-        while True:
+        for attempt in itertools.count():
+            qid = proposal["qid"] if attempt == 0 else f"{proposal['qid']}.{attempt}"
+            proposal = dict(proposal, qid=qid)
             if not self._acquire(qid, max(0.0, deadline - time.monotonic())):
                 raise errors.OperationalError(f"party '{self.party}' stayed busy for {self.timeout:g} s")
             futures = {name: self._pool.submit(self._peer_call, name, "propose", proposal, self.timeout)
@@ -482,8 +513,8 @@ class NodeServer:
                     failure = rebuild(reply, name)
             if failure is None and not busy:
                 ports = {name: int(r["mpc_port"]) for name, r in replies.items()}
-                ports[self.party] = self.mpc_port
-                return ports
+                ports[self.party] = self.take_mpc_port()
+                return ports, qid
             for name in self.peers:     # also those that did not answer: a late proposal is dropped
                 self._pool.submit(self._peer_call, name, "abort",
                                   {"qid": qid, "reason": str(failure) if failure else "a peer was busy"}, 5.0)
