@@ -292,7 +292,7 @@ class Planner:
 
     def cell_code(self, name: str) -> tuple[exp.Expression, int, int]:
         """The group's own cell code (mixed radix over its GROUP BY items), its size and absent code."""
-        code, size, absent = exp.Literal.number(0), 1, 0
+        code, size, absent = None, 1, 0
         for g in self.grid.groups:
             if self.group_of[g.relation].name != name:
                 continue
@@ -303,11 +303,12 @@ class Planner:
                 pos = exp.Case(ifs=[exp.If(this=exp.Is(this=g.expr.copy(), expression=exp.null()),
                                            true=exp.Literal.number(g.domain.index(None)))], default=pos)
             # A value outside the (narrowed) domain belongs to no cell: code -1 everywhere.
-            code = exp.Add(this=exp.Mul(this=exp.paren(code), expression=exp.Literal.number(len(g.domain))),
-                           expression=exp.func("coalesce", pos, exp.Literal.number(-10**9)))
+            pos = exp.func("coalesce", pos, exp.Literal.number(-10**9))
+            code = pos if code is None else exp.Add(
+                this=exp.Mul(this=exp.paren(code), expression=exp.Literal.number(len(g.domain))), expression=pos)
             absent = absent * len(g.domain) + self.absent_index(g)
             size *= len(g.domain)
-        return code, size, absent
+        return (exp.Literal.number(0) if code is None else code), size, absent
 
     def absent_index(self, g) -> int:
         if not self.group_of[g.relation].nullable:
