@@ -204,8 +204,8 @@ def test_tampered_catalog_gives_plan_hash_mismatch(demo_path, tmp_path):
 
 # -- failures ------------------------------------------------------------------------------
 
-def test_killed_party_fails_the_query_then_recovers(loopback, federation, union_db):
-    sql = (QUERIES / "app_effectiveness.sql").read_text()
+def query_in_background(loopback, sql):
+    """Start ``sql`` on a thread; the box gets "ok" or "error", and "seconds"."""
     box = {}
 
     def run():
@@ -220,6 +220,12 @@ def test_killed_party_fails_the_query_then_recovers(loopback, federation, union_
 
     t = threading.Thread(target=run)
     t.start()
+    return t, box
+
+
+def test_killed_party_fails_the_query_then_recovers(loopback, federation, union_db):
+    sql = (QUERIES / "app_effectiveness.sql").read_text()
+    t, box = query_in_background(loopback, sql)
     time.sleep(0.6)           # inside the MPC (planning + proposal take ~0.1 s)
     loopback.kill("insurer")
     t.join(TIMEOUT + 20)
@@ -255,20 +261,7 @@ def assert_idle_soon(loopback) -> None:
 
 def test_stalled_party_fails_within_the_timeout(loopback):
     sql = (QUERIES / "app_effectiveness.sql").read_text()
-    box = {}
-
-    def run():
-        t0 = time.perf_counter()
-        try:
-            with sqlmpc.connect(loopback.url()) as con:
-                con.execute(sql)
-            box["ok"] = True
-        except Exception as exc:
-            box["error"] = exc
-        box["seconds"] = time.perf_counter() - t0
-
-    t = threading.Thread(target=run)
-    t.start()
+    t, box = query_in_background(loopback, sql)
     time.sleep(0.6)
     loopback.procs["bureau"].send_signal(signal.SIGSTOP)
     try:
