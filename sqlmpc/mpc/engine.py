@@ -109,16 +109,14 @@ class Engine:
                 for j, name in enumerate(names):
                     values[cells, j] = [int(v) for v in t.column(name).to_pylist()]
             x = self.input_matrix(part, G, len(names), values)
+            columns = [x[:, j] for j in range(len(names))]
             if totals is None:
-                totals = x
-            else:
-                summed = totals + x
-                for j, name in enumerate(names):
-                    if kinds[name] in ("min", "max"):
-                        f = self.mpc.np_minimum if kinds[name] == "min" else self.mpc.np_maximum
-                        summed[:, j] = f(totals[:, j], x[:, j])
-                totals = summed
-        return {name: totals[:, j] for j, name in enumerate(names)}
+                totals = columns
+            else:   # the parts' cell totals add up; their minima and maxima are compared
+                totals = [self.mpc.np_minimum(a, b) if kinds[name] == "min" else
+                          self.mpc.np_maximum(a, b) if kinds[name] == "max" else a + b
+                          for name, a, b in zip(names, totals, columns)]
+        return dict(zip(names, totals))
 
     # -- join mode -------------------------------------------------------------
 
