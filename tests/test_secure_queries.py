@@ -59,3 +59,20 @@ def test_gateway_opens_no_suppressed_value_and_ledger_matches_declaration(name, 
     for j in range(len(plan.outputs)):
         values = cells.column(f"a{j}").to_pylist()
         assert all(v is None for v, o in zip(values, ok) if not o)
+
+
+def test_horizontal_union_across_three_hospitals(tmp_path):
+    """UNION ALL over parties with their own key spaces: each pre-aggregates per cell; MIN/MAX compared."""
+    from sqlmpc.catalog import load_federation
+    from sqlmpc.demo import generate_horizontal
+    from sqlmpc.party.embedded import EmbeddedFederation
+
+    fed = load_federation(generate_horizontal(tmp_path, rows_per_party=2000))
+    branches = " UNION ALL ".join(f"SELECT pid, ward, los_days, cost_eur FROM {p}.admissions"
+                                  for p in fed.party_names)
+    sql = (f"SELECT a.ward, COUNT(*), COUNT(DISTINCT a.pid), MIN(a.los_days), MAX(a.cost_eur), "
+           f"AVG(a.cost_eur) FROM ({branches}) AS a GROUP BY a.ward ORDER BY a.ward")
+    with EmbeddedFederation(fed) as parties:
+        secure = parties.query(sql)
+    assert_same_result(secure, run_oracle(sql, fed), sql)
+    assert not any(secure.suppressed)
