@@ -193,7 +193,10 @@ class EmbeddedFederation:
         message = json.dumps({"op": "query", "sql": sql, "digest": plan.digest, "timeout": self.timeout,
                               "addresses": [["127.0.0.1", port] for port in ports]})
         for p in self.parties:
-            p.conn.send(message)
+            try:
+                p.conn.send(message)
+            except OSError:
+                raise errors.PartyError("the party process is not running", party=p.name) from None
         replies, tables = [], []
         deadline = time.monotonic() + self.timeout + 600
         for p in self.parties:
