@@ -78,7 +78,8 @@ def cmd_query(args) -> int:
     from sqlmpc.output import render
 
     with open_connection(args) as con:
-        statements = [args.command] if args.command else _statements(sys.stdin.read())
+        from sqlmpc.sql.script import statements as split
+        statements = [args.command] if args.command else split(sys.stdin.read())
         for sql in statements:
             result = con.run(sql)
             render(result, args.format, sys.stdout)
@@ -124,13 +125,6 @@ def cmd_status(args) -> int:
         remote.close()
     print(format_status(status))
     return 0 if all(p.get("reachable") for p in status["parties"].values()) else 1
-
-
-def _statements(text: str) -> list[str]:
-    """Split a script on ';' and keep the chunks that hold more than comments."""
-    def has_sql(chunk: str) -> bool:
-        return any(line.strip() and not line.strip().startswith("--") for line in chunk.splitlines())
-    return [chunk.strip() for chunk in text.split(";") if has_sql(chunk)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -147,13 +147,13 @@ class Shell:
                 self.out.close()
             self.out = open(arg, "w") if arg else sys.stdout
         elif cmd == ".read":
-            from sqlmpc.cli.main import _statements
+            from sqlmpc.sql.script import statements
             try:
                 text = Path(arg).read_text()
             except OSError as exc:
                 self.print(f"Error: cannot read {arg}: {exc.strerror}")
                 return True
-            for sql in _statements(text):
+            for sql in statements(text):
                 self.sql(sql)
         else:
             self.print(f"unknown command {cmd}; try .help")
@@ -197,9 +197,8 @@ class Shell:
 
 def split_complete(buffer: str) -> tuple[list[str], str]:
     """The complete statements (ended by ';') in ``buffer`` and the unfinished rest."""
-    parts = buffer.split(";")
-    done = [p.strip() for p in parts[:-1] if p.strip()]
-    return done, parts[-1]
+    from sqlmpc.sql.script import split_script
+    return split_script(buffer)
 
 
 def repl(args) -> int:
