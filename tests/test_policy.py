@@ -97,3 +97,15 @@ def test_match_test_on_left_joined_key_is_allowed(federation):
     q = check(federation, "SELECT CASE WHEN u.pid IS NULL THEN 'no' ELSE 'yes' END AS app, COUNT(*) "
                           "FROM hospital.patients p LEFT JOIN hospital.app_usage u ON u.pid = p.pid GROUP BY app")
     assert q.nullable_relations == {"u"}
+
+
+def test_declared_dominance_rule_refuses_sums_it_cannot_enforce(tmp_path, demo_path):
+    from sqlmpc.catalog import load_federation
+    from sqlmpc.party.node import plan_for
+
+    local = tmp_path / "local.toml"
+    local.write_text("[policy]\nmin_cell_size = 10\ndominance = { n = 2, percent = 85.0 }\n")
+    fed = load_federation(demo_path, local_policy=local)
+    with pytest.raises(errors.PolicyError, match="dominance"):
+        plan_for(fed, "SELECT c.year, SUM(c.cost_eur) FROM insurer.claims c GROUP BY c.year")
+    assert plan_for(fed, "SELECT c.year, COUNT(*) FROM insurer.claims c GROUP BY c.year").grid.size == 6

@@ -248,6 +248,7 @@ class Planner:
         outputs = tuple(_parenthesize(formulas.output(item)) for item in aggregate_items(q))
         having = _parenthesize(formulas.output(q.having)) if q.having is not None else None
         formulas.persons()
+        self.check_dominance(moments)
 
         # One relation whose parts cannot share persons: each owner pre-aggregates per cell.
         root = q.root
@@ -278,6 +279,24 @@ class Planner:
             min_cell_size=q.federation.policy.min_cell_size,
             leakage=self.leakage(mode, parts, outputs, having), per_key=per_key,
         )
+
+    def check_dominance(self, moments: dict[str, Moment]) -> None:
+        """Refuse what the federation's dominance rule governs, since it is not enforced yet.
+
+        An (n, p)-dominance rule limits released sums of measures; counts are not
+        subject to it.  Better a clear refusal than a rule silently not applied.
+        """
+        rule = self.q.federation.policy.dominance
+        if rule is None:
+            return
+        for m in moments.values():
+            values = [c for c in m.expr.find_all(exp.Column)
+                      if self.locals[c.table].exprs[c.name][0].kind == "value"]
+            if values or m.kind in ("min", "max"):
+                raise errors.PolicyError(
+                    f"the federation's ({rule.n}, {rule.percent:g} %)-dominance rule governs sums of measures, "
+                    "and sqlmpc does not enforce it yet: such outputs are refused",
+                    hint="ask for counts (COUNT(*), COUNT(DISTINCT ...)) or remove the dominance rule")
 
     def secure_joins(self) -> tuple[Join, ...]:
         """The joins between groups, as ((group, member alias), (group, member alias)) key pairs."""
