@@ -111,7 +111,7 @@ class Connection:
         if self._closed:
             raise errors.InterfaceError("the connection is closed")
 
-    def run(self, sql: str, parameters=None) -> Result:
+    def run(self, sql: str, parameters=None, progress=None) -> Result:
         """Run one statement and return its whole result (the engine under ``Cursor.execute``)."""
         self._check_open()
         from sqlmpc.sql import Explain, Query, parse
@@ -136,14 +136,14 @@ class Connection:
         bound = bind_parameters(statement.tree, parameters)
         if bound is not statement.tree:
             sql = bound.sql("duckdb")
-        return self._query(sql)
+        return self._query(sql, progress)
 
-    def _query(self, sql: str) -> Result:
+    def _query(self, sql: str, progress=None) -> Result:
         try:
             if self.oracle:
                 from sqlmpc.oracle import run_oracle
                 return run_oracle(sql, self.federation)
-            return self._backend.query(sql)
+            return self._backend.query(sql, progress=progress)
         except errors.Error:
             raise
         except OSError as exc:      # a party's pipe or socket broke

@@ -76,3 +76,10 @@ def test_horizontal_union_across_three_hospitals(tmp_path):
         secure = parties.query(sql)
     assert_same_result(secure, run_oracle(sql, fed), sql)
     assert not any(secure.suppressed)
+
+
+def test_progress_names_the_secure_stages_in_order(embedded):
+    stages = []
+    embedded.query((Path(__file__).parent.parent / "queries" / "app_effectiveness.sql").read_text(),
+                   progress=stages.append)
+    assert stages == ["local", "input", "shuffle", "join", "aggregate", "threshold", "reveal"]

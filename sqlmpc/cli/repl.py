@@ -173,9 +173,10 @@ class Shell:
         if not (self.interactive and self.out is sys.stdout and not self.con.oracle):
             return self.con.run(text)
         from rich.console import Console
-        # A spinner while the parties compute; it disappears when the result arrives.
-        with Console(stderr=True).status("running across the parties (Ctrl-C cancels) ...", spinner="dots"):
-            return self.con.run(text)
+        # A spinner naming the secure stage the parties are in; it disappears with the result.
+        with Console(stderr=True).status("running across the parties (Ctrl-C cancels) ...", spinner="dots") as status:
+            return self.con.run(text, progress=lambda stage: status.update(
+                f"running across the parties: {stage} ... (Ctrl-C cancels)"))
 
     def sql(self, text: str) -> None:
         from sqlmpc.output import render

@@ -80,7 +80,7 @@ class RemoteConnection:
         except flight.FlightError as exc:
             raise errors.OperationalError(f"{self.url}: {_first_line(exc)}") from None
 
-    def query(self, sql: str) -> Result:
+    def query(self, sql: str, progress=None) -> Result:
         from sqlmpc.party.embedded import _from_ipc
         from sqlmpc.party.server import rebuild
 

@@ -112,9 +112,12 @@ def _party_main(federation_path: str, party: str, conn: Channel) -> None:
             except Exception as exc:
                 conn.send(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
             continue
+        def progress(stage: str) -> None:
+            conn.send(json.dumps({"progress": stage}))
+
         try:
             out = node.execute(msg["sql"], msg.get("digest"), [tuple(a) for a in msg["addresses"]],
-                               timeout=msg.get("timeout", 30.0))
+                               timeout=msg.get("timeout", 30.0), progress=progress if msg.get("progress") else None)
             conn.send(json.dumps({"digest": out.digest, "seconds": out.seconds,
                                   "ledger": [e.__dict__ for e in out.ledger], "timings": out.timings,
                                   "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -178,21 +181,30 @@ class EmbeddedFederation:
                 raise _rebuild(reply, name)
         self.federation = federation
 
-    def _receive(self, p: PartyProcess, timeout: float) -> dict:
-        if not p.conn.poll(timeout):
-            raise errors.PartyError(f"no answer within {timeout:.0f} s", party=p.name)
-        try:
-            return json.loads(p.conn.recv())
-        except EOFError:
-            raise errors.PartyError("the party process ended unexpectedly", party=p.name) from None
+    def _receive(self, p: PartyProcess, timeout: float, progress=None) -> dict:
+        """The party's next answer; stage reports on the way go to ``progress``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not p.conn.poll(max(0.0, deadline - time.monotonic())):
+                raise errors.PartyError(f"no answer within {timeout:.0f} s", party=p.name)
+            try:
+                reply = json.loads(p.conn.recv())
+            except EOFError:
+                raise errors.PartyError("the party process ended unexpectedly", party=p.name) from None
+            if "progress" not in reply:
+                return reply
+            if progress is not None:
+                progress(reply["progress"])
 
-    def query(self, sql: str) -> Result:
+    def query(self, sql: str, progress=None) -> Result:
+        """Run a query through every party; ``progress(stage)`` hears the secure stages as they start."""
         q = bind(parse_query(sql), self.federation, sql)   # fail fast, with a caret, before any party works
         plan = plan_query(q)
         ports = free_ports(len(self.parties))
-        message = json.dumps({"op": "query", "sql": sql, "digest": plan.digest, "timeout": self.timeout,
-                              "addresses": [["127.0.0.1", port] for port in ports]})
-        for p in self.parties:
+        for i, p in enumerate(self.parties):
+            message = json.dumps({"op": "query", "sql": sql, "digest": plan.digest, "timeout": self.timeout,
+                                  "addresses": [["127.0.0.1", port] for port in ports],
+                                  "progress": i == 0 and progress is not None})
             try:
                 p.conn.send(message)
             except OSError:
@@ -200,7 +212,7 @@ class EmbeddedFederation:
         replies, tables = [], []
         deadline = time.monotonic() + self.timeout + 600
         for p in self.parties:
-            reply = self._receive(p, max(1.0, deadline - time.monotonic()))
+            reply = self._receive(p, max(1.0, deadline - time.monotonic()), progress)
             replies.append((p.name, reply))
             if "error" not in reply:
                 tables.append(p.conn.recv_bytes())

@@ -74,6 +74,8 @@ class PartyNode:
 
         started = time.perf_counter()
         plan = self.admit(sql, digest)
+        if progress is not None:
+            progress("local")
         local = self.run_local(plan)
         local_seconds = time.perf_counter() - started
 
