@@ -52,6 +52,19 @@ def cell_columns(grid: CellGrid, q: BoundQuery) -> list[str]:
             + [f"a{j}" for j in range(len(aggregate_items(q)))])
 
 
+def result_types(q: BoundQuery) -> list[str]:
+    """The SQL type of each output column: DuckDB describes the query over empty tables of the catalog."""
+    from sqlmpc.sql import parse_query
+
+    con = duckdb.connect()
+    for table in q.federation.tables:
+        schema = exp.to_identifier(table.party, quoted=True).sql("duckdb")
+        columns = ", ".join(f"{exp.to_identifier(c.name, quoted=True).sql('duckdb')} {c.type}" for c in table.columns)
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        con.execute(f"CREATE TABLE {schema}.{exp.to_identifier(table.name, quoted=True).sql('duckdb')} ({columns})")
+    return [row[1] for row in con.execute("DESCRIBE " + parse_query(q.sql).sql("duckdb")).fetchall()]
+
+
 def finish(q: BoundQuery, grid: CellGrid, cells: pa.Table) -> Result:
     """Apply the select list, HAVING, ORDER BY and LIMIT to a cell table."""
     group_cols = {g.expr.sql(): exp.column(f"g{i}", table="c") for i, g in enumerate(grid.groups)}
@@ -67,7 +80,9 @@ def finish(q: BoundQuery, grid: CellGrid, cells: pa.Table) -> Result:
             raise errors.NotSupportedError(f"ORDER BY {node.sql()}: order by a selected aggregate")
         return node.transform(lambda n: group_cols[n.sql()].copy() if n.sql() in group_cols else n)
 
-    outputs = [exp.alias_(to_cells(e.copy()), f"o{i}") for i, (_, e) in enumerate(q.select)]
+    # Every output gets the type DuckDB gives it, whoever computed the cells (engine or oracle).
+    outputs = [exp.alias_(exp.cast(to_cells(e.copy()), sql_type), f"o{i}")
+               for i, ((_, e), sql_type) in enumerate(zip(q.select, result_types(q)))]
     query = exp.select(*outputs, exp.alias_(exp.not_(exp.column("ok", table="c")), "suppressed_"))
     query = query.from_(exp.to_table("cells").as_("c"))
     if q.having is not None:

@@ -438,7 +438,7 @@ class Engine:
         data["having"] = pa.array([h if plan.having is not None else (True if ok[i] else None)
                                    for i, h in enumerate(having)], pa.bool_())
         for j, col in enumerate(outputs):
-            data[f"a{j}"] = pa.array(col)
+            data[f"a{j}"] = _arrow_column(col)
         return pa.table(data)
 
     async def reveal_output(self, formula: exp.Expression, moments, bounds) -> list:
@@ -468,8 +468,7 @@ class Engine:
             return out
         f = self.formula(formula, moments, bounds)
         values = await self.ratio(f, "released values")
-        return [None if v is None else (int(v) if v.denominator == 1 and _is_count(formula) else float(v))
-                for v in values]
+        return [None if v is None else (int(v) if v.denominator == 1 else float(v)) for v in values]
 
     async def ratio(self, f: Frac, what: str) -> list:
         num, den = f.num, f.den
@@ -622,5 +621,12 @@ def _is_public(v) -> bool:
     return isinstance(v, (int, Fraction))
 
 
-def _is_count(formula: exp.Expression) -> bool:
-    return isinstance(formula, exp.Column)
+def _arrow_column(values: list) -> pa.Array:
+    """Released values as Arrow: exact integers stay exact (int64, or decimal beyond it), else double."""
+    present = [v for v in values if v is not None]
+    if all(isinstance(v, int) for v in present):
+        if all(-2**63 <= v < 2**63 for v in present):
+            return pa.array(values, pa.int64())
+        import decimal
+        return pa.array([None if v is None else decimal.Decimal(v) for v in values], pa.decimal128(38, 0))
+    return pa.array([None if v is None else float(v) for v in values], pa.float64())
