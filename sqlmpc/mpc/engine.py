@@ -121,7 +121,7 @@ class Engine:
     # -- join mode -------------------------------------------------------------
 
     async def run_join_mode(self, sizes) -> dict[str, object]:
-        plan, mpc = self.plan, self.mpc
+        plan = self.plan
         self.progress("input")
         keyfield = token_field()
         matrices, keymats, layouts = {}, {}, {}

@@ -46,7 +46,7 @@ import pyarrow.flight as flight
 
 from sqlmpc import errors
 from sqlmpc.party.audit import AuditLog
-from sqlmpc.party.embedded import _REPORTABLE, _from_ipc, _rebuild, _to_ipc
+from sqlmpc.party.embedded import _from_ipc, _rebuild, _to_ipc
 
 BUSY_WAIT = 2.0        # how long a peer waits for its slot before answering "busy"
 

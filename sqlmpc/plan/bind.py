@@ -508,12 +508,10 @@ class Policy:
                 raise self.err(errors.KeyColumnPolicyError,
                                f"key column '{node.table}.{node.name}' cannot be output", node, column_name=node.name,
                                hint="count persons with COUNT(DISTINCT key) instead")
-            if col.role is Role.DIMENSION and clause != "SELECT" and not group_sql:
-                pass
             raise self.err(errors.PersonLevelOutputError,
                            f"'{node.table}.{node.name}' is neither grouped nor aggregated ({clause})", node,
                            column_name=node.name,
-                           hint=f"add it to GROUP BY or wrap it in an aggregate"
+                           hint="add it to GROUP BY or wrap it in an aggregate"
                            if col.role is Role.DIMENSION else f"aggregate it, e.g. AVG({node.table}.{node.name})")
         for child in node.iter_expressions():
             self.output(child, group_sql, clause)

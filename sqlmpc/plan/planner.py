@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from sqlglot import exp
 
 from sqlmpc import errors
-from sqlmpc.catalog import Role
 from sqlmpc.plan.bind import BoundQuery, Join, Relation, RelationPart, is_aggregate
 from sqlmpc.plan.cells import CellGrid, _lit, cell_grid
 from sqlmpc.plan.plan import Leak, LocalColumn, LocalPart, Moment, Plan, opened_per_cell
