@@ -69,23 +69,33 @@ class PartyNode:
 
     def execute(self, sql: str, digest: str | None, addresses: list[tuple[str, int]],
                 progress=None, timeout: float = 30.0) -> Outcome:
+        """Admit a proposed query and run this party's share of it (local parts and MPC)."""
+        return self.execute_plan(self.admit(sql, digest), addresses, progress=progress, timeout=timeout)
+
+    def execute_plan(self, plan: Plan, addresses: list[tuple[str, int]], *, progress=None, timeout: float = 30.0,
+                     session=None, guard=None) -> Outcome:
+        """Run an admitted plan: local parts, then the secure part in a fresh MPC session.
+
+        ``session`` replaces the plain loopback session (a networked node passes one with TLS);
+        ``guard`` wraps the secure computation (a networked node's watchdog).
+        """
         from sqlmpc.mpc.reveal import ledger_scope
         from sqlmpc.mpc.session import MpcSession, run_in_fresh_loop
 
         started = time.perf_counter()
-        plan = self.admit(sql, digest)
         if progress is not None:
             progress("local")
         local = self.run_local(plan)
         local_seconds = time.perf_counter() - started
+        session = session or MpcSession(self.index[self.party], addresses, timeout=timeout)
 
         async def main():
             with ledger_scope() as ledger:
-                async with MpcSession(self.index[self.party], addresses, timeout=timeout) as mpc:
-                    cells, timings = await self.run_secure(mpc, plan, local, progress)
+                async with session as mpc:
+                    secure = self.run_secure(mpc, plan, local, progress)
+                    cells, timings = await (guard(secure) if guard is not None else secure)
                 return cells, list(ledger.entries), timings
 
         cells, ledger, timings = run_in_fresh_loop(main())
         timings = {"local": local_seconds, **timings}
         return Outcome(cells, ledger, plan.digest, time.perf_counter() - started, timings)
-

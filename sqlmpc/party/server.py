@@ -298,16 +298,13 @@ class NodeServer:
     # -- running one party's share -----------------------------------------------
 
     def run_mpc(self, plan, addresses: list[tuple[str, int]]) -> tuple[pa.Table, list]:
-        """Local parts and the secure computation, as PartyNode.execute, with TLS and a watchdog."""
-        from sqlmpc.mpc.reveal import ledger_scope
-        from sqlmpc.mpc.session import MpcSession, SessionError, run_in_fresh_loop
+        """This party's share of the query (PartyNode.execute_plan) with TLS and a watchdog."""
+        from sqlmpc.mpc.session import MpcSession, SessionError
         from sqlmpc.party import watchdog
 
-        index = self.node.index
-        names = {i: name for name, i in index.items()}
-        pid = index[self.party]
+        names = {i: name for name, i in self.node.index.items()}
+        pid = self.node.index[self.party]
         peers = {i: n for i, n in names.items() if i != pid}
-        local = self.node.run_local(plan)
 
         class Session(MpcSession):
             missing: list[str] = []
@@ -319,20 +316,16 @@ class NodeServer:
                                     if p.pid != rt.pid and p.protocol is None]
                 super().abort()
 
-        async def main():
-            with ledger_scope() as ledger:
-                session = Session(pid, addresses, tls=self.tls.files if self.tls else None,
-                                  timeout=self.timeout, listen_host=self.bind)
-                try:
-                    async with session as mpc:
-                        cells, _ = await watchdog.guard(self.node.run_secure(mpc, plan, local), peers, self.timeout)
-                except SessionError as exc:
-                    who = session.missing[0] if session.missing else None
-                    raise errors.PartyError(f"MPC session failed: {exc}", party=who) from None
-                return cells, [e.__dict__ for e in ledger.entries]
-
+        session = Session(pid, addresses, tls=self.tls.files if self.tls else None,
+                          timeout=self.timeout, listen_host=self.bind)
         self.sessions_opened += 1
-        return run_in_fresh_loop(main())
+        try:
+            out = self.node.execute_plan(plan, addresses, session=session, timeout=self.timeout,
+                                         guard=lambda secure: watchdog.guard(secure, peers, self.timeout))
+        except SessionError as exc:
+            who = session.missing[0] if session.missing else None
+            raise errors.PartyError(f"MPC session failed: {exc}", party=who) from None
+        return out.cells, [e.__dict__ for e in out.ledger]
 
     # -- peer actions -----------------------------------------------------------------
 
