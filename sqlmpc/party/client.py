@@ -81,14 +81,14 @@ class RemoteConnection:
             raise errors.OperationalError(f"{self.url}: {_first_line(exc)}") from None
 
     def query(self, sql: str, progress=None) -> Result:
-        from sqlmpc.party.embedded import _from_ipc
-        from sqlmpc.party.server import rebuild
+        from sqlmpc.party.wire import from_ipc
+        from sqlmpc.party.wire import rebuild
 
         out = self._call("query", {"sql": sql}, self.timeout)
         meta = json.loads(out[0])
         if "error" in meta:
             raise rebuild(meta)
-        result = Result(_from_ipc(out[1]), meta["suppressed"], meta["leakage"], meta.get("min_cell_size"))
+        result = Result(from_ipc(out[1]), meta["suppressed"], meta["leakage"], meta.get("min_cell_size"))
         self.last_stats = meta
         return result
 

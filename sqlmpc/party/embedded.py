@@ -11,7 +11,6 @@ import json
 import os
 import resource
 import select
-import socket
 import struct
 import subprocess
 import sys
@@ -19,32 +18,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-
 from sqlmpc import errors
 from sqlmpc.catalog import Federation
+from sqlmpc.mpc.session import free_ports
+from sqlmpc.party.wire import from_ipc, rebuild, to_ipc
 from sqlmpc.plan.bind import bind
 from sqlmpc.plan.cells import cell_grid
 from sqlmpc.plan.planner import plan_query
 from sqlmpc.result import Result, finish
 from sqlmpc.sql import parse_query
-
-# Errors a party may report back; anything else becomes an OperationalError.
-_REPORTABLE = {cls.__name__: cls for cls in (
-    errors.ProgrammingError, errors.PolicyError, errors.QueryRefusedError, errors.NotSupportedError,
-    errors.DataError, errors.DataFileError, errors.ConfigError, errors.OperationalError)}
-
-
-def _to_ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-def _from_ipc(data: bytes) -> pa.Table:
-    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
-
 
 class Channel:
     """Length-prefixed frames over a pair of pipe file descriptors (JSON control, Arrow results)."""
@@ -121,19 +103,10 @@ def _party_main(federation_path: str, party: str, conn: Channel) -> None:
             conn.send(json.dumps({"digest": out.digest, "seconds": out.seconds,
                                   "ledger": [e.__dict__ for e in out.ledger], "timings": out.timings,
                                   "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-            conn.send_bytes(_to_ipc(out.cells))
+            conn.send_bytes(to_ipc(out.cells))
         except Exception as exc:
             conn.send(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
 
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @dataclass
@@ -167,7 +140,7 @@ class EmbeddedFederation:
             reply = self._receive(p, 60.0)
             if "error" in reply:
                 self.close()
-                raise _rebuild(reply, p.name)
+                raise rebuild(reply, p.name)
 
     def reload(self, federation: Federation) -> None:
         """Point every party at another federation file (same parties), e.g. new test data."""
@@ -178,7 +151,7 @@ class EmbeddedFederation:
         replies = [(p.name, self._receive(p, 60.0)) for p in self.parties]
         for name, reply in replies:
             if "error" in reply:
-                raise _rebuild(reply, name)
+                raise rebuild(reply, name)
         self.federation = federation
 
     def _receive(self, p: PartyProcess, timeout: float, progress=None) -> dict:
@@ -218,11 +191,11 @@ class EmbeddedFederation:
                 tables.append(p.conn.recv_bytes())
         for name, reply in replies:
             if "error" in reply:
-                raise _rebuild(reply, name)
+                raise rebuild(reply, name)
         # Byte-for-byte: Arrow's equals() calls NaN unequal to itself (CORR of a constant is NaN).
         if any(t != tables[0] for t in tables[1:]):
             raise errors.InternalError("parties computed different results")
-        result = finish(q, cell_grid(q), _from_ipc(tables[0]))
+        result = finish(q, cell_grid(q), from_ipc(tables[0]))
         result.leakage = replies[0][1]["ledger"]
         self.last_stats = {name: reply for name, reply in replies}
         return result
@@ -248,16 +221,6 @@ class EmbeddedFederation:
     def __exit__(self, *exc):
         self.close()
 
-
-def _rebuild(reply: dict, party: str) -> Exception:
-    cls = _REPORTABLE.get(reply.get("error"))
-    message = reply.get("message", "unknown error")
-    if cls is None:
-        return errors.PartyError(f"{reply.get('error')}: {message}", party=party)
-    exc = cls.__new__(cls)
-    Exception.__init__(exc, message)
-    exc.party = party
-    return exc
 
 
 def demo_federation_path(persons: int = 5000, seed: int | None = None) -> Path:

@@ -46,7 +46,7 @@ import pyarrow.flight as flight
 
 from sqlmpc import errors
 from sqlmpc.party.audit import AuditLog
-from sqlmpc.party.embedded import _from_ipc, _rebuild, _to_ipc
+from sqlmpc.party.wire import error_reply, from_ipc, rebuild, to_ipc
 
 BUSY_WAIT = 2.0        # how long a peer waits for its slot before answering "busy"
 
@@ -57,26 +57,6 @@ def version() -> str:
 
 
 # -- wire helpers ----------------------------------------------------------------
-
-def error_reply(exc: BaseException, party: str | None = None) -> dict:
-    name = type(exc).__name__
-    if getattr(errors, name, None) is not type(exc):
-        # Not one of ours: the client rebuilds the nearest sqlmpc class.
-        name = next((c.__name__ for c in type(exc).__mro__ if getattr(errors, c.__name__, None) is c),
-                    "OperationalError")
-    return {"error": name, "message": str(exc), "party": getattr(exc, "party", None) or party}
-
-
-def rebuild(reply: dict, party: str | None = None) -> Exception:
-    """The error a party reported, as the same sqlmpc.errors class (its message already rendered)."""
-    cls = getattr(errors, str(reply.get("error")), None)
-    if not (isinstance(cls, type) and issubclass(cls, errors.Error)):
-        return _rebuild(reply, reply.get("party") or party)
-    exc = cls.__new__(cls)
-    Exception.__init__(exc, reply.get("message", "unknown error"))
-    exc.party = reply.get("party") or party
-    return exc
-
 
 def results(*items) -> list[flight.Result]:
     out = []
@@ -400,7 +380,7 @@ class NodeServer:
             return results(error_reply(exc, self.party))
         finally:
             self._release(qid)
-        ipc = _to_ipc(cells)
+        ipc = to_ipc(cells)
         self.audit.write({**record, "decision": "accepted", "reason": None, "ledger": ledger, "outcome": "ok",
                           "cells": cells.num_rows, "cells_sha256": hashlib.sha256(ipc).hexdigest(),
                           "duration_s": time.monotonic() - p["started"]})
@@ -425,7 +405,7 @@ class NodeServer:
             meta, table = self.coordinate(msg["sql"], analyst)
         except Exception as exc:
             return results(error_reply(exc, self.party))
-        return results(meta, _to_ipc(table))
+        return results(meta, to_ipc(table))
 
     def coordinate(self, sql: str, analyst: str) -> tuple[dict, pa.Table]:
         from sqlmpc.plan.bind import bind
@@ -460,7 +440,7 @@ class NodeServer:
             finally:
                 self._release(qid)
             result = finish(q, cell_grid(q), cells)
-            ipc = _to_ipc(result.table)
+            ipc = to_ipc(result.table)
             record.update(outcome="ok", ledger=ledger, released_cells=sum(not s for s in result.suppressed),
                           suppressed_cells=sum(result.suppressed),
                           result_sha256=hashlib.sha256(ipc).hexdigest())
@@ -546,7 +526,7 @@ class NodeServer:
             if "error" in reply:
                 peer_errors.append(rebuild(reply, name))
             else:
-                tables[name] = _from_ipc(out[1])
+                tables[name] = from_ipc(out[1])
         # The most specific error first.  A peer we saw close its MPC connection but that
         # answered with its own error is not the culprit (it gave up on someone else).
         blamed = getattr(own_error, "party", None)
