@@ -62,9 +62,10 @@ def person_expr(q: BoundQuery) -> exp.Expression:
 
 
 def grid_table(grid: CellGrid) -> pa.Table:
+    """The grid's cells, numbered by ``pos_`` in grid order."""
     cells = grid.cells()
-    return pa.table({f"g{i}": pa.array([c[i] for c in cells]) for i in range(len(grid.groups))}
-                    or {"dummy_": pa.array([0])})
+    columns = {f"g{i}": pa.array([c[i] for c in cells]) for i in range(len(grid.groups))}
+    return pa.table({**columns, "pos_": pa.array(range(len(cells)), pa.int64())})
 
 
 def cell_table(q: BoundQuery, grid: CellGrid, con: duckdb.DuckDBPyConnection) -> pa.Table:
@@ -94,10 +95,7 @@ def cell_table(q: BoundQuery, grid: CellGrid, con: duckdb.DuckDBPyConnection) ->
         exp.alias_(exp.If(this=ok, true=exp.column("having_", table="r")), "having"),
         *[exp.alias_(exp.If(this=ok, true=exp.column(f"a{j}", table="r")), f"a{j}") for j in range(len(aggs))],
     ).from_(exp.to_table("grid_").as_("d")).join(grouped.subquery("r"), on=on, join_type="LEFT")
-    # Keep grid order: number the grid rows and sort by that number.
-    numbered = exp.select("*", exp.alias_(exp.Window(this=exp.RowNumber()), "pos_")).from_("grid_")
-    con.register("grid_", con.sql(numbered.sql("duckdb")).to_arrow_table())
-    final = final.select(exp.column("pos_", table="d"))
+    final = final.select(exp.column("pos_", table="d"))        # to keep grid order
     result = con.sql(final.sql("duckdb")).to_arrow_table().sort_by("pos_").drop_columns(["pos_"])
     return result.rename_columns(cell_columns(grid, q))
 

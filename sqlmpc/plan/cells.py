@@ -18,6 +18,7 @@ from sqlglot import exp
 from sqlmpc import errors
 from sqlmpc.catalog import Role
 from sqlmpc.plan.bind import BINNING, BoundQuery
+from sqlmpc.sql.params import literal
 
 MAX_CELLS = 10_000
 
@@ -93,7 +94,7 @@ def _evaluate_domain(expr: exp.Expression, columns: list[exp.Column], domains: l
     if size > MAX_CELLS:
         raise errors.GroupByPolicyError(f"the domain of GROUP BY {expr.sql()} has {size} values "
                                         f"(more than {MAX_CELLS})")
-    rows = [exp.Tuple(expressions=[_lit(v) for v in combo]) for combo in itertools.product(*domains)]
+    rows = [exp.Tuple(expressions=[literal(v) for v in combo]) for combo in itertools.product(*domains)]
     source = exp.Values(expressions=rows, alias=exp.TableAlias(
         this=exp.to_identifier("d"), columns=[exp.to_identifier(n) for n in names]))
     position = exp.Window(this=exp.RowNumber())
@@ -103,16 +104,6 @@ def _evaluate_domain(expr: exp.Expression, columns: list[exp.Column], domains: l
     # Keep the first-seen order (the domain's declared order), not DuckDB's hash order.
     query = exp.select("v").from_(inner.subquery("q")).group_by("v").order_by("MIN(pos)")
     return tuple(r[0] for r in duckdb.sql(query.sql("duckdb")).fetchall())
-
-
-def _lit(v) -> exp.Expression:
-    if v is None:
-        return exp.null()
-    if isinstance(v, bool):
-        return exp.Boolean(this=v)
-    if isinstance(v, (int, float)):
-        return exp.Literal.number(v)
-    return exp.Literal.string(str(v))
 
 
 def cell_grid(q: BoundQuery) -> CellGrid:

@@ -15,9 +15,10 @@ from sqlglot import exp
 
 from sqlmpc import errors
 from sqlmpc.plan.bind import BoundQuery, Join, Relation, RelationPart, is_aggregate
-from sqlmpc.plan.cells import CellGrid, _lit, cell_grid
+from sqlmpc.plan.cells import CellGrid, cell_grid
 from sqlmpc.plan.plan import Leak, LocalColumn, LocalPart, Moment, Plan, opened_per_cell
 from sqlmpc.result import aggregate_items
+from sqlmpc.sql.params import literal
 
 BOOLEAN = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.And, exp.Or, exp.Not, exp.Is,
            exp.In, exp.Between, exp.Like, exp.Boolean)
@@ -315,7 +316,7 @@ class Planner:
             if self.group_of[g.relation].name != name:
                 continue
             values = [v for v in g.domain if v is not None]
-            pos = exp.Sub(this=exp.func("list_position", exp.Array(expressions=[_lit(v) for v in values]),
+            pos = exp.Sub(this=exp.func("list_position", exp.Array(expressions=[literal(v) for v in values]),
                                         g.expr.copy()), expression=ONE)
             if None in g.domain:
                 pos = exp.Case(ifs=[exp.If(this=exp.Is(this=g.expr.copy(), expression=exp.null()),
