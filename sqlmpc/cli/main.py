@@ -11,6 +11,8 @@
                                     development CA, party certificates, analyst tokens
     sqlmpc --connect URL -c "SQL"   run a query at a party node (sqlmpc://host:port, --token, --ca)
     sqlmpc status --connect URL     parties reachable, versions, catalog fingerprints
+    sqlmpc pg --port P [--insecure-loopback | --tokens T --cert C --key K]
+                                    PostgreSQL wire protocol front end (psql, psycopg, BI tools)
 """
 
 from __future__ import annotations
@@ -127,6 +129,17 @@ def cmd_status(args) -> int:
     return 0 if all(p.get("reachable") for p in status["parties"].values()) else 1
 
 
+def cmd_pg(args) -> int:
+    try:
+        from sqlmpc.pg.server import serve
+    except ImportError as exc:
+        raise errors.InterfaceError(f"sqlmpc pg needs the [pg] extra ({exc.name} is missing): "
+                                    "pip install 'sqlmpc[pg]'") from None
+
+    with open_connection(args) as con:
+        return serve(args, con)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sqlmpc", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -187,6 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("status", help="parties reachable, versions, catalog fingerprints")
     common(p, "--connect", "--token", "--token-file", "--ca")
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("pg", help="serve the federation to PostgreSQL clients (psql, psycopg, BI tools)")
+    common(p, "--federation", "--connect", "--token", "--token-file", "--ca")
+    p.add_argument("--port", type=int, default=5432, help="port to listen on (default 5432)")
+    p.add_argument("--bind", default="0.0.0.0", help="interface to listen on (default all; loopback if insecure)")
+    p.add_argument("--tokens", help="analyst tokens (keys/tokens.json): the password is the analyst's token")
+    p.add_argument("--cert", help="TLS certificate (PEM) clients verify")
+    p.add_argument("--key", help="TLS private key (PEM)")
+    p.add_argument("--insecure-loopback", action="store_true",
+                   help="no TLS, no password: bind 127.0.0.1 only (demos)")
+    p.set_defaults(func=cmd_pg)
     args = parser.parse_args(argv)
     if args.oracle:
         print(DRY_RUN, file=sys.stderr)

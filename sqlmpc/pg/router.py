@@ -1,0 +1,150 @@
+"""Where a statement from a PostgreSQL client goes: session commands, the federation, or the catalog.
+
+* ``SET``/``RESET``/``BEGIN``/``COMMIT``/... are answered here (sqlmpc is read-only);
+  ``SET sqlmpc.suppressed_column = on`` adds the ``_suppressed`` column to results.
+* A statement naming a party's table, or one of sqlmpc's own (SHOW TABLES, DESCRIBE,
+  SHOW POLICY, EXPLAIN), runs on the federation through the DB-API connection.
+* Anything else (``pg_catalog``, ``information_schema``, ``SELECT version()``) is
+  answered from the catalog, which holds no data.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+
+from sqlmpc import errors
+from sqlmpc.pg.catalog import PgCatalog
+from sqlmpc.sql import Query, parse
+
+SUPPRESSED_COLUMN = "_suppressed"
+SUPPRESSED_OPTION = "sqlmpc.suppressed_column"
+
+_SESSION_COMMAND = re.compile(r"^\s*(SET|RESET|BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|DISCARD|DEALLOCATE"
+                              r"|CLOSE|UNLISTEN|LISTEN)\b", re.I)
+_SET = re.compile(r"^\s*SET\s+(?:SESSION\s+|LOCAL\s+)?([\w.]+)\s*(?:=|\bTO\b)\s*'?([^';]*)'?", re.I)
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+class CatalogQueryError(errors.ProgrammingError):
+    """A statement that names no party's table and that the catalog cannot answer either."""
+
+
+@dataclass
+class Answer:
+    """What a statement returns: a table (or None for a command) and its command tag."""
+
+    tag: str
+    table: pa.Table | None = None
+    suppressed: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class Options:
+    """Per-connection settings (startup ``options`` or ``SET``)."""
+
+    suppressed_column: bool = False
+
+
+def truthy(value: str) -> bool:
+    return value.strip().lower() in ("on", "true", "1", "yes")
+
+
+def parse_startup_options(options: str, into: Options) -> None:
+    """libpq's ``options`` (``-c sqlmpc.suppressed_column=on``) as connection settings."""
+    for name, value in re.findall(r"(?:-c\s*|--)([\w.]+)=(\S+)", options or ""):
+        if name.lower() == SUPPRESSED_OPTION:
+            into.suppressed_column = truthy(value)
+
+
+def qmark(sql: str, parameters: list) -> tuple[str, list]:
+    """``$n`` placeholders as ``?`` with the parameters in order of appearance."""
+    ordered: list = []
+
+    def one(match: re.Match) -> str:
+        n = int(match.group(1))
+        if not 1 <= n <= len(parameters):
+            raise errors.ProgrammingError(f"there is no parameter ${n}")
+        ordered.append(parameters[n - 1])
+        return "?"
+
+    return _PLACEHOLDER.sub(one, sql), ordered
+
+
+def placeholder_count(sql: str) -> int:
+    return max((int(n) for n in _PLACEHOLDER.findall(sql)), default=0)
+
+
+class Router:
+    """Shared by every client connection; one federation query at a time."""
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.catalog = PgCatalog(connection.federation)
+        self._parties = {p.lower() for p in connection.federation.party_names}
+        self._lock = threading.Lock()
+        self._party_prefix = re.compile(r"\b(?:" + "|".join(map(re.escape, self._parties)) + r')"?\s*\.', re.I)
+
+    def names_a_party(self, sql: str) -> bool:
+        try:
+            trees = sqlglot.parse(sql, read="postgres")
+        except sqlglot.errors.SqlglotError:      # not even PostgreSQL: does it mention a party's table?
+            return bool(self._party_prefix.search(sql))
+        return any(t.db.lower() in self._parties for tree in trees if tree for t in tree.find_all(exp.Table))
+
+    def run(self, sql: str, parameters: list, options: Options) -> Answer:
+        command = _SESSION_COMMAND.match(sql)
+        if command:
+            return self._session_command(sql, command.group(1).upper(), options)
+        if self.names_a_party(sql) or self._sqlmpc_statement(sql):
+            return self._federation(sql, parameters, options)
+        return self._catalog(sql, parameters)
+
+    def _sqlmpc_statement(self, sql: str) -> bool:
+        """SHOW TABLES, DESCRIBE, SHOW POLICY, EXPLAIN: sqlmpc's statements that need no party table."""
+        try:
+            return not isinstance(parse(sql), Query)
+        except errors.Error:
+            return False
+
+    def _session_command(self, sql: str, verb: str, options: Options) -> Answer:
+        setting = _SET.match(sql)
+        if setting and setting.group(1).lower() == SUPPRESSED_OPTION:
+            options.suppressed_column = truthy(setting.group(2))
+        if verb == "RESET" and SUPPRESSED_OPTION in sql.lower():
+            options.suppressed_column = False
+        tags = {"START TRANSACTION": "BEGIN", "END": "COMMIT"}
+        return Answer(tags.get(re.sub(r"\s+", " ", verb), verb))
+
+    def _federation(self, sql: str, parameters: list, options: Options) -> Answer:
+        sql, ordered = qmark(sql, parameters)
+        with self._lock:
+            result = self.connection.run(sql, ordered or None)
+        table = result.table
+        if options.suppressed_column:
+            table = table.append_column(SUPPRESSED_COLUMN, pa.array(result.suppressed, pa.bool_()))
+        return Answer(f"SELECT {table.num_rows}", table, list(result.suppressed))
+
+    def _catalog(self, sql: str, parameters: list) -> Answer:
+        try:
+            table = self.catalog.query(sql, parameters)
+        except duckdb.Error as exc:
+            raise CatalogQueryError(
+                f"{str(exc).splitlines()[0]} -- a statement that names no party's table is answered from the "
+                f"catalog only (parties {', '.join(sorted(self._parties))} are schemas)") from None
+        return Answer(f"SELECT {table.num_rows}", table)
+
+    def describe(self, sql: str) -> pa.Schema | None:
+        """The result columns of a statement without running it on the federation (for Describe)."""
+        if _SESSION_COMMAND.match(sql):
+            return None
+        try:
+            return self.catalog.describe(_PLACEHOLDER.sub("NULL", sql))
+        except duckdb.Error:
+            return None

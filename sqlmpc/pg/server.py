@@ -1,0 +1,78 @@
+"""``sqlmpc pg``: listen for PostgreSQL clients, one thread per connection, one shared federation."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import sys
+import threading
+from pathlib import Path
+
+from sqlmpc import errors
+from sqlmpc.pg.router import Router
+from sqlmpc.pg.session import Auth, Session
+
+log = logging.getLogger("sqlmpc.pg")
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise errors.ConfigError(f"cannot load the TLS certificate {cert} / key {key}: {exc}") from None
+    return context
+
+
+def auth_from_args(args) -> tuple[Auth, str]:
+    """Authentication and the interface to bind, from the command line; refuses an open server."""
+    if args.insecure_loopback:
+        return Auth(), "127.0.0.1"
+    if not (args.tokens and args.cert and args.key):
+        raise errors.InterfaceError(
+            "sqlmpc pg needs --tokens tokens.json --cert cert.pem --key key.pem (from 'sqlmpc keys init': "
+            "keys/tokens.json, keys/<party>/cert.pem, key.pem), or --insecure-loopback for a local demo")
+    from sqlmpc.party.keys import load_tokens
+    if not Path(args.tokens).exists():
+        raise errors.ConfigError(f"{args.tokens}: no such tokens file")
+    return Auth(tokens=load_tokens(args.tokens), tls=tls_context(args.cert, args.key)), args.bind
+
+
+class PgServer:
+    def __init__(self, router: Router, auth: Auth, host: str, port: int):
+        self.router = router
+        self.auth = auth
+        self.listener = socket.create_server((host, port), reuse_port=False)
+        self.port = self.listener.getsockname()[1]
+        self._stopped = threading.Event()
+
+    def serve_forever(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                if self._stopped.is_set():
+                    return
+                raise
+            threading.Thread(target=Session(sock, self.router, self.auth).serve, daemon=True).start()
+
+    def close(self) -> None:
+        self._stopped.set()
+        self.listener.close()
+
+
+def serve(args, connection) -> int:
+    """Serve ``connection`` (a DB-API connection) to PostgreSQL clients until interrupted."""
+    auth, host = auth_from_args(args)
+    server = PgServer(Router(connection), auth, host, args.port)
+    mode = ("no TLS, no password (--insecure-loopback)" if auth.tokens is None
+            else "TLS required, password = analyst token")
+    print(f"sqlmpc pg: listening on {host}:{server.port} ({mode}); "
+          f"psql -h {host} -p {server.port} -U analyst -d {connection.federation.name}", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
+    return 0
