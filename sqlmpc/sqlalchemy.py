@@ -29,6 +29,16 @@ class SqlmpcCompiler(compiler.SQLCompiler):
             text += " AS " + self.preparer.quote(table.name)
         return text
 
+    def limit_clause(self, select, **kw):
+        # The dialect takes LIMIT/OFFSET as numbers in the text, not as parameters ('LIMIT ?').
+        kw = {**kw, "literal_binds": True}
+        text = ""
+        if select._limit_clause is not None:
+            text += "\n LIMIT " + self.process(select._limit_clause, **kw)
+        if select._offset_clause is not None:
+            text += "\n OFFSET " + self.process(select._offset_clause, **kw)
+        return text
+
     def visit_column(self, column, include_table=True, **kw):
         text = super().visit_column(column, include_table=include_table, **kw)
         table = column.table
@@ -94,12 +104,13 @@ class SqlmpcDialect(default.DefaultDialect):
         return list(self._federation(connection).party_names)
 
     def get_table_names(self, connection, schema=None, **kw):
-        fed = self._federation(connection)
-        parties = [fed.party(schema)] if schema else fed.parties
-        return [t.name if schema else f"{t.party}.{t.name}" for p in parties if p for t in p.tables]
+        """The tables of party ``schema``; there is no default schema, so none without one."""
+        party = self._federation(connection).party(schema) if schema else None
+        return [t.name for t in party.tables] if party else []
 
     def has_table(self, connection, table_name, schema=None, **kw):
-        return table_name in self.get_table_names(connection, schema)
+        party, _, name = (f"{schema}.{table_name}" if schema else table_name).rpartition(".")
+        return self._federation(connection).table(party, name) is not None
 
     def get_columns(self, connection, table_name, schema=None, **kw):
         fed = self._federation(connection)

@@ -106,3 +106,21 @@ def test_core_select_compiles_to_the_dialect(engine):
         rows = con.execute(query).all()
     assert [r[0] for r in rows] == ["East", "North", "South", "West"]
     assert sum(r[1] for r in rows) == 2000
+
+
+def test_core_limit_renders_a_number_not_a_parameter(engine):
+    persons = Table("persons", MetaData(), schema="bureau", autoload_with=engine)
+    query = (select(persons.c.region, func.count().label("n")).group_by(persons.c.region)
+             .order_by(persons.c.region).limit(2).offset(1))
+    compiled = str(query.compile(engine))
+    assert "LIMIT 2" in compiled and "OFFSET 1" in compiled and "?" not in compiled
+    with engine.connect() as con:
+        rows = con.execute(query).all()
+    assert [r[0] for r in rows] == ["North", "South"]
+
+
+def test_table_names_without_schema_are_not_dotted(engine):
+    insp = inspect(engine)
+    assert insp.get_table_names() == []                       # parties are schemas; there is no default one
+    assert all("." not in name for schema in insp.get_schema_names() for name in insp.get_table_names(schema))
+    assert insp.has_table("patients", schema="hospital") and not insp.has_table("patients", schema="bureau")
