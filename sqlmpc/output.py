@@ -1,4 +1,8 @@
-"""Rendering results for people (rich tables) and programs (CSV, JSON, Markdown)."""
+"""Rendering results for people (rich tables) and programs (CSV, JSON, Markdown, Parquet, Arrow).
+
+Formats for programs carry the suppression flag as a boolean ``_suppressed``
+column: a consumer of the file can tell a withheld cell from a NULL.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,18 @@ import io
 import json
 import math
 
+import pyarrow as pa
+
 from sqlmpc.result import Result
 
 SUPPRESSED = "·"   # a cell withheld by disclosure control
+SUPPRESSED_COLUMN = "_suppressed"
+UNLIMITED_WIDTH = 1_000_000    # a table written to a file or pipe is never wrapped
+
+
+def with_suppressed(result: Result) -> pa.Table:
+    """The result table plus the boolean ``_suppressed`` column."""
+    return result.table.append_column(SUPPRESSED_COLUMN, pa.array(result.suppressed, pa.bool_()))
 
 
 def format_value(v) -> str:
@@ -22,17 +35,18 @@ def format_value(v) -> str:
     return str(v)
 
 
-def to_csv(result: Result) -> str:
+def to_csv(result: Result, suppressed_column: bool = True) -> str:
+    """CSV; with ``suppressed_column`` a last column ``_suppressed`` (true/false) per row."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(result.columns)
-    for row in result.rows():
-        writer.writerow([format_value(v) for v in row])
+    writer.writerow(result.columns + ([SUPPRESSED_COLUMN] if suppressed_column else []))
+    for row, s in zip(result.rows(), result.suppressed):
+        writer.writerow([format_value(v) for v in row] + (["true" if s else "false"] if suppressed_column else []))
     return buf.getvalue()
 
 
 def to_json(result: Result) -> str:
-    rows = [dict(zip(result.columns, row), **({"_suppressed": True} if s else {}))
+    rows = [dict(zip(result.columns, row), **{SUPPRESSED_COLUMN: bool(s)})
             for row, s in zip(result.rows(), result.suppressed)]
     return json.dumps(rows, default=str, indent=1)
 
@@ -45,19 +59,22 @@ def to_markdown(result: Result) -> str:
 
 
 def _cell(v, suppressed: bool) -> str:
+    """A cell for people: numbers at full precision (the shortest text that reads back the same)."""
     if v is None and suppressed:
         return SUPPRESSED
-    if isinstance(v, float):
-        return f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.2f}"
-    return "" if v is None else str(v)
+    return format_value(v)
+
+
+def _numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
 
 
 def rich_table(result: Result, title: str | None = None):
     from rich.table import Table
 
     table = Table(title=title, show_lines=False)
-    for name in result.columns:
-        table.add_column(name, overflow="fold")
+    for field in result.table.schema:
+        table.add_column(field.name, overflow="fold", justify="right" if _numeric(field.type) else "left")
     for row, s in zip(result.rows(), result.suppressed):
         cells = [_cell(v, s) for v in row]
         table.add_row(*cells, style="dim" if s else None)
@@ -83,6 +100,13 @@ def render(result: Result, fmt: str, stream) -> None:
         stream.write(to_markdown(result))
     else:
         from rich.console import Console
-        console = Console(file=stream)
+        console = Console(file=stream, width=None if _is_tty(stream) else UNLIMITED_WIDTH)
         console.print(rich_table(result))
         console.print(summary(result), style="dim", highlight=False)
+
+
+def _is_tty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
