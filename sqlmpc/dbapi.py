@@ -24,6 +24,7 @@ from sqlmpc.errors import (  # noqa: F401 - part of the PEP 249 module interface
     DatabaseError, DataError, Error, IntegrityError, InterfaceError, InternalError,
     NotSupportedError, OperationalError, ProgrammingError, Warning,
 )
+from sqlmpc.output import SUPPRESSED_COLUMN
 from sqlmpc.result import Result
 
 apilevel = "2.0"
@@ -282,8 +283,17 @@ class Cursor:
         return out
 
     def fetchdf(self):
-        """The rows not fetched yet, as a pandas DataFrame (suppressed cells are NaN/None)."""
-        return self.fetch_arrow_table().to_pandas()
+        """The rows not fetched yet, as a pandas DataFrame (suppressed cells are NaN/None).
+
+        The last column, ``_suppressed``, flags the rows whose cells were withheld.
+        """
+        start = self._pos
+        table = self.fetch_arrow_table()
+        flags = pa.array(self._result.suppressed[start:start + table.num_rows], pa.bool_())
+        try:
+            return table.append_column(SUPPRESSED_COLUMN, flags).to_pandas()
+        except ImportError as exc:
+            raise errors.InterfaceError(f"fetchdf() needs pandas: pip install 'sqlmpc[pandas]' ({exc})") from None
 
     def setinputsizes(self, sizes) -> None:
         pass

@@ -147,7 +147,14 @@ def test_fetch_arrow_table_and_fetchdf_return_the_rest(con):
     assert table.column("region").to_pylist() == ["North", "South", "West"]
     assert cur.fetchall() == []
     df = cur.execute(REGIONS).fetchdf()
-    assert list(df.columns) == ["region", "persons"] and df["persons"].sum() == 2000
+    assert list(df.columns) == ["region", "persons", "_suppressed"] and df["persons"].sum() == 2000
+    assert df["_suppressed"].dtype == bool and not df["_suppressed"].any()
+
+
+def test_fetchdf_flags_suppressed_rows(con):
+    cur = con.cursor().execute(COUNT_DIAGNOSIS, ["no such diagnosis"])
+    df = cur.fetchdf()
+    assert df["_suppressed"].tolist() == [True] and df["n"].isna().all()
 
 
 def test_parameters_are_literals_not_sql(con):
@@ -226,7 +233,7 @@ def test_secure_join_matches_the_oracle_with_suppressed_cells(hf, oracle):
 def test_leakage_is_declared(hf):
     assert hf.leakage, "a secure query declares what it opened"
     whats = {item["what"] for item in hf.leakage}
-    assert "join tokens" in whats and "cells passing k" in whats
+    assert "join tokens" in whats and "cells passing the release rules" in whats
 
 
 # -- errors --------------------------------------------------------------------

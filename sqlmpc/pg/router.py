@@ -20,10 +20,10 @@ import sqlglot
 from sqlglot import exp
 
 from sqlmpc import errors
+from sqlmpc.output import with_suppressed
 from sqlmpc.pg.catalog import PgCatalog
 from sqlmpc.sql import Query, parse
 
-SUPPRESSED_COLUMN = "_suppressed"
 SUPPRESSED_OPTION = "sqlmpc.suppressed_column"
 
 _SESSION_COMMAND = re.compile(r"^\s*(SET|RESET|BEGIN|START\s+TRANSACTION|COMMIT|END|ROLLBACK|DISCARD|DEALLOCATE"
@@ -126,9 +126,7 @@ class Router:
         sql, ordered = qmark(sql, parameters)
         with self._lock:
             result = self.connection.run(sql, ordered or None)
-        table = result.table
-        if options.suppressed_column:
-            table = table.append_column(SUPPRESSED_COLUMN, pa.array(result.suppressed, pa.bool_()))
+        table = with_suppressed(result) if options.suppressed_column else result.table
         return Answer(f"SELECT {table.num_rows}", table, list(result.suppressed))
 
     def _catalog(self, sql: str, parameters: list) -> Answer:
