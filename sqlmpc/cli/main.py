@@ -24,6 +24,14 @@ from pathlib import Path
 from sqlmpc import errors
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("sqlmpc")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def _federation(args):
     from sqlmpc.catalog import load_federation
     from sqlmpc.party.embedded import demo_federation_path
@@ -143,6 +151,7 @@ def cmd_pg(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sqlmpc", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"sqlmpc {_version()}")
     parser.add_argument("--federation", "-f", help="federation TOML (default: the embedded demo)")
     parser.add_argument("--persons", type=int, default=5000, help="demo size in persons (default 5000)")
     parser.add_argument("--oracle", action="store_true",
@@ -162,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="compare with FILE.expected.csv; exit 1 on a difference")
     p.add_argument("--write-expected", action="store_true", help="(re)write FILE.expected.csv")
     p.add_argument("--out", help="directory for the results")
-    p.add_argument("--format", choices=["csv", "json", "markdown", "parquet"], default=argparse.SUPPRESS,
+    p.add_argument("--format", choices=["csv", "json", "markdown", "parquet", "arrow"], default=argparse.SUPPRESS,
                    help="format of the files written to --out (default csv)")
+    p.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (one test case per query)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("demo", help="generate the demo federation")
     p.add_argument("--out", default="demo-data")
