@@ -7,6 +7,8 @@ messages are JSON; results come back as Arrow IPC.
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import json
 import os
 import resource
@@ -15,12 +17,15 @@ import struct
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlmpc import errors
 from sqlmpc.catalog import Federation
+from sqlmpc.mpc.reveal import Ledger
 from sqlmpc.mpc.session import free_ports
+from sqlmpc.party.audit import AuditLog, audited, opened, query_record
 from sqlmpc.party.wire import from_ipc, rebuild, to_ipc
 from sqlmpc.plan.bind import bind
 from sqlmpc.plan.cells import cell_grid
@@ -94,18 +99,42 @@ def _party_main(federation_path: str, party: str, conn: Channel) -> None:
             except Exception as exc:
                 conn.send(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
             continue
-        def progress(stage: str) -> None:
-            conn.send(json.dumps({"progress": stage}))
+        _run_query(node, msg, conn)
 
-        try:
-            out = node.execute(msg["sql"], msg.get("digest"), [tuple(a) for a in msg["addresses"]],
-                               timeout=msg.get("timeout", 30.0), progress=progress if msg.get("progress") else None)
-            conn.send(json.dumps({"digest": out.digest, "seconds": out.seconds,
-                                  "ledger": [e.__dict__ for e in out.ledger], "timings": out.timings,
-                                  "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-            conn.send_bytes(to_ipc(out.cells))
-        except Exception as exc:
-            conn.send(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+
+def _run_query(node, msg: dict, conn: Channel) -> None:
+    """One query at this party: admit it, run its share, answer, and write this party's audit record.
+
+    A failed query's answer and record carry the openings made before the failure.
+    """
+    def progress(stage: str) -> None:
+        conn.send(json.dumps({"progress": stage}))
+
+    record = query_record(msg.get("qid"), "participant", msg.get("coordinator"), msg.get("analyst"), msg["sql"])
+    ledger = Ledger()
+    try:
+        with audited(AuditLog(msg["audit"]), record):
+            try:
+                plan = node.admit(msg["sql"], msg.get("digest"))
+            except errors.Error:
+                record["decision"] = "refused"
+                raise
+            record.update(plan_hash=plan.digest, decision="accepted")
+            try:
+                out = node.execute_plan(plan, [tuple(a) for a in msg["addresses"]], ledger=ledger,
+                                        timeout=msg.get("timeout", 30.0),
+                                        progress=progress if msg.get("progress") else None)
+            finally:
+                record["ledger"] = opened(ledger.entries)
+            ipc = to_ipc(out.cells)
+            record.update(outcome="ok", cells=out.cells.num_rows, cells_sha256=hashlib.sha256(ipc).hexdigest())
+    except Exception as exc:
+        conn.send(json.dumps({"error": type(exc).__name__, "message": str(exc), "ledger": opened(ledger.entries)}))
+        return
+    conn.send(json.dumps({"digest": out.digest, "seconds": out.seconds, "ledger": opened(out.ledger),
+                          "timings": out.timings,
+                          "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    conn.send_bytes(ipc)
 
 
 
@@ -116,14 +145,46 @@ class PartyProcess:
     conn: Channel
 
 
-class EmbeddedFederation:
-    """Start one process per party; run queries through all of them."""
+STATE_ENV = "SQLMPC_STATE"
 
-    def __init__(self, federation: Federation, *, timeout: float = 30.0):
+
+def state_dir(federation_path: str | Path, state: str | Path | None = None) -> Path:
+    """Where an embedded federation keeps its audit logs.
+
+    ``state`` if given, else ``$SQLMPC_STATE``, else ``sqlmpc-state`` next to the
+    federation file (for the demo: in the cache directory).  The coordinator's log is
+    ``<state>/audit.jsonl``, each party's ``<state>/<party>/audit.jsonl`` — the layout of
+    ``sqlmpc serve --state <state>/<party>``.
+    """
+    if state is None:
+        state = os.environ.get(STATE_ENV) or Path(federation_path).resolve().parent / "sqlmpc-state"
+    return Path(state)
+
+
+def local_analyst() -> str:
+    """The analyst of an embedded federation: the operating-system user running it."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+class EmbeddedFederation:
+    """Start one process per party; run queries through all of them.
+
+    Every query is audited as on networked nodes (``state_dir``): the coordinator
+    (this process) logs its decision, each party process logs its own.
+    """
+
+    def __init__(self, federation: Federation, *, timeout: float = 30.0, state: str | Path | None = None):
         if federation.path is None:
             raise errors.InterfaceError("the federation must be loaded from a file")
         self.federation = federation
         self.timeout = timeout
+        self.state = state_dir(federation.path, state)
+        self.audit = AuditLog(self.state / "audit.jsonl")     # fails early (ConfigError) if not writable
+        self.party_audit = {p.name: AuditLog(self.state / p.name / "audit.jsonl").path for p in federation.parties}
+        self.coordinator = f"embedded (pid {os.getpid()})"
         self.parties: list[PartyProcess] = []
         for p in federation.parties:
             # A fresh interpreter per party (not fork): it imports only what a node needs.
@@ -171,34 +232,52 @@ class EmbeddedFederation:
 
     def query(self, sql: str, progress=None) -> Result:
         """Run a query through every party; ``progress(stage)`` hears the secure stages as they start."""
-        q = bind(parse_query(sql), self.federation, sql)   # fail fast, with a caret, before any party works
-        plan = plan_query(q)
-        ports = free_ports(len(self.parties))
-        for i, p in enumerate(self.parties):
-            message = json.dumps({"op": "query", "sql": sql, "digest": plan.digest, "timeout": self.timeout,
-                                  "addresses": [["127.0.0.1", port] for port in ports],
-                                  "progress": i == 0 and progress is not None})
+        analyst = local_analyst()
+        record = query_record(uuid.uuid4().hex, "coordinator", self.coordinator, analyst, sql)
+        with audited(self.audit, record):
             try:
-                p.conn.send(message)
-            except OSError:
-                raise errors.PartyError("the party process is not running", party=p.name) from None
-        replies, tables = [], []
-        deadline = time.monotonic() + self.timeout + 600
-        for p in self.parties:
-            reply = self._receive(p, max(1.0, deadline - time.monotonic()), progress)
-            replies.append((p.name, reply))
-            if "error" not in reply:
-                tables.append(p.conn.recv_bytes())
-        for name, reply in replies:
-            if "error" in reply:
-                raise rebuild(reply, name)
-        # Byte-for-byte: Arrow's equals() calls NaN unequal to itself (CORR of a constant is NaN).
-        if any(t != tables[0] for t in tables[1:]):
-            raise errors.InternalError("parties computed different results")
-        result = finish(q, cell_grid(q), from_ipc(tables[0]))
-        result.leakage = replies[0][1]["ledger"]
-        self.last_stats = {name: reply for name, reply in replies}
-        return result
+                q = bind(parse_query(sql), self.federation, sql)   # fail fast, with a caret, before any party works
+                plan = plan_query(q)
+            except errors.Error:
+                record["decision"] = "refused"
+                raise
+            record.update(plan_hash=plan.digest, decision="accepted")
+            ports = free_ports(len(self.parties))
+            for i, p in enumerate(self.parties):
+                message = json.dumps({"op": "query", "sql": sql, "digest": plan.digest, "timeout": self.timeout,
+                                      "addresses": [["127.0.0.1", port] for port in ports],
+                                      "progress": i == 0 and progress is not None, "qid": record["qid"],
+                                      "coordinator": self.coordinator, "analyst": analyst,
+                                      "audit": str(self.party_audit[p.name])})
+                try:
+                    p.conn.send(message)
+                except OSError:
+                    raise errors.PartyError("the party process is not running", party=p.name) from None
+            replies, tables = [], []
+            deadline = time.monotonic() + self.timeout + 600
+            try:
+                for p in self.parties:
+                    reply = self._receive(p, max(1.0, deadline - time.monotonic()), progress)
+                    replies.append((p.name, reply))
+                    if "error" not in reply:
+                        tables.append(p.conn.recv_bytes())
+            finally:
+                # What was opened: the longest ledger any party reports (after a failure the
+                # parties may have stopped at different openings).
+                record["ledger"] = max((r.get("ledger") or [] for _, r in replies), key=len, default=[])
+            for name, reply in replies:
+                if "error" in reply:
+                    raise rebuild(reply, name)
+            # Byte-for-byte: Arrow's equals() calls NaN unequal to itself (CORR of a constant is NaN).
+            if any(t != tables[0] for t in tables[1:]):
+                raise errors.InternalError("parties computed different results")
+            result = finish(q, cell_grid(q), from_ipc(tables[0]))
+            result.leakage = replies[0][1]["ledger"]
+            self.last_stats = {name: reply for name, reply in replies}
+            record.update(outcome="ok", released_cells=sum(not s for s in result.suppressed),
+                          suppressed_cells=sum(result.suppressed),
+                          result_sha256=hashlib.sha256(to_ipc(result.table)).hexdigest())
+            return result
 
     def close(self) -> None:
         for p in self.parties:

@@ -16,6 +16,8 @@ import pyarrow as pa
 
 from sqlmpc import errors
 from sqlmpc.catalog import Federation
+from sqlmpc.mpc.reveal import Ledger, ledger_scope
+from sqlmpc.party import faults
 from sqlmpc.plan.bind import bind
 from sqlmpc.plan.plan import Plan
 from sqlmpc.plan.planner import plan_query
@@ -73,13 +75,14 @@ class PartyNode:
         return self.execute_plan(self.admit(sql, digest), addresses, progress=progress, timeout=timeout)
 
     def execute_plan(self, plan: Plan, addresses: list[tuple[str, int]], *, progress=None, timeout: float = 30.0,
-                     session=None, guard=None) -> Outcome:
+                     session=None, guard=None, ledger: Ledger | None = None) -> Outcome:
         """Run an admitted plan: local parts, then the secure part in a fresh MPC session.
 
         ``session`` replaces the plain loopback session (a networked node passes one with TLS);
-        ``guard`` wraps the secure computation (a networked node's watchdog).
+        ``guard`` wraps the secure computation (a networked node's watchdog).  ``ledger``
+        receives every opening as it happens: after a failure it holds what was opened
+        before it (for the audit log).
         """
-        from sqlmpc.mpc.reveal import ledger_scope
         from sqlmpc.mpc.session import MpcSession, run_in_fresh_loop
 
         started = time.perf_counter()
@@ -88,14 +91,15 @@ class PartyNode:
         local = self.run_local(plan)
         local_seconds = time.perf_counter() - started
         session = session or MpcSession(self.index[self.party], addresses, timeout=timeout)
+        ledger = Ledger() if ledger is None else ledger
 
         async def main():
-            with ledger_scope() as ledger:
+            with ledger_scope(faults.armed(ledger)):
                 async with session as mpc:
                     secure = self.run_secure(mpc, plan, local, progress)
                     cells, timings = await (guard(secure) if guard is not None else secure)
                 return cells, list(ledger.entries), timings
 
-        cells, ledger, timings = run_in_fresh_loop(main())
+        cells, entries, timings = run_in_fresh_loop(main())
         timings = {"local": local_seconds, **timings}
-        return Outcome(cells, ledger, plan.digest, time.perf_counter() - started, timings)
+        return Outcome(cells, entries, plan.digest, time.perf_counter() - started, timings)
