@@ -5,7 +5,7 @@ SELECT c.category,
        COUNT(*) AS claims,
        SUM(c.cost_eur) AS cost_eur,
        VAR_POP(c.cost_eur) AS var_cost,
-       MAX(c.cost_eur) AS max_claim_eur
+       COUNT(*) FILTER (WHERE c.cost_eur > 1000) AS claims_over_1000_eur
 FROM insurer.claims c
 WHERE c.year >= 2023
 GROUP BY c.category, c.year

@@ -76,10 +76,17 @@ class Party:
 
 @dataclass(frozen=True)
 class Dominance:
-    """(n, p)-dominance: a cell is suppressed if its n largest contributors make up more than p % of its sum."""
+    """A dominance rule on the persons' contributions to a sum.
+
+    ``kind = "n-largest"``: (n, p) rule, a cell is suppressed if its n largest contributions
+    make up more than p % of its sum.  ``kind = "p-percent"``: p % rule, suppressed if the sum
+    less the two largest contributions is below p % of the largest (the second largest
+    contributor could estimate the largest too closely).
+    """
 
     n: int
     percent: float
+    kind: str = "n-largest"
 
 
 @dataclass(frozen=True)
@@ -423,14 +430,17 @@ def _policy_draft(node: _Node, party_names: tuple[str, ...]) -> _PolicyDraft:
     dominance = None
     if node.has("dominance"):
         dom = node.child("dominance")
-        dom.allow(("n", "percent"))
-        n = dom.require("n", int, "the number of largest contributors")
+        dom.allow(("rule", "n", "percent"))
+        kind = dom.get("rule", str, '"n-largest" or "p-percent"') or "n-largest"
+        if kind not in ("n-largest", "p-percent"):
+            raise dom.error(f"'rule' must be \"n-largest\" or \"p-percent\", not {kind!r}", "rule")
+        n = dom.require("n", int, "the number of largest contributors") if kind == "n-largest" else 2
         percent = float(dom.require("percent", (int, float), "a percentage"))
         if n < 1:
             raise dom.error(f"'n' must be at least 1, not {n}", "n")
         if not 0 < percent <= 100:
             raise dom.error(f"'percent' must be in (0, 100], not {percent}", "percent")
-        dominance = Dominance(n, percent)
+        dominance = Dominance(n, percent, kind)
     analysts = None
     if node.has("analysts"):
         names = node.get("analysts", list, "a list of analyst names")
@@ -474,7 +484,13 @@ def _stricter(policy: Policy, local: _PolicyDraft, node: _Node) -> Policy:
         merged = replace(merged, joins=local.joins)
     if local.dominance is not None:
         fed = policy.dominance
-        if fed is not None and (local.dominance.n < fed.n or local.dominance.percent > fed.percent):
+        loc = local.dominance
+        if fed is not None and loc.kind != fed.kind:
+            raise node.error(f"a local policy may only tighten the federation's dominance rule "
+                             f"({fed.kind}), not replace it with a {loc.kind} rule", "dominance")
+        looser = (loc.percent < fed.percent if loc.kind == "p-percent"
+                  else loc.n < fed.n or loc.percent > fed.percent) if fed is not None else False
+        if looser:
             raise node.error(f"a local policy may only be stricter: dominance (n = {local.dominance.n}, "
                              f"percent = {local.dominance.percent}) is looser than the federation's (n = {fed.n}, "
                              f"percent = {fed.percent})", "dominance")
@@ -564,7 +580,8 @@ def _fingerprint(federation: Federation, base_dir: Path) -> str:
         "policy": {
             "min_cell_size": policy.min_cell_size,
             "joins": None if policy.joins is None else sorted(sorted(pair) for pair in policy.joins),
-            "dominance": None if policy.dominance is None else [policy.dominance.n, policy.dominance.percent],
+            "dominance": None if policy.dominance is None else [policy.dominance.n, policy.dominance.percent]
+            + ([] if policy.dominance.kind == "n-largest" else [policy.dominance.kind]),
             "analysts": None if policy.analysts is None else sorted(policy.analysts),
         },
     }

@@ -52,15 +52,25 @@ class NotSupportedError(DatabaseError):
 # Positioned SQL errors
 
 
+EXCERPT_WIDTH = 100   # characters of a long line shown around the caret
+
+
 def caret_excerpt(sql: str, line: int, column: int, width: int = 1) -> str:
     """The offending source line with a caret under (line, column), 1-based."""
-    lines = sql.splitlines() or [""]
+    lines = sql.split("\n")           # as positions count lines: only \n ends one
     if not 1 <= line <= len(lines):
         return ""
     text = lines[line - 1]
     prefix = f"LINE {line}: "
-    # Tabs would misalign the caret; render them as single spaces.
-    text = text.replace("\t", " ")
+    # Tabs would misalign the caret; render them as single spaces.  A lone surrogate
+    # could not be printed at all: show it as the replacement character.
+    text = "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text.replace("\t", " "))
+    if len(text) > EXCERPT_WIDTH:           # a very long line: the part around the caret
+        first = max(0, min(column - 1 - EXCERPT_WIDTH // 2, len(text) - EXCERPT_WIDTH))
+        text = ("..." if first else "") + text[first:first + EXCERPT_WIDTH] + \
+            ("..." if first + EXCERPT_WIDTH < len(text) else "")
+        column -= first - (3 if first else 0)
+        width = min(width, EXCERPT_WIDTH)
     return f"{prefix}{text}\n{' ' * (len(prefix) + column - 1)}{'^' * max(1, width)}"
 
 
@@ -96,6 +106,22 @@ class SqlSyntaxError(PositionedError):
 
 class UnsupportedSqlError(SqlSyntaxError):
     """Valid SQL elsewhere, but outside the sqlmpc dialect (DDL, DML, windows, ...)."""
+
+
+class InvalidTextError(SqlSyntaxError):
+    """The statement is not valid Unicode text (e.g. a lone surrogate character)."""
+
+
+class LimitExceededError(PositionedError):
+    """The statement exceeds a documented limit: length, nesting depth, IN list or select list."""
+
+
+class SqlTypeError(PositionedError):
+    """An operator or function applied to values of the wrong type (e.g. SUM of text, YEAR of a number)."""
+
+
+class EmptyGridError(PositionedError):
+    """The WHERE clause leaves a GROUP BY expression no value of its public domain."""
 
 
 class CatalogError(PositionedError):
@@ -180,6 +206,18 @@ class AccessPolicyError(PolicyError):
     """The analyst or party may not ask this query."""
 
     rule = "access"
+
+
+class OrderStatisticPolicyError(PolicyError):
+    """MIN/MAX (an order statistic) of a measure: it is one person's exact value."""
+
+    rule = "no-order-statistics-of-measures"
+
+
+class AggregateArgumentPolicyError(PolicyError):
+    """An aggregate argument whose contributors sqlmpc cannot count (a non-linear function of columns)."""
+
+    rule = "countable-aggregate-arguments"
 
 
 class DisclosureError(ProgrammingError):

@@ -27,6 +27,7 @@ name = "random"
 
 [policy]
 min_cell_size = {k}
+{dominance}
 
 [parties.h]
 address = "127.0.0.1:7601"
@@ -62,7 +63,10 @@ r   = {{ type = "VARCHAR", role = "dimension", domain = ["n", "s"] }}
 """
 
 QUERIES = [
-    "SELECT t.g, COUNT(*), SUM(t.x), AVG(t.x), MIN(t.x), MAX(t.x) FROM h.t t GROUP BY t.g",
+    "SELECT t.g, COUNT(*), SUM(t.x), AVG(t.x) FROM h.t t GROUP BY t.g",
+    "SELECT COUNT(*), MIN(t.g), MAX(t.g), SUM(CASE WHEN t.x > {s} THEN t.x ELSE 0 END) FROM h.t t",
+    "SELECT p.r, COUNT(*) FILTER (WHERE c.v > {s} + 50), SUM(c.v * 2 + 1) FROM i.c c JOIN b.p p "
+    "ON p.pid = c.pid GROUP BY p.r",
     "SELECT p.r, COUNT(DISTINCT t.pid), SUM(c.v), AVG(c.v) FROM h.t t JOIN i.c c ON c.pid = t.pid "
     "LEFT JOIN b.p p ON p.pid = t.pid WHERE c.y >= {y} GROUP BY p.r",
     "SELECT t.g, c.y, COUNT(*), AVG(c.v), VAR_POP(t.x) FROM h.t t JOIN i.c c ON c.pid = t.pid GROUP BY t.g, c.y",
@@ -75,6 +79,8 @@ QUERIES = [
     "SELECT CASE WHEN p.pid IS NULL THEN 'none' ELSE 'some' END AS known, COUNT(*), REGR_SLOPE(c.v, c.y) "
     "FROM i.c c LEFT JOIN b.p p ON p.pid = c.pid GROUP BY known",
 ]
+
+DOMINANCE = ["", "dominance = { n = 1, percent = 60 }", 'dominance = { rule = "p-percent", percent = 10 }']
 
 rows_h = st.lists(st.tuples(st.sampled_from(PIDS), st.sampled_from("abc"),
                             st.one_of(st.none(), st.integers(-50, 50), st.sampled_from([-50, 50]))), max_size=14)
@@ -101,9 +107,9 @@ def parties(tmp_path_factory):
         yield fed, base
 
 
-def setup_case(directory, t, c, t2, p, k):
+def setup_case(directory, t, c, t2, p, k, dominance=""):
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "federation.toml").write_text(FEDERATION.format(k=k))
+    (directory / "federation.toml").write_text(FEDERATION.format(k=k, dominance=dominance))
     s, i = pa.string(), pa.int32()
     write(directory / "h" / "t.parquet", ["pid", "g", "x"], [s, s, i], t)
     write(directory / "i" / "c.parquet", ["pid", "y", "v"], [s, i, pa.float64()], c)
@@ -117,11 +123,11 @@ counter = iter(range(10**9))
 
 @settings(max_examples=CASES, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(t=rows_h, c=rows_c, t2=rows_h, p=rows_p, k=st.sampled_from([1, 2, 3]),
+@given(t=rows_h, c=rows_c, t2=rows_h, p=rows_p, k=st.sampled_from([1, 2, 3]), dominance=st.sampled_from(DOMINANCE),
        query=st.sampled_from(QUERIES), y=st.integers(2020, 2023), s=st.integers(-60, 60))
-def test_secure_equals_oracle(parties, t, c, t2, p, k, query, y, s):
+def test_secure_equals_oracle(parties, t, c, t2, p, k, dominance, query, y, s):
     fed_proc, base = parties
-    path = setup_case(base / f"case{next(counter)}", t, c, t2, p, k)
+    path = setup_case(base / f"case{next(counter)}", t, c, t2, p, k, dominance)
     federation = load_federation(path)
     fed_proc.reload(federation)
     sql = query.format(y=y, s=s)

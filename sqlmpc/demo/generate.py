@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sqlmpc.catalog import Column, Party, Role, Table
+from sqlmpc.catalog import Column, Dominance, Party, Role, Table
 from sqlmpc.demo.toml_writer import federation_toml
 
 AGE_BANDS = ("0-17", "18-34", "35-49", "50-64", "65-79", "80+")
@@ -320,8 +320,10 @@ def generate(out_dir: Path, persons: int = 5000, seed: int = 20241, *, min_cell_
     }
     for (party, name), build in tables.items():
         _write(out_dir, party, name, build())   # one table in memory at a time
+    # CBS's rule for income statistics: no single person makes up more than 30 % of a released sum.
     toml = federation_toml("care-demo", _parties(DEMO_SCHEMA), min_cell_size=min_cell_size,
-                           comment=f"sqlmpc demo federation: {persons} persons, seed {seed} (generated).")
+                           comment=f"sqlmpc demo federation: {persons} persons, seed {seed} (generated).",
+                           dominance=Dominance(1, 30.0))
     path = out_dir / "federation.toml"
     path.write_text(toml, encoding="utf-8")
     return path

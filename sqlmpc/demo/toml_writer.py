@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sqlmpc.catalog import Column, Party, Role
+from sqlmpc.catalog import Column, Dominance, Party, Role
 
 
 def _value(v: object) -> str:
@@ -47,10 +47,15 @@ def _column(c: Column) -> str:
     return f"{c.name} = {{ {', '.join(fields)} }}"
 
 
-def federation_toml(name: str, parties: list[Party], *, min_cell_size: int, comment: str = "") -> str:
+def federation_toml(name: str, parties: list[Party], *, min_cell_size: int, comment: str = "",
+                    dominance: Dominance | None = None) -> str:
     """The TOML text of a federation; each table's ``source`` must already be relative."""
     lines = [f"# {line}" for line in comment.splitlines()]
     lines += ["[federation]", f"name = {_value(name)}", "", "[policy]", f"min_cell_size = {min_cell_size}"]
+    if dominance is not None:
+        lines.append(f"dominance = {{ n = {dominance.n}, percent = {dominance.percent:g} }}"
+                     if dominance.kind == "n-largest" else
+                     f'dominance = {{ rule = "p-percent", percent = {dominance.percent:g} }}')
     for party in parties:
         lines += ["", f"[parties.{party.name}]", f"address = {_value(party.address)}"]
         for table in party.tables:

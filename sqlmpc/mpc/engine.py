@@ -29,6 +29,7 @@ from sqlmpc.mpc.reveal import reveal, reveal_ratio
 from sqlmpc.mpc.shuffle import shuffle
 from sqlmpc.plan.plan import LocalPart, Plan
 from sqlmpc.plan.planner import EXTREME
+from sqlmpc.plan.release import margin_lines, secondary_suppression
 
 
 @dataclass
@@ -213,12 +214,27 @@ class Engine:
                 moments[m.name] = S[:, j]
         person_keys = tokens[(plan.relations[0], f"key_{plan.relations[0]}")]
         root_rows = [person_keys[i] for i in index[plan.relations[0]]]   # the root is never NULL
-        for m in plan.moments:
-            if m.kind == "persons":
-                X = E if isinstance(m.expr, exp.Literal) else E * self.row_expr(m.expr, columns, n).reshape(n, 1)
-                # Pre-aggregated per key and cell, a person has at most one row in a cell.
-                moments[m.name] = np.sum(X, axis=0) if self.one_row_per_person_and_cell() \
-                    else await self.distinct_persons(X, root_rows)
+        # Pre-aggregated per key and cell, a person has at most one row in a cell.
+        rows_of = None if self.one_row_per_person_and_cell() else person_rows(root_rows)
+        G = E.shape[1]
+
+        def weighted(ms):
+            return np.hstack([E if isinstance(m.expr, exp.Literal) and m.kind == "persons"
+                              else E * self.row_expr(m.expr, columns, n).reshape(n, 1) for m in ms])
+
+        counted = [m for m in plan.moments if m.kind == "persons"]
+        if counted:                       # all persons moments in one pass: one round per row depth
+            X = weighted(counted)
+            totals = np.sum(X, axis=0) if rows_of is None else self.distinct_persons(X, rows_of)
+            for j, m in enumerate(counted):
+                moments[m.name] = totals[j * G:(j + 1) * G]
+        squared = [m for m in plan.moments if m.kind == "sum2"]
+        if squared:                       # Σ over persons of (the person's total in the cell)²
+            X = weighted(squared)
+            C = X if rows_of is None else self.per_person(X, rows_of, lambda acc, x: acc + x)
+            totals = np.sum(C * C, axis=0)
+            for j, m in enumerate(squared):
+                moments[m.name] = totals[j * G:(j + 1) * G]
         return moments, n
 
     def one_row_per_person_and_cell(self) -> bool:
@@ -308,31 +324,22 @@ class Engine:
             order.append(flat)
         return np.array(order, dtype=np.int64)
 
-    async def distinct_persons(self, X, persons: list):
-        """Per cell, how many distinct persons have a row in it: Σ_person (1 − Π_rows (1 − x)).
+    def distinct_persons(self, X, rows_of: np.ndarray):
+        """Per column, how many distinct persons have a row in it: Σ_person (1 − Π_rows (1 − x))."""
+        return np.sum(1 - self.per_person(1 - X, rows_of, lambda acc, x: acc * x, pad=1), axis=0)
 
-        The person of each joined row is public (its token), so rows are grouped in the clear;
-        the r-th rows of all persons are multiplied in at once (a zero row pads persons with fewer).
+    def per_person(self, X, rows_of: np.ndarray, combine, pad: int = 0):
+        """Combine each person's rows of X (persons × columns); the r-th rows of all persons at once.
+
+        ``rows_of`` (from :func:`person_rows`) lists each person's rows by depth; a person with
+        fewer rows is padded with the row index n, a row of ``pad`` values.
         """
-        n, G = X.shape
-        first = {}
-        rows_of: list[list[int]] = []
-        for i, p in enumerate(persons):
-            if p not in first:
-                first[p] = len(rows_of)
-                rows_of.append([])
-            rows_of[first[p]].append(i)
-        if len(rows_of) == n:
-            return np.sum(X, axis=0)
-        padded = np.vstack((X, self.secint.array(np.zeros((1, G), dtype=object))))
-        depth = max(len(r) for r in rows_of)
-        index = np.full((depth, len(rows_of)), n, dtype=np.int64)
-        for j, rows in enumerate(rows_of):
-            index[:len(rows), j] = rows
-        missing = 1 - padded[index[0]]
-        for r in range(1, depth):
-            missing = missing * (1 - padded[index[r]])
-        return np.sum(1 - missing, axis=0)
+        n, width = X.shape
+        padded = np.vstack((X, self.secint.array(np.full((1, width), pad, dtype=object))))
+        out = padded[rows_of[0]]
+        for r in range(1, rows_of.shape[0]):
+            out = combine(out, padded[rows_of[r]])
+        return out
 
     def row_expr(self, node: exp.Expression, columns, n: int):
         """Evaluate a secure row expression (columns are ``rel.local_name``) on the joined rows."""
@@ -407,15 +414,13 @@ class Engine:
         raise errors.NotSupportedError(f"{node.sql()} in an aggregate output")
 
     async def release(self, moments: dict[str, object], bounds: dict[str, int]) -> pa.Table:
-        plan, mpc = self.plan, self.mpc
+        plan = self.plan
         G = plan.grid.size
         self.progress("threshold")
-        persons = moments[next(m.name for m in plan.moments if m.kind == "persons" and
-                               isinstance(m.expr, exp.Literal))]
         k = plan.min_cell_size
-        ok_secret = 1 - mpc.np_less(persons, self.secint.array(np.full(G, k, dtype=object)))
-        ok = [bool(v) for v in await reveal(ok_secret, what="cells passing k",
-                                            why=f"which cells describe at least k={k} persons")]
+        primary = [bool(v) for v in await reveal(self.rules_pass(moments), what="cells passing the release rules",
+                                                 why=f"which cells meet every release rule (k={k})")]
+        ok = await self.secondary(primary, moments)
         released = np.array([i for i in range(G) if ok[i]], dtype=np.int64)
         having = [None] * G
         if plan.having is not None and len(released):
@@ -440,6 +445,74 @@ class Engine:
         for j, col in enumerate(outputs):
             data[f"a{j}"] = _arrow_column(col)
         return pa.table(data)
+
+    def rules_pass(self, moments):
+        """Per cell, 1 where every guard of the plan holds (sqlmpc.plan.release); all compared at once."""
+        mpc, G, k = self.mpc, self.plan.grid.size, self.plan.min_cell_size
+        smaller, larger, checks = [], [], []
+
+        def less(a, b) -> int:          # index of the comparison a < b among all of them
+            smaller.append(a)
+            larger.append(b if not isinstance(b, int) else self.secint.array(np.full(G, b, dtype=object)))
+            return len(smaller) - 1
+
+        for g in self.plan.guards:
+            if g.kind == "contributors":
+                i = less(moments[g.moments[0]], k)
+                checks.append(lambda f, i=i: 1 - f[i])
+            elif g.kind == "dominance":  # C·S2 ≤ S1²  ⇔  NOT den·S1² < num·S2
+                s1, s2 = (moments[m] for m in g.moments)
+                i = less(s1 * s1 * g.constant.denominator, s2 * g.constant.numerator)
+                checks.append(lambda f, i=i: 1 - f[i])
+            else:                        # extreme: the first value anyone holds is held by ≥ k persons
+                held = [(less(moments[m], 1), less(moments[m], k)) for m in g.moments]
+
+                def check(f, held=held):
+                    ok, none_before = 0, 1
+                    for nobody, few in held:
+                        ok = ok + none_before * (1 - f[few])
+                        none_before = none_before * f[nobody]
+                    return ok
+                checks.append(check)
+        fails = mpc.np_less(mpc.np_stack(smaller), mpc.np_stack(larger))
+        ok = checks[0](fails)
+        for check in checks[1:]:
+            ok = ok * check(fails)
+        return ok
+
+    async def secondary(self, primary: list[bool], moments) -> list[bool]:
+        """Secondary suppression (sqlmpc.plan.release): the same steps as the oracle, on secret counts."""
+        plan, mpc = self.plan, self.mpc
+        G, k = plan.grid.size, plan.min_cell_size
+        counts = [moments[g.moments[0]] for g in plan.guards if g.kind == "contributors"]
+        persons = counts[0]
+        steps = secondary_suppression(primary, margin_lines(tuple(len(g.domain) for g in plan.grid.groups)))
+        try:
+            kind, lines, released = next(steps)
+            while True:
+                if kind == "small":
+                    hidden = np.zeros((G, len(lines)), dtype=object)
+                    for j, line in enumerate(lines):
+                        hidden[[c for c in line if not released[c]], j] = 1
+                    totals = mpc.np_stack([c @ hidden for c in counts])          # guards × lines
+                    small = mpc.np_less(totals, self.secint.array(np.full(totals.shape, k, dtype=object)))
+                    none_small = 1 - small[0]
+                    for i in range(1, len(counts)):
+                        none_small = none_small * (1 - small[i])
+                    answer = [not bool(v) for v in await reveal(
+                        none_small, what="secondary suppression",
+                        why="whether a line's suppressed cells together hold fewer than k persons")]
+                else:
+                    answer = []
+                    for line in lines:
+                        shown = [c for c in line if released[c]]
+                        key = persons[np.array(shown, dtype=np.int64)] * G + np.array(shown, dtype=object)
+                        i = await reveal(mpc.np_argmin(key), what="secondary suppression",
+                                         why="which released cell of the line has the fewest persons")
+                        answer.append(shown[int(i)])
+                kind, lines, released = steps.send(answer)
+        except StopIteration as done:
+            return done.value
 
     async def reveal_output(self, formula: exp.Expression, moments, bounds) -> list:
         if isinstance(formula, exp.Anonymous) and formula.name == "IF_UNDEFINED":
@@ -526,7 +599,8 @@ class Engine:
         # Row phase: the field holds 64-bit key hashes and every moment (a sum over at most
         # `rows` rows).  Cell phase: exact ratios need more room; moments are converted then.
         rows = self.row_bound(sizes)
-        row_bits = max(66, (rows * self.max_expr_bound()).bit_length() + 2)
+        row_bits = max(66, (rows * self.max_expr_bound()).bit_length() + 2,
+                       max(self.moment_bounds(rows).values(), default=1).bit_length() + 2)
         self.secint = self.mpc.SecInt(row_bits)
         if self.plan.mode == "local":
             moments = await self.run_local_mode(sizes)
@@ -560,7 +634,9 @@ class Engine:
     def moment_bounds(self, rows: int) -> dict[str, int]:
         """|moment| ≤ rows × bound of its row expression: sets the field size for exact ratios."""
         locals_ = {(p.relation, c.name): c for p in self.plan.parts for c in p.columns}
-        return {m.name: max(1, rows) * _expr_bound(m.expr, locals_) for m in self.plan.moments}
+        bounds = {m.name: max(1, rows) * _expr_bound(m.expr, locals_) for m in self.plan.moments}
+        # Σ over persons of c² ≤ (Σ |c|)²
+        return {m.name: bounds[m.name] ** 2 if m.kind == "sum2" else bounds[m.name] for m in self.plan.moments}
 
     def cell_bits(self, bounds: dict[str, int]) -> int:
         """Bits for the cell phase: p > 2·B² for the largest numerator or denominator B of a ratio."""
@@ -570,7 +646,9 @@ class Engine:
             for part in _ratio_parts(node):
                 f = self.formula(part, zeros, bounds)
                 largest = max(largest, f.bnum, f.bden)
-        return (2 * largest * largest).bit_length() + 2
+        compared = max([g.constant.denominator * bounds[g.moments[0]] ** 2 + g.constant.numerator * bounds[g.moments[1]]
+                        for g in self.plan.guards if g.kind == "dominance"] + [1])
+        return max((2 * largest * largest).bit_length(), compared.bit_length() + 1) + 2
 
 
 MAX_ROWS = 2 ** 40     # declared maximum of rows per party in local mode (sets bit lengths)
@@ -593,6 +671,25 @@ def _ratio_parts(node: exp.Expression):
         yield exp.Mul(this=node.this, expression=exp.Mul(this=node.expression, expression=node.expression))
     else:
         yield node
+
+
+def person_rows(persons: list) -> np.ndarray | None:
+    """The joined rows of each person (public tokens) by depth: depth × persons, padded with n;
+    None when every row is a different person."""
+    n = len(persons)
+    first: dict = {}
+    rows: list[list[int]] = []
+    for i, p in enumerate(persons):
+        if p not in first:
+            first[p] = len(rows)
+            rows.append([])
+        rows[first[p]].append(i)
+    if len(rows) == n:
+        return None
+    index = np.full((max(len(r) for r in rows), len(rows)), n, dtype=np.int64)
+    for j, r in enumerate(rows):
+        index[:len(r), j] = r
+    return index
 
 
 def _stack(blocks: list):

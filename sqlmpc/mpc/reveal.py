@@ -4,8 +4,8 @@ Every opening is recorded as an :class:`Opening` in the current :class:`Ledger`
 (a contextvar, so concurrent queries in different tasks keep separate ledgers):
 
     with ledger_scope() as ledger:
-        values = await reveal(x, what="cells passing k", why="disclosure control")
-    ledger.entries  # [Opening(what='cells passing k', count=..., why=...)]
+        values = await reveal(x, what="cells passing the release rules", why="disclosure control")
+    ledger.entries  # [Opening(what='cells passing the release rules', count=..., why=...)]
 
 Opening outside a ledger scope raises :class:`UnrecordedOpening`.
 ``reveal_ratio`` releases only num/den (exactly, as Fractions), not num and den.

@@ -23,6 +23,7 @@ def canonical(plan: Plan) -> str:
         "outputs": [o.sql() for o in plan.outputs],
         "having": plan.having.sql() if plan.having is not None else None,
         "k": plan.min_cell_size, "per_key": plan.per_key,
+        "guards": [[g.kind, list(g.moments), str(g.constant)] for g in plan.guards],
         "leakage": [l.__dict__ for l in plan.leakage],
     }, sort_keys=True, default=str)
 
@@ -58,7 +59,13 @@ def explain(plan: Plan) -> str:
     for m in plan.moments:
         out.append(f"       {m.name} = {m.kind.upper()}({m.expr.sql()})")
     step += 1
-    out.append(f"  {step}. threshold: persons >= {plan.min_cell_size} per cell (secure comparison; flags opened)")
+    out.append(f"  {step}. release rules per cell (secure comparisons; one flag per cell opened):")
+    for g in plan.guards:
+        if g.kind == "contributors":
+            out.append(f"       {g.moments[0]} >= {plan.min_cell_size}")
+        else:
+            out.append(f"       dominance: {g.constant} · {g.moments[1]} <= {g.moments[0]}²")
+    out.append("       then secondary suppression over the grid and its margins")
     if plan.having is not None:
         step += 1
         out.append(f"  {step}. HAVING {plan.having.sql()} on released cells")

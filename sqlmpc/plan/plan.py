@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from fractions import Fraction
 
 from sqlglot import exp
 
@@ -49,8 +50,24 @@ class Moment:
 
     name: str
     expr: exp.Expression                  # secure row expression (exp.Literal 1 for a count)
-    kind: str = "sum"                     # "sum" | "persons" | "min" | "max"
+    kind: str = "sum"                     # "sum" | "persons" | "sum2" | "min" | "max"
+    # sum2: Σ over the cell's persons of (Σ of expr over the person's rows)², for dominance
     present: exp.Expression | None = None  # min/max: the rows whose value is not NULL
+
+
+@dataclass(frozen=True)
+class Guard:
+    """One release condition a cell must meet (sqlmpc.plan.release).
+
+    ``contributors``: the persons moment ``moments[0]`` is at least k.
+    ``dominance``: C·S2 ≤ S1² for S1, S2 = ``moments`` (sum and sum of squares of contributions).
+    ``extreme``: ``moments`` count the persons holding each value of a MIN/MAX's dimension, from the
+    extreme end; the first value held by anyone is held by at least k persons.
+    """
+
+    kind: str                              # "contributors" | "dominance" | "extreme"
+    moments: tuple[str, ...]
+    constant: Fraction | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +115,7 @@ class Plan:
     min_cell_size: int
     leakage: tuple[Leak, ...]
     per_key: bool = False                  # groups pre-aggregated per key and cell: a person is one row per cell
+    guards: tuple[Guard, ...] = ()         # what a cell must meet to be released (sqlmpc.plan.release)
 
     def parts_of(self, relation: str) -> tuple[LocalPart, ...]:
         return tuple(p for p in self.parts if p.relation == relation)

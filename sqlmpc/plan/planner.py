@@ -14,9 +14,10 @@ from dataclasses import dataclass, field, replace
 from sqlglot import exp
 
 from sqlmpc import errors
-from sqlmpc.plan.bind import BoundQuery, Join, Relation, RelationPart, is_aggregate
+from sqlmpc.plan.bind import BoundQuery, Join, Relation, RelationPart, conjuncts, is_aggregate
 from sqlmpc.plan.cells import CellGrid, cell_grid
-from sqlmpc.plan.plan import Leak, LocalColumn, LocalPart, Moment, Plan, opened_per_cell
+from sqlmpc.plan.plan import Guard, Leak, LocalColumn, LocalPart, Moment, Plan, opened_per_cell
+from sqlmpc.plan.release import DominanceTest, contributor_conditions, extreme_values, has_measure, margin_lines
 from sqlmpc.result import aggregate_items
 from sqlmpc.sql.params import literal
 
@@ -138,6 +139,11 @@ def _interval(node, q) -> tuple[float, float, int]:
         f"cannot bound the values of {node.sql()}: use measures with declared ranges and + - * CASE")
 
 
+def value_scale(node: exp.Expression, q) -> int:
+    """The decimal scale at which ``node`` enters MPC as an integer."""
+    return _interval(node, q)[2]
+
+
 COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
 
 
@@ -247,8 +253,7 @@ class Planner:
         formulas = Formulas(self, moments)
         outputs = tuple(_parenthesize(formulas.output(item)) for item in aggregate_items(q))
         having = _parenthesize(formulas.output(q.having)) if q.having is not None else None
-        formulas.persons()
-        self.check_dominance(moments)
+        guards = (Guard("contributors", (formulas.persons().name,)),) + tuple(formulas.guards.values())
 
         # One relation whose parts cannot share persons: each owner pre-aggregates per cell.
         root = q.root
@@ -277,26 +282,8 @@ class Planner:
             parts=parts, row_filter=row_filter if mode == "join" else None, grid=grid,
             cell_relations=cell_relations, moments=tuple(moments.values()), outputs=outputs, having=having,
             min_cell_size=q.federation.policy.min_cell_size,
-            leakage=self.leakage(mode, parts, outputs, having), per_key=per_key,
+            leakage=self.leakage(mode, parts, outputs, having), per_key=per_key, guards=guards,
         )
-
-    def check_dominance(self, moments: dict[str, Moment]) -> None:
-        """Refuse what the federation's dominance rule governs, since it is not enforced yet.
-
-        An (n, p)-dominance rule limits released sums of measures; counts are not
-        subject to it.  Better a clear refusal than a rule silently not applied.
-        """
-        rule = self.q.federation.policy.dominance
-        if rule is None:
-            return
-        for m in moments.values():
-            values = [c for c in m.expr.find_all(exp.Column)
-                      if self.locals[c.table].exprs[c.name][0].kind == "value"]
-            if values or m.kind in ("min", "max"):
-                raise errors.PolicyError(
-                    f"the federation's ({rule.n}, {rule.percent:g} %)-dominance rule governs sums of measures, "
-                    "and sqlmpc does not enforce it yet: such outputs are refused",
-                    hint="ask for counts (COUNT(*), COUNT(DISTINCT ...)) or remove the dominance rule")
 
     def secure_joins(self) -> tuple[Join, ...]:
         """The joins between groups, as ((group, member alias), (group, member alias)) key pairs."""
@@ -443,6 +430,7 @@ class Planner:
                 lambda n: exp.column(n.name, table="r") if isinstance(n, exp.Column) and n.table == alias else n)
         items = [exp.column("cell", table="r")]
         cols = [LocalColumn("cell", "cell")]
+        sum2 = []
         for m in moments.values():
             if m.kind == "persons":
                 key = exp.column(f"key_{self.q.root.alias}", table="r")
@@ -460,11 +448,30 @@ class Planner:
                 items.append(exp.alias_(exp.func("coalesce", agg, extreme), m.name))
                 cols.append(LocalColumn(m.name, m.kind))
                 continue
+            elif m.kind == "sum2":
+                sum2.append(m)
+                items.append(exp.alias_(exp.func("coalesce", exp.column(m.name, table="p"), exp.Literal.number(0)),
+                                        m.name))
+                cols.append(LocalColumn(m.name, m.kind))
+                continue
             else:
                 agg = exp.Sum(this=exp.cast(local(m.expr), "HUGEINT"))
             items.append(exp.alias_(exp.func("coalesce", agg, exp.Literal.number(0)), m.name))
             cols.append(LocalColumn(m.name, m.kind))
         query = exp.select(*items).from_(rows.subquery("r")).where("r.cell >= 0").group_by("r.cell")
+        if sum2:
+            # Σ over persons of the square of each person's total in the cell (for dominance).
+            key = exp.column(f"key_{self.q.root.alias}", table="r")
+            person = exp.select(exp.column("cell", table="r"), *[
+                exp.alias_(exp.Sum(this=exp.cast(local(m.expr), "HUGEINT")), m.name) for m in sum2
+            ]).from_(rows.subquery("r")).where("r.cell >= 0").group_by(exp.column("cell", table="r"), key)
+            squares = exp.select("q.cell", *[
+                exp.alias_(exp.Sum(this=exp.Mul(this=exp.column(m.name, table="q"),
+                                                expression=exp.column(m.name, table="q"))), m.name)
+                for m in sum2]).from_(person.subquery("q")).group_by("q.cell")
+            query = query.join(squares.subquery("p"), on="p.cell = r.cell", join_type="LEFT")
+            query.set("group", None)
+            query = query.group_by("r.cell", *[exp.column(m.name, table="p") for m in sum2])
         return query, tuple(cols)
 
     def leakage(self, mode, parts, outputs, having) -> tuple[Leak, ...]:
@@ -475,10 +482,18 @@ class Planner:
             leaks.append(Leak("join tokens", "Σ keys × token bits",
                               "Legendre-PRF bits of each shuffled key: reveal which shuffled rows share a key "
                               "(join size and key multiplicity pattern)"))
-        leaks.append(Leak("cells passing k", f"{self.grid.size}",
-                          f"which cells describe at least k={k} persons", per_cell=1))
+        leaks.append(Leak("cells passing the release rules", f"{self.grid.size}",
+                          f"which cells meet every release rule: each value rests on at least k={k} persons"
+                          + (", no value is dominated" if self.q.federation.policy.dominance else ""),
+                          per_cell=1))
+        lines = margin_lines(tuple(len(g.domain) for g in self.grid.groups))
+        if lines:
+            leaks.append(Leak("secondary suppression", f"≤ {len(lines)} per round, ≤ {self.grid.size} rounds",
+                              "per grid line (the whole grid, each one-dimensional margin) with suppressed cells: "
+                              "whether they hold fewer than k persons together, and then which released cell "
+                              "of the line has the fewest persons (it is suppressed too)"))
         if having is not None:
-            leaks.append(Leak("having", "1 × cells passing k", "HAVING outcome of the released cells", per_cell=1))
+            leaks.append(Leak("having", "1 × cells passing the release rules", "HAVING outcome of the released cells", per_cell=1))
         if outputs:
             per_cell = sum(opened_per_cell(o) for o in outputs)
             leaks.append(Leak("released values", f"{per_cell} × released cells",
@@ -532,6 +547,9 @@ class Formulas:
         self.p = planner
         self.q = planner.q
         self.moments = moments
+        self.guards: dict[tuple, Guard] = {}
+        rule = self.q.federation.policy.dominance
+        self.dominance = DominanceTest.of(rule) if rule is not None else None
 
     def moment(self, expr: exp.Expression, kind: str = "sum", present: exp.Expression | None = None) -> exp.Column:
         local = self.p.localize(expr) if expr is not ONE else ONE
@@ -564,11 +582,33 @@ class Formulas:
                        for c in e.find_all(exp.Column))
         return flag(exp.Not(this=exp.Is(this=e.copy(), expression=exp.null()))) if nullable else ONE
 
+    def guard(self, node: exp.Expression, weight: exp.Expression) -> None:
+        """Register what the aggregate's value rests on (sqlmpc.plan.release): contributors and dominance."""
+        if isinstance(node, (exp.Min, exp.Max)):      # at least k persons hold the extreme value
+            held = [self.moment(times(weight, flag(exp.EQ(this=node.this.copy(), expression=literal(v)))),
+                                "persons").name for v in extreme_values(node, self.q)]
+            self.guards.setdefault(("extreme", *held), Guard("extreme", tuple(held)))
+        for cond in contributor_conditions(node, self.q):
+            tests = [flag(c) for c in conjuncts(cond) if c != exp.true()]
+            m = self.moment(times(weight, *tests), "persons")
+            self.guards.setdefault(("contributors", m.name), Guard("contributors", (m.name,)))
+        if self.dominance is None or isinstance(node, (exp.Count, exp.Min, exp.Max)):
+            return
+        args = [a for a in (node.this, node.args.get("expression")) if isinstance(a, exp.Expression)]
+        present = [self.presence(a) for a in args]
+        for x in args:
+            if has_measure(x, self.q):
+                s1 = self.moment(times(weight, *present, x))
+                s2 = self.moment(times(weight, *present, x), "sum2")
+                self.guards.setdefault(("dominance", s1.name), Guard("dominance", (s1.name, s2.name),
+                                                                      self.dominance.constant))
+
     def aggregate(self, node: exp.Expression) -> exp.Expression:
         weight = ONE
         if isinstance(node, exp.Filter):
             weight = flag(node.expression.this)
             node = node.this
+        self.guard(node, weight)
 
         def total(*factors, scale: int = 0) -> exp.Expression:
             m = self.moment(times(weight, *factors))
