@@ -193,7 +193,8 @@ class EmbeddedFederation:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "sqlmpc.party.embedded", str(federation.path), p.name,
                  str(to_child_r), str(from_child_w)],
-                pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL)
+                pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL,
+                start_new_session=True)     # the terminal's Ctrl-C reaches the driver only, which cancels
             os.close(to_child_r)
             os.close(from_child_w)
             self.parties.append(PartyProcess(p.name, proc, Channel(from_child_r, to_child_w)))
