@@ -24,6 +24,8 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from sqlglot import exp
 
 from sqlmpc.errors import SqlSyntaxError, UnsupportedSqlError
+from sqlmpc.sql import limits
+from sqlmpc.sql.positions import error_at, line_col
 from sqlmpc.sql.statements import Describe, Explain, Query, ShowPolicy, ShowTables, Statement
 
 # ---------------------------------------------------------------- hints
@@ -105,10 +107,12 @@ def _lark() -> Lark:
 
 def parse(sql: str) -> Statement:
     """Parse one statement (a trailing ';' is allowed) of the sqlmpc dialect."""
+    limits.check_text(sql)
     try:
         tree = _lark().parse(sql)
     except UnexpectedInput as err:
         raise _explain(sql, err) from None
+    limits.check_tree(sql, tree)        # before the (recursive) transformer walks it
     try:
         return _ToSqlglot(sql).transform(tree)
     except VisitError as err:  # lark wraps what the transformer raises; unwrap it
@@ -127,18 +131,8 @@ def parse_query(sql: str) -> exp.Expression:
 # ---------------------------------------------------------------- positions
 
 
-def _line_col(sql: str, pos: int) -> tuple[int, int]:
-    line = sql.count("\n", 0, pos) + 1
-    return line, pos - (sql.rfind("\n", 0, pos) + 1) + 1
-
-
-def _error(cls, message: str, sql: str, start: int, end: int | None = None, hint: str | None = None):
-    line, col = _line_col(sql, start)
-    return cls(message, sql=sql, line=line, column=col, width=max(1, (end or start + 1) - start), hint=hint)
-
-
 def _placed(node: exp.Expression, start: int, end: int, sql: str) -> exp.Expression:
-    line, col = _line_col(sql, start)
+    line, col = line_col(sql, start)
     node.meta.update(line=line, col=col, start=start, end=end)
     return node
 
@@ -171,7 +165,7 @@ class _ToSqlglot(Transformer):
     def _fail(self, cls, message, token_or_meta, hint=None):
         start = getattr(token_or_meta, "start_pos", 0)
         end = getattr(token_or_meta, "end_pos", start + 1)
-        return _error(cls, message, self.sql, start, end, hint)
+        return error_at(cls, message, self.sql, start, end, hint)
 
     def _ident(self, token: Token) -> exp.Identifier:
         if token.type == "QUOTED_NAME":
@@ -224,6 +218,7 @@ class _ToSqlglot(Transformer):
         return node
 
     def select_items(self, meta, children):
+        limits.check_select_items(self.sql, children, meta)
         return children
 
     def select_item(self, meta, children):
@@ -330,6 +325,7 @@ class _ToSqlglot(Transformer):
 
     def in_(self, meta, children):
         value, negation, *items = children
+        limits.check_in_list(self.sql, items, meta)
         return self._negated(negation, exp.In(this=value, expressions=items))
 
     def like(self, meta, children):
@@ -524,7 +520,7 @@ def _unterminated(sql: str) -> SqlSyntaxError | None:
         elif sql.startswith("/*", i):
             end = sql.find("*/", i + 2)
             if end < 0:
-                return _error(SqlSyntaxError, "unterminated /* comment", sql, i, i + 2, "close the comment with */")
+                return error_at(SqlSyntaxError, "unterminated /* comment", sql, i, i + 2, "close the comment with */")
             i = end + 2
         elif sql[i] in "'\"":
             quote, j = sql[i], i + 1
@@ -532,7 +528,7 @@ def _unterminated(sql: str) -> SqlSyntaxError | None:
                 j = sql.find(quote, j)
                 if j < 0:
                     what = "string literal" if quote == "'" else "quoted name"
-                    return _error(SqlSyntaxError, f"unterminated {what}", sql, i, i + 1,
+                    return error_at(SqlSyntaxError, f"unterminated {what}", sql, i, i + 1,
                                   f"close it with {quote}; write {quote * 2} for a {quote} inside it")
                 if sql.startswith(quote * 2, j):
                     j += 2
@@ -609,17 +605,17 @@ def _explain(sql: str, err: UnexpectedInput) -> SqlSyntaxError:
         word = re.match(r"[A-Za-z_]\w*", sql[pos:])
         if word and word.group().upper() in RESERVED_WORDS:
             message, hint = RESERVED_WORDS[word.group().upper()]
-            return _error(UnsupportedSqlError, message.format(word.group().upper()), sql, pos, word.end() + pos, hint)
-        return _error(SqlSyntaxError, f"unexpected character '{sql[pos]}'", sql, pos, pos + 1, DIALECT_HINT)
+            return error_at(UnsupportedSqlError, message.format(word.group().upper()), sql, pos, word.end() + pos, hint)
+        return error_at(SqlSyntaxError, f"unexpected character '{sql[pos]}'", sql, pos, pos + 1, DIALECT_HINT)
 
     token = getattr(err, "token", None)
     if isinstance(err, UnexpectedEOF) or token is None or token.type == "$END":
         if not re.sub(r"--[^\n]*|/\*.*?\*/|[\s;]", "", sql, flags=re.S):
-            return _error(SqlSyntaxError, "empty query", sql, 0, 1,
+            return error_at(SqlSyntaxError, "empty query", sql, 0, 1,
                           "write a query, e.g. SELECT region, COUNT(*) FROM hospital.patients GROUP BY region")
         end = getattr(token, "end_pos", None) or len(sql.rstrip())
         expected = _acceptable(err)
-        return _error(SqlSyntaxError, f"unexpected end of input; expected {_describe_expected(expected)}",
+        return error_at(SqlSyntaxError, f"unexpected end of input; expected {_describe_expected(expected)}",
                       sql, end, end + 1, DIALECT_HINT)
 
     assert isinstance(err, UnexpectedToken)
@@ -628,10 +624,10 @@ def _explain(sql: str, err: UnexpectedInput) -> SqlSyntaxError:
     word = token.value.upper()
 
     def unsupported(message, hint):
-        return _error(UnsupportedSqlError, message, sql, start, end, hint)
+        return error_at(UnsupportedSqlError, message, sql, start, end, hint)
 
     if expected <= {"$END", "SEMICOLON"}:
-        return _error(SqlSyntaxError, "only one statement at a time", sql, start, end,
+        return error_at(SqlSyntaxError, "only one statement at a time", sql, start, end,
                       "remove everything after the first ';'")
     if "SELECT" in expected and "INT" not in expected:  # where a statement starts
         # EXPLAIN DELETE ...: the parser took DELETE for ANALYZE and fails one word later.
@@ -641,7 +637,7 @@ def _explain(sql: str, err: UnexpectedInput) -> SqlSyntaxError:
             start, end = explained.span(1)
         if word in DDL_WORDS | DML_WORDS:
             return unsupported(f"{word} statements are not supported", READ_ONLY)
-        return _error(SqlSyntaxError, f"unexpected '{token.value}'; expected SELECT, EXPLAIN, SHOW or DESCRIBE",
+        return error_at(SqlSyntaxError, f"unexpected '{token.value}'; expected SELECT, EXPLAIN, SHOW or DESCRIBE",
                       sql, start, end, READ_ONLY)
     if expected == {"ALL"}:
         return unsupported("UNION without ALL is not supported", UNION_HINT)
@@ -658,16 +654,16 @@ def _explain(sql: str, err: UnexpectedInput) -> SqlSyntaxError:
     if token.type == "COMMA" and "JOIN" in expected:
         return unsupported("comma joins are not supported", JOIN_HINT)
     if token.type == "DOT" and re.search(r'[\w"]\s*\.\s*[\w"]+\s*$', sql[:start]):
-        return _error(SqlSyntaxError, "too many dots: names are party.table or alias.column", sql, start, end,
+        return error_at(SqlSyntaxError, "too many dots: names are party.table or alias.column", sql, start, end,
                       QUALIFIED_HINT)
     if expected == {"STRING"}:
-        return _error(SqlSyntaxError, f"unexpected '{token.value}'; LIKE takes a string pattern", sql, start, end,
+        return error_at(SqlSyntaxError, f"unexpected '{token.value}'; LIKE takes a string pattern", sql, start, end,
                       "write e.g. name LIKE 'A%'")
     if {"STRING", "INT"} <= expected and "NAME" not in expected:
-        return _error(SqlSyntaxError, f"unexpected '{token.value}'; IN takes a list of literals", sql, start, end,
+        return error_at(SqlSyntaxError, f"unexpected '{token.value}'; IN takes a list of literals", sql, start, end,
                       "write x IN (1, 2, 3); to compare with another table, join on the key instead")
     if expected == {"ON"}:
-        return _error(SqlSyntaxError, f"unexpected '{token.value}'; a JOIN needs ON", sql, start, end, JOIN_HINT)
+        return error_at(SqlSyntaxError, f"unexpected '{token.value}'; a JOIN needs ON", sql, start, end, JOIN_HINT)
     hint = "every SELECT reads FROM party.table, e.g. FROM hospital.patients" if "FROM" in expected else DIALECT_HINT
-    return _error(SqlSyntaxError, f"unexpected '{token.value}'; expected {_describe_expected(expected)}",
+    return error_at(SqlSyntaxError, f"unexpected '{token.value}'; expected {_describe_expected(expected)}",
                   sql, start, end, hint)
