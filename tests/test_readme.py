@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from sqlmpc.demo.generate import DEMO_VERSION
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -25,7 +27,7 @@ def interface_examples() -> list[str]:
 def cache(demo_path, tmp_path_factory):
     """A demo cache whose default demo is the small test demo, so `connect()` and `sqlmpc://` find it."""
     cache = tmp_path_factory.mktemp("cache")
-    (cache / "demo-5000").symlink_to(demo_path.parent, target_is_directory=True)
+    (cache / f"demo-v{DEMO_VERSION}-5000").symlink_to(demo_path.parent, target_is_directory=True)
     return cache
 
 

@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 from sqlmpc.catalog import Column, Dominance, Party, Role, Table
 from sqlmpc.demo.toml_writer import federation_toml
 
+DEMO_VERSION = 2      # bump when the generated data or federation file change (names the cache directory)
+
 AGE_BANDS = ("0-17", "18-34", "35-49", "50-64", "65-79", "80+")
 AGE_SHARE = (0.19, 0.21, 0.19, 0.20, 0.15, 0.06)
 REGIONS = ("North", "East", "South", "West")

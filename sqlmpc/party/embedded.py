@@ -308,9 +308,11 @@ def demo_federation_path(persons: int = 5000, seed: int | None = None) -> Path:
     import os
 
     from sqlmpc.demo import generate
+    from sqlmpc.demo.generate import DEMO_VERSION
 
     base = Path(os.environ.get("SQLMPC_CACHE", Path.home() / ".cache" / "sqlmpc"))
-    out = base / (f"demo-{persons}" + (f"-{seed}" if seed is not None else ""))
+    # The generator's version is in the name: a cached demo of an older generator is not reused.
+    out = base / (f"demo-v{DEMO_VERSION}-{persons}" + (f"-{seed}" if seed is not None else ""))
     toml = out / "federation.toml"
     if not toml.exists():
         kwargs = {"seed": seed} if seed is not None else {}
