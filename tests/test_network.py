@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -202,7 +203,51 @@ def test_tampered_catalog_gives_plan_hash_mismatch(demo_path, tmp_path):
         fed.stop()
 
 
+def test_analyst_not_in_policy_is_refused_and_audited(demo_path, tmp_path):
+    """A coordinator whose local policy names other analysts refuses before asking any peer."""
+    policy = tmp_path / "hospital-policy.toml"
+    policy.write_text('[policy]\nanalysts = ["alice"]\n')
+    fed = Federation(demo_path, tmp_path)
+    fed.start("hospital", per_party={"hospital": ["--policy", str(policy)]})
+    try:
+        with sqlmpc.connect(fed.url()) as con:
+            with pytest.raises(errors.QueryRefusedError, match="analyst 'anonymous' may not query this party"):
+                con.execute("SELECT b.region, COUNT(*) AS n FROM bureau.persons b GROUP BY b.region")
+        line = fed.audit("hospital")[-1]
+        assert line["analyst"] == "anonymous" and line["decision"] == "refused" and line["outcome"] == "refused"
+        assert "may not query this party" in line["reason"] and "127.0.0.1" in line["peer"]
+    finally:
+        fed.stop()
+
+
 # -- failures ------------------------------------------------------------------------------
+
+REGIONS = "SELECT b.region, COUNT(*) AS n FROM bureau.persons b GROUP BY b.region"
+
+
+def test_failed_query_is_audited_with_what_was_opened_before_the_failure(loopback, demo_path, tmp_path,
+                                                                         monkeypatch):
+    from sqlmpc.party.faults import FAIL_AFTER_OPENINGS
+
+    with sqlmpc.connect(loopback.url()) as con:
+        full = con.execute(REGIONS).leakage
+    assert len(full) >= 2
+    monkeypatch.setenv(FAIL_AFTER_OPENINGS, str(len(full) - 1))     # inherited by the node processes
+    fed = Federation(demo_path, tmp_path)
+    fed.start()
+    try:
+        with sqlmpc.connect(fed.url()) as con:
+            with pytest.raises(errors.OperationalError, match="injected failure"):
+                con.execute(REGIONS)
+        lines = {p: fed.audit(p)[-1] for p in PARTIES}
+        assert lines["hospital"]["role"] == "coordinator"
+        assert len({line["qid"] for line in lines.values()}) == 1
+        for p, line in lines.items():
+            assert line["decision"] == "accepted" and line["outcome"] == "failed", (p, line)
+            assert "injected failure" in line["error"]
+            assert line["ledger"] == full[:-1], (p, line["ledger"])
+    finally:
+        fed.stop()
 
 def query_in_background(loopback, sql):
     """Start ``sql`` on a thread; the box gets "ok" or "error", and "seconds"."""
@@ -311,10 +356,34 @@ def test_tls_query_with_token(tls, federation, union_db):
     assert tls.audit("hospital")[-1]["analyst"] == "analyst"
 
 
-def test_wrong_token_is_rejected(tls):
+def test_wrong_token_is_rejected_and_audited_without_the_token(tls):
+    before = len(tls.audit("hospital"))
     for token in (tls.other_token, None):
         with pytest.raises(errors.OperationalError, match="authentication failed"):
             sqlmpc.connect(tls.url(scheme="sqlmpc"), token=token, ca=str(tls.keys / "ca.pem"))
+    failed = tls.audit("hospital")[before:]
+    assert [r.get("event") for r in failed] == ["authentication failed"] * 2, failed
+    assert [r["reason"] for r in failed] == ["invalid analyst token", "missing bearer token"]
+    assert all(r["endpoint"] == "analyst" and r["action"] == "catalog" and "127.0.0.1" in r["peer"]
+               and r["time"] for r in failed), failed
+    text = (tls.state("hospital") / "audit.jsonl").read_text()
+    for secret in (tls.other_token, tls.token):
+        assert secret not in text and hashlib.sha256(secret.encode()).hexdigest() not in text
+
+
+def test_wrong_token_on_other_calls_is_audited(tls):
+    """Calls other than actions are refused by the middleware itself, and audited there."""
+    import pyarrow.flight as flight
+
+    client = flight.FlightClient(f"grpc+tls://127.0.0.1:{tls.ports['hospital'][1]}",
+                                 tls_root_certs=(tls.keys / "ca.pem").read_bytes())
+    options = flight.FlightCallOptions(timeout=5, headers=[(b"authorization", f"Bearer {tls.other_token}".encode())])
+    before = len(tls.audit("hospital"))
+    with pytest.raises(flight.FlightUnauthenticatedError, match="invalid analyst token"):
+        list(client.list_actions(options=options))
+    failed = tls.audit("hospital")[before:]
+    assert len(failed) == 1 and failed[0]["event"] == "authentication failed", failed
+    assert failed[0]["reason"] == "invalid analyst token" and "LIST_ACTIONS" in failed[0]["action"]
 
 
 def test_nothing_listens_in_plaintext(tls):

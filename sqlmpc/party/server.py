@@ -45,7 +45,8 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 from sqlmpc import errors
-from sqlmpc.party.audit import AuditLog
+from sqlmpc.mpc.reveal import Ledger
+from sqlmpc.party.audit import AuditLog, audited, auth_failure, opened, query_record
 from sqlmpc.party.wire import error_reply, from_ipc, rebuild, to_ipc
 
 BUSY_WAIT = 2.0        # how long a peer waits for its slot before answering "busy"
@@ -166,7 +167,8 @@ class NodeServer:
             peer_args.update(verify_client=True, root_certificates=self.tls.ca)
         self._peer_server = _Endpoint(self._location(self.port), self, "peer", **peer_args)
         self._analyst_server = _Endpoint(self._location(self.analyst_port), self, "analyst",
-                                         middleware={"auth": _TokenAuth(self.tokens)}, **tls_args)
+                                         middleware={"auth": _TokenAuth(self.tokens, self.auth_failed)},
+                                         **tls_args)
         for s in (self._peer_server, self._analyst_server):
             threading.Thread(target=s.serve, daemon=True).start()
 
@@ -175,6 +177,10 @@ class NodeServer:
             if s is not None:
                 s.shutdown()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def auth_failed(self, reason: str, action: str | None, peer: str | None, client: str | None) -> None:
+        """Audit a refused analyst call: why, which action, from where (never the token)."""
+        auth_failure(self.audit, reason=reason, endpoint="analyst", action=action, peer=peer, client=client)
 
     # -- peers ----------------------------------------------------------------
 
@@ -277,8 +283,11 @@ class NodeServer:
 
     # -- running one party's share -----------------------------------------------
 
-    def run_mpc(self, plan, addresses: list[tuple[str, int]]) -> tuple[pa.Table, list]:
-        """This party's share of the query (PartyNode.execute_plan) with TLS and a watchdog."""
+    def run_mpc(self, plan, addresses: list[tuple[str, int]], ledger: Ledger) -> pa.Table:
+        """This party's share of the query (PartyNode.execute_plan) with TLS and a watchdog.
+
+        ``ledger`` receives the openings as they happen (after a failure: those before it).
+        """
         from sqlmpc.mpc.session import MpcSession, SessionError
         from sqlmpc.party import watchdog
 
@@ -300,12 +309,12 @@ class NodeServer:
                           timeout=self.timeout, listen_host=self.bind)
         self.sessions_opened += 1
         try:
-            out = self.node.execute_plan(plan, addresses, session=session, timeout=self.timeout,
+            out = self.node.execute_plan(plan, addresses, session=session, timeout=self.timeout, ledger=ledger,
                                          guard=lambda secure: watchdog.guard(secure, peers, self.timeout))
         except SessionError as exc:
             who = session.missing[0] if session.missing else None
             raise errors.PartyError(f"MPC session failed: {exc}", party=who) from None
-        return out.cells, [e.__dict__ for e in out.ledger]
+        return out.cells
 
     # -- peer actions -----------------------------------------------------------------
 
@@ -326,15 +335,14 @@ class NodeServer:
             return results({"error": "OperationalError", "message": "query already aborted", "party": self.party})
         if not self._acquire(qid, BUSY_WAIT):
             return results({"busy": True})
-        record = {"qid": qid, "role": "participant", "coordinator": msg.get("from"),
-                  "analyst": msg.get("analyst"), "sql": msg.get("sql")}
+        record = query_record(qid, "participant", msg.get("from"), msg.get("analyst"), msg.get("sql"))
         started = time.monotonic()
         try:
             plan = self.admit(msg)
         except Exception as exc:
             self._release(qid)
-            self.audit.write({**record, "plan_hash": None, "decision": "refused", "reason": str(exc),
-                              "ledger": [], "outcome": "refused", "duration_s": time.monotonic() - started})
+            self.audit.write({**record, "decision": "refused", "reason": str(exc), "outcome": "refused",
+                              "duration_s": time.monotonic() - started})
             return results(error_reply(exc, self.party))
         timer = threading.Timer(self.timeout + 5, self._expire, (qid,))
         timer.daemon = True
@@ -371,20 +379,20 @@ class NodeServer:
             return results(error_reply(errors.PartyError("no accepted proposal with this id (expired?)"),
                                        self.party))
         p["timer"].cancel()
-        record = p["record"]
+        record = {**p["record"], "decision": "accepted"}
+        ledger = Ledger()
         try:
-            cells, ledger = self.run_mpc(p["plan"], [tuple(a) for a in msg["addresses"]])
+            with audited(self.audit, record, since=p["started"]):
+                try:
+                    cells = self.run_mpc(p["plan"], [tuple(a) for a in msg["addresses"]], ledger)
+                finally:
+                    record["ledger"] = opened(ledger.entries)
+                    self._release(qid)
+                ipc = to_ipc(cells)
+                record.update(outcome="ok", cells=cells.num_rows, cells_sha256=hashlib.sha256(ipc).hexdigest())
         except Exception as exc:
-            self.audit.write({**record, "decision": "accepted", "reason": None, "ledger": [], "outcome": "failed",
-                              "error": str(exc), "duration_s": time.monotonic() - p["started"]})
             return results(error_reply(exc, self.party))
-        finally:
-            self._release(qid)
-        ipc = to_ipc(cells)
-        self.audit.write({**record, "decision": "accepted", "reason": None, "ledger": ledger, "outcome": "ok",
-                          "cells": cells.num_rows, "cells_sha256": hashlib.sha256(ipc).hexdigest(),
-                          "duration_s": time.monotonic() - p["started"]})
-        return results({"ok": True, "ledger": ledger}, ipc)
+        return results({"ok": True, "ledger": record["ledger"]}, ipc)
 
     # -- analyst actions ----------------------------------------------------------------
 
@@ -400,14 +408,14 @@ class NodeServer:
         return results({"coordinator": self.party, "analyst": analyst,
                         "parties": {self.party: {"reachable": True, **me}, **peers}})
 
-    def on_query(self, msg: dict, analyst: str) -> list:
+    def on_query(self, msg: dict, analyst: str, peer: str | None = None) -> list:
         try:
-            meta, table = self.coordinate(msg["sql"], analyst)
+            meta, table = self.coordinate(msg["sql"], analyst, peer)
         except Exception as exc:
             return results(error_reply(exc, self.party))
         return results(meta, to_ipc(table))
 
-    def coordinate(self, sql: str, analyst: str) -> tuple[dict, pa.Table]:
+    def coordinate(self, sql: str, analyst: str, peer: str | None = None) -> tuple[dict, pa.Table]:
         from sqlmpc.plan.bind import bind
         from sqlmpc.plan.cells import cell_grid
         from sqlmpc.plan.planner import plan_query
@@ -416,47 +424,42 @@ class NodeServer:
 
         qid = uuid.uuid4().hex
         started = time.monotonic()
-        record = {"qid": qid, "role": "coordinator", "coordinator": self.party, "analyst": analyst, "sql": sql,
-                  "plan_hash": None, "decision": None, "reason": None, "ledger": [], "outcome": None}
+        record = {**query_record(qid, "coordinator", self.party, analyst, sql), "peer": peer}
+        ledger = Ledger()
         try:
-            try:
-                self._check_analyst(analyst)
-                q = bind(parse_query(sql), self.federation, sql)
-                plan = plan_query(q)
-            except errors.Error as exc:
-                record.update(decision="refused", reason=str(exc))
-                raise
-            record["plan_hash"] = plan.digest
-            proposal = {"qid": qid, "from": self.party, "analyst": analyst, "sql": sql, "digest": plan.digest,
-                        "fingerprint": self.federation.fingerprint, "min_cell_size": plan.min_cell_size}
-            ports, qid = self._propose_all(proposal, started, record)
-            record.update(decision="accepted")
-            try:
-                addresses = [(self.peers[p.name][0] if p.name != self.party else _split(p.address)[0],
-                              ports[p.name]) for p in self.federation.parties]
-                if self.insecure:
-                    addresses = [("127.0.0.1", port) for _, port in addresses]
-                cells, ledger = self._execute_all(qid, plan, addresses)
-            finally:
-                self._release(qid)
-            result = finish(q, cell_grid(q), cells)
-            ipc = to_ipc(result.table)
-            record.update(outcome="ok", ledger=ledger, released_cells=sum(not s for s in result.suppressed),
-                          suppressed_cells=sum(result.suppressed),
-                          result_sha256=hashlib.sha256(ipc).hexdigest())
-            meta = {"qid": qid, "suppressed": result.suppressed, "leakage": ledger,
-                    "min_cell_size": result.min_cell_size, "seconds": time.monotonic() - started}
-            return meta, result.table
-        except Exception as exc:
-            if record["outcome"] is None:
-                record["outcome"] = "refused" if record["decision"] == "refused" else "failed"
-                record["error"] = str(exc)
-            if isinstance(exc, errors.OperationalError):
-                self._forget(getattr(exc, "party", None))
+            with audited(self.audit, record, since=started):
+                try:
+                    self._check_analyst(analyst)
+                    q = bind(parse_query(sql), self.federation, sql)
+                    plan = plan_query(q)
+                except errors.Error:
+                    record["decision"] = "refused"
+                    raise
+                record["plan_hash"] = plan.digest
+                proposal = {"qid": qid, "from": self.party, "analyst": analyst, "sql": sql, "digest": plan.digest,
+                            "fingerprint": self.federation.fingerprint, "min_cell_size": plan.min_cell_size}
+                ports, qid = self._propose_all(proposal, started, record)
+                record.update(decision="accepted")
+                try:
+                    addresses = [(self.peers[p.name][0] if p.name != self.party else _split(p.address)[0],
+                                  ports[p.name]) for p in self.federation.parties]
+                    if self.insecure:
+                        addresses = [("127.0.0.1", port) for _, port in addresses]
+                    cells = self._execute_all(qid, plan, addresses, ledger)
+                finally:
+                    record["ledger"] = opened(ledger.entries)    # after a failure: what was opened before it
+                    self._release(qid)
+                result = finish(q, cell_grid(q), cells)
+                ipc = to_ipc(result.table)
+                record.update(outcome="ok", released_cells=sum(not s for s in result.suppressed),
+                              suppressed_cells=sum(result.suppressed),
+                              result_sha256=hashlib.sha256(ipc).hexdigest())
+                meta = {"qid": qid, "suppressed": result.suppressed, "leakage": record["ledger"],
+                        "min_cell_size": result.min_cell_size, "seconds": time.monotonic() - started}
+                return meta, result.table
+        except errors.OperationalError as exc:
+            self._forget(getattr(exc, "party", None))
             raise
-        finally:
-            record["duration_s"] = time.monotonic() - started
-            self.audit.write(record)
 
     def _propose_all(self, proposal: dict, started: float, record: dict) -> tuple[dict[str, int], str]:
         """Hold our slot and get every peer's acceptance; retry while a peer is busy.
@@ -500,14 +503,15 @@ class NodeServer:
                 raise errors.OperationalError(f"the federation stayed busy for {self.timeout:g} s")
             time.sleep(random.uniform(0.05, 0.5))
 
-    def _execute_all(self, qid: str, plan, addresses) -> tuple[pa.Table, list]:
+    def _execute_all(self, qid: str, plan, addresses, ledger: Ledger) -> pa.Table:
+        """Run the plan here and at every peer; this party's openings go to ``ledger``."""
         body = {"qid": qid, "addresses": [list(a) for a in addresses]}
         futures = {name: self._pool.submit(self._peer_call, name, "execute", body, None) for name in self.peers}
         own_error = None
         try:
-            cells, ledger = self.run_mpc(plan, addresses)
+            cells = self.run_mpc(plan, addresses, ledger)
         except Exception as exc:
-            own_error, cells, ledger = exc, None, []
+            own_error, cells = exc, None
             for name in self.peers:
                 self._pool.submit(self._peer_call, name, "abort", {"qid": qid, "reason": str(exc)}, 5.0)
         tables, peer_errors, transport_errors, answered = {}, [], [], set()
@@ -549,7 +553,7 @@ class NodeServer:
             raise peer_errors[0]
         if any(not t.equals(cells) for t in tables.values()):
             raise errors.InternalError("parties computed different results")
-        return cells, ledger
+        return cells
 
 
 def _short(exc: BaseException) -> str:
@@ -560,31 +564,55 @@ def _short(exc: BaseException) -> str:
 # -- Flight plumbing ----------------------------------------------------------------
 
 class _Analyst(flight.ServerMiddleware):
-    def __init__(self, name: str):
+    """The caller on the analyst endpoint: its name, or why its authentication failed."""
+
+    def __init__(self, name: str | None, failure: str | None = None, client: str | None = None):
         self.name = name
+        self.failure = failure
+        self.client = client
 
 
 class _TokenAuth(flight.ServerMiddlewareFactory):
-    """Bearer tokens: sha256(token) -> analyst name; None = no tokens (loopback development only)."""
+    """Bearer tokens: sha256(token) -> analyst name; None = no tokens (loopback development only).
 
-    def __init__(self, tokens: dict[str, str] | None):
+    A failed authentication is audited (``on_failure``), never with the token.  Only
+    ``do_action`` calls get through with a failure, so that ``_Endpoint.do_action``
+    can log the caller's address before refusing; every other call is refused here.
+    """
+
+    def __init__(self, tokens: dict[str, str] | None, on_failure):
         self.tokens = tokens
+        self.on_failure = on_failure
 
     def start_call(self, info, headers):
-        import hmac
         if self.tokens is None:
             return _Analyst("anonymous")
-        values = headers.get("authorization") or headers.get("Authorization") or []
-        value = values[0] if values else ""
-        if isinstance(value, bytes):
-            value = value.decode(errors="replace")
+        name, failure = self.authenticate(headers)
+        if failure is None:
+            return _Analyst(name)
+        client = _header(headers, "user-agent")
+        if info.method == flight.FlightMethod.DO_ACTION:
+            return _Analyst(None, failure, client)
+        self.on_failure(failure, str(info.method), None, client)
+        raise flight.FlightUnauthenticatedError(failure)
+
+    def authenticate(self, headers) -> tuple[str | None, str | None]:
+        """(analyst, None) for a known token, else (None, why not)."""
+        import hmac
+        value = _header(headers, "authorization") or ""
         if not value.startswith("Bearer "):
-            raise flight.FlightUnauthenticatedError("missing bearer token")
+            return None, "missing bearer token"
         digest = hashlib.sha256(value[len("Bearer "):].strip().encode()).hexdigest()
         for known, name in self.tokens.items():
             if hmac.compare_digest(known, digest):
-                return _Analyst(name)
-        raise flight.FlightUnauthenticatedError("invalid analyst token")
+                return name, None
+        return None, "invalid analyst token"
+
+
+def _header(headers: dict, name: str) -> str | None:
+    values = headers.get(name) or headers.get(name.title()) or []
+    value = values[0] if values else None
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 class _Endpoint(flight.FlightServerBase):
@@ -602,9 +630,14 @@ class _Endpoint(flight.FlightServerBase):
             if handler is None:
                 raise flight.FlightServerError(f"unknown peer action '{action.type}'")
             return handler(msg)
-        analyst = context.get_middleware("auth").name
+        caller = context.get_middleware("auth")
+        if caller is None or caller.name is None:
+            failure = caller.failure if caller is not None else "not authenticated"
+            node.auth_failed(failure, action.type, context.peer(), caller.client if caller else None)
+            raise flight.FlightUnauthenticatedError(failure)
+        analyst = caller.name
         if action.type == "query":
-            return node.on_query(msg, analyst)
+            return node.on_query(msg, analyst, context.peer())
         if action.type == "status":
             return node.on_status(analyst)
         if action.type == "catalog":
