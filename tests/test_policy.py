@@ -99,13 +99,18 @@ def test_match_test_on_left_joined_key_is_allowed(federation):
     assert q.nullable_relations == {"u"}
 
 
-def test_declared_dominance_rule_refuses_sums_it_cannot_enforce(tmp_path, demo_path):
+def test_declared_dominance_rule_guards_sums_of_measures_not_counts(tmp_path, demo_path):
+    from fractions import Fraction
+
     from sqlmpc.catalog import load_federation
     from sqlmpc.party.node import plan_for
 
     local = tmp_path / "local.toml"
-    local.write_text("[policy]\nmin_cell_size = 10\ndominance = { n = 2, percent = 85.0 }\n")
+    local.write_text("[policy]\nmin_cell_size = 10\ndominance = { n = 2, percent = 25.0 }\n")
     fed = load_federation(demo_path, local_policy=local)
-    with pytest.raises(errors.PolicyError, match="dominance"):
-        plan_for(fed, "SELECT c.year, SUM(c.cost_eur) FROM insurer.claims c GROUP BY c.year")
-    assert plan_for(fed, "SELECT c.year, COUNT(*) FROM insurer.claims c GROUP BY c.year").grid.size == 6
+    plan = plan_for(fed, "SELECT c.year, SUM(c.cost_eur) FROM insurer.claims c GROUP BY c.year")
+    dominance = [g for g in plan.guards if g.kind == "dominance"]
+    assert len(dominance) == 1 and dominance[0].constant == Fraction(2) / Fraction(1, 4) ** 2   # n / p²
+    assert {m.kind for m in plan.moments if m.name in dominance[0].moments} == {"sum", "sum2"}
+    counts = plan_for(fed, "SELECT c.year, COUNT(*) FROM insurer.claims c GROUP BY c.year")
+    assert [g.kind for g in counts.guards] == ["contributors"]

@@ -253,7 +253,8 @@ class Planner:
         formulas = Formulas(self, moments)
         outputs = tuple(_parenthesize(formulas.output(item)) for item in aggregate_items(q))
         having = _parenthesize(formulas.output(q.having)) if q.having is not None else None
-        guards = (Guard("contributors", (formulas.persons().name,)),) + tuple(formulas.guards.values())
+        base = Guard("contributors", (formulas.persons().name,))       # the cell's own persons, first
+        guards = (base,) + tuple(g for g in formulas.guards.values() if g != base)
 
         # One relation whose parts cannot share persons: each owner pre-aggregates per cell.
         root = q.root
