@@ -21,7 +21,8 @@ AGGREGATES: tuple[type[exp.Expression], ...] = (
     exp.Corr, exp.CovarPop, exp.CovarSamp, exp.RegrSlope, exp.RegrIntercept, exp.RegrR2,
 )
 # Functions whose output domain is the set of their literal results: they bin a measure.
-BINNING = (exp.Case, exp.If, exp.WidthBucket)
+# (WIDTH_BUCKET arrives here as such a CASE: see sqlmpc/sql/binning.py.)
+BINNING = (exp.Case, exp.If)
 
 
 def is_aggregate(node: exp.Expression) -> bool:
@@ -113,17 +114,20 @@ class BoundQuery:
 # --------------------------------------------------------------------------
 
 
-def _pos(node: exp.Expression) -> dict:
+def node_position(node: exp.Expression) -> dict:
     """Keyword arguments that make an error point at ``node`` (if the parser recorded where)."""
     meta = node.meta or {}
     if "line" in meta and "col" in meta:
         width = max(1, meta.get("end", 0) - meta.get("start", 0)) if "end" in meta else 1
         return {"line": meta["line"], "column": meta["col"], "width": width}
     for child in node.iter_expressions():
-        found = _pos(child)
+        found = node_position(child)
         if found:
             return found
     return {}
+
+
+_pos = node_position   # the older name (sqlmpc/plan/release.py uses it)
 
 
 def conjuncts(node: exp.Expression | None) -> list[exp.Expression]:
@@ -141,7 +145,7 @@ class Binder:
         self.sql = sql
 
     def error(self, cls, message: str, node: exp.Expression | None, **kwargs):
-        pos = _pos(node) if node is not None else {}
+        pos = node_position(node) if node is not None else {}
         return cls(message, sql=self.sql, **pos, **kwargs)
 
     # -- FROM ------------------------------------------------------------

@@ -17,7 +17,7 @@ from sqlglot import exp
 
 from sqlmpc import errors
 from sqlmpc.catalog import Role
-from sqlmpc.plan.bind import BINNING, BoundQuery
+from sqlmpc.plan.bind import BINNING, BoundQuery, node_position
 from sqlmpc.sql.params import literal
 
 MAX_CELLS = 10_000
@@ -52,13 +52,17 @@ class CellGrid:
         return list(itertools.product(*(g.domain for g in self.groups)))
 
 
-def _literal_outputs(node: exp.Expression) -> tuple:
-    """The values a binning CASE / IF can return: its literal branches (NULL without ELSE)."""
-    if isinstance(node, exp.WidthBucket):
-        n = int(node.args["num_buckets"].this)
-        return tuple(range(0, n + 2))
-    branches = [i.args["true"] for i in node.args.get("ifs", [])] if isinstance(node, exp.Case) \
-        else [node.args.get("true")]
+def _literal_outputs(node: exp.Expression, never_null=lambda e: False) -> tuple:
+    """The values a binning CASE / IF can return: its literal branches (NULL without ELSE).
+
+    A branch ``WHEN x IS NULL`` is left out when ``never_null(x)``: it can never be taken
+    (WIDTH_BUCKET's translation has one for NULL values).
+    """
+    searched = isinstance(node, exp.Case) and node.this is None      # CASE WHEN cond THEN ..., no operand
+    ifs = node.args.get("ifs", []) if isinstance(node, exp.Case) else [node]
+    branches = [i.args["true"] for i in ifs
+                if not (searched and isinstance(i.this, exp.Is) and isinstance(i.this.expression, exp.Null)
+                        and never_null(i.this.this))]
     default = node.args.get("default") if isinstance(node, exp.Case) else node.args.get("false")
     values = []
     for b in branches + [default]:
@@ -71,6 +75,12 @@ def _literal_outputs(node: exp.Expression) -> tuple:
                 "a binning CASE must return literals so that its groups are public",
                 hint="e.g. CASE WHEN x < 100 THEN 'low' ELSE 'high' END")
     return tuple(dict.fromkeys(values))
+
+
+def _never_null(q: BoundQuery, node: exp.Expression) -> bool:
+    """A plain column that the catalog declares NOT NULL, from a relation no LEFT JOIN can null."""
+    return (isinstance(node, exp.Column) and node.table not in q.nullable_relations
+            and not q.column_of(node).nullable)
 
 
 def _number(text: str):
@@ -106,13 +116,24 @@ def _evaluate_domain(expr: exp.Expression, columns: list[exp.Column], domains: l
     return tuple(r[0] for r in duckdb.sql(query.sql("duckdb")).fetchall())
 
 
+def _empty_domain(q: BoundQuery, group: exp.Expression, domains: list[tuple],
+                  narrowing: list[exp.Expression]) -> errors.EmptyGridError:
+    """The WHERE leaves a group no public value: no row can match, and there is no cell to report."""
+    shown = ", ".join(", ".join(str(v) for v in d[:10]) + (", ..." if len(d) > 10 else "") for d in domains)
+    at = narrowing[0] if narrowing else group
+    return errors.EmptyGridError(
+        f"the WHERE clause leaves GROUP BY {group.sql('duckdb')} no value of its public domain ({shown}): "
+        "no row can match", sql=q.sql, **node_position(at),
+        hint="compare with values of the domain (DESCRIBE party.table lists them), or drop the GROUP BY")
+
+
 def cell_grid(q: BoundQuery) -> CellGrid:
     groups = []
     for g in q.group_by:
         rel = next(iter(q.relations_of(g)))
         cols = list(dict.fromkeys(g.find_all(exp.Column)))
         if isinstance(g, BINNING) and any(q.column_of(c).role is not Role.DIMENSION for c in cols):
-            domain = _literal_outputs(g)
+            domain = _literal_outputs(g, lambda e: _never_null(q, e))
         else:
             domains = []
             for c in cols:
@@ -125,6 +146,8 @@ def cell_grid(q: BoundQuery) -> CellGrid:
             narrowing = [w for w in q.where
                          if {(c.table, c.name) for c in w.find_all(exp.Column)} <= colset]
             domain = _evaluate_domain(g, cols, domains, narrowing)
+            if not domain:
+                raise _empty_domain(q, g, domains, narrowing)
         groups.append(Group(g, rel, domain))
     grid = CellGrid(tuple(groups))
     if grid.size > MAX_CELLS:

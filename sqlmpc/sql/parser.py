@@ -25,6 +25,7 @@ from sqlglot import exp
 
 from sqlmpc.errors import SqlSyntaxError, UnsupportedSqlError
 from sqlmpc.sql import limits
+from sqlmpc.sql.binning import MAX_BUCKETS, literal_number, width_bucket_case
 from sqlmpc.sql.positions import error_at, line_col
 from sqlmpc.sql.statements import Describe, Explain, Query, ShowPolicy, ShowTables, Statement
 
@@ -449,6 +450,22 @@ class _ToSqlglot(Transformer):
         _placed(node, name.start_pos, close, self.sql)
         return exp.Filter(this=node, expression=filter_)
 
+    def _width_bucket(self, name: Token, value, low, high, buckets) -> exp.Expression:
+        """WIDTH_BUCKET, translated for DuckDB (which has none) into a binning CASE."""
+        bounds = [literal_number(low), literal_number(high), literal_number(buckets)]
+        example = "e.g. WIDTH_BUCKET(c.cost_eur, 0, 10000, 10)"
+        if None in bounds:
+            raise self._fail(UnsupportedSqlError, "WIDTH_BUCKET needs literal numbers as bounds and bucket count",
+                             name, f"the buckets must be public: {example}")
+        lo, hi, n = bounds
+        if n.denominator != 1 or not 1 <= n <= MAX_BUCKETS:
+            raise self._fail(SqlSyntaxError, f"WIDTH_BUCKET's bucket count must be a whole number from 1 to "
+                             f"{MAX_BUCKETS}, not {float(n):g}", name, example)
+        if not lo < hi:
+            raise self._fail(SqlSyntaxError, f"WIDTH_BUCKET's lower bound ({float(lo):g}) must be below its upper "
+                             f"bound ({float(hi):g})", name, example)
+        return width_bucket_case(value, lo, hi, int(n))
+
     def _function(self, name: Token, args: list, filter_):
         upper = name.upper()
 
@@ -483,7 +500,7 @@ class _ToSqlglot(Transformer):
             return (exp.Year if upper == "YEAR" else exp.Month)(this=args[0])
         if upper == "WIDTH_BUCKET":
             arity(4)
-            return exp.WidthBucket(this=args[0], min_value=args[1], max_value=args[2], num_buckets=args[3])
+            return self._width_bucket(name, *args)
         if upper == "DATE_PART":
             arity(2)
             part = args[0]
