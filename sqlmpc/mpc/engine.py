@@ -25,9 +25,9 @@ from sqlglot import exp
 
 from sqlmpc import errors
 from sqlmpc.mpc.prf import residue_tokens, token_bits, token_field
-from sqlmpc.mpc.reveal import reveal, reveal_ratio
+from sqlmpc.mpc.reveal import current_ledger, reveal, reveal_ratio
 from sqlmpc.mpc.shuffle import shuffle
-from sqlmpc.plan.plan import LocalPart, Plan
+from sqlmpc.plan.plan import LocalColumn, LocalPart, Plan
 from sqlmpc.plan.planner import EXTREME
 from sqlmpc.plan.release import margin_lines, secondary_suppression
 
@@ -67,12 +67,17 @@ class Engine:
     # -- input -------------------------------------------------------------
 
     async def sizes(self) -> dict[tuple[str, int], int]:
-        """Every party learns the size of every local result (declared leakage: input sizes)."""
-        from sqlmpc.mpc.reveal import current_ledger
+        """Every party learns the padded size of every local result (declared leakage: input sizes).
 
-        mine = {f"{r}/{i}": t.num_rows for (r, i), t in self.local.items()}
+        In join mode each local result is padded with dummy rows to the next size of a
+        geometric series (:func:`padded_size`), so that a size tells at most its bucket;
+        in local mode every input is the grid.
+        """
+        G = self.plan.grid.size
+        mine = {f"{r}/{i}": G if self.plan.mode == "local" else padded_size(t.num_rows)
+                for (r, i), t in self.local.items()}
         everyone = await self.mpc.transfer(mine)
-        current_ledger().record("input sizes", len(self.plan.parts), "rows of each local result")
+        current_ledger().record("input sizes", len(self.plan.parts), "padded rows of each local result")
         sizes = {}
         for d in everyone:
             for key, n in d.items():
@@ -203,6 +208,8 @@ class Engine:
         if plan.row_filter is not None:
             weight = self.row_expr(plan.row_filter, columns, n)
         E = self.cell_indicators(onehots, n)             # n x G in grid order (public ones if G == 1)
+        if (plan.relations[0], REAL.name) in columns:   # the root's padding rows are in no cell
+            E = E * columns[(plan.relations[0], REAL.name)].reshape(n, 1)
         if weight is not None:
             E = E * weight.reshape(n, 1)
         moments = {}
@@ -246,30 +253,42 @@ class Engine:
         keys = [c.name for c in part.columns if c.kind == "key"]
         cells = part.column("cell")
         columns, pos = {}, (cells.bound if cells.bound > 1 else 0)
-        for c in part.columns:
-            if c.kind in ("value", "flag"):
-                columns[c.name] = (pos, c)
-                pos += 1
+        local = [c for c in part.columns if c.kind in ("value", "flag")]
+        if part.relation == self.plan.relations[0] and cells.bound <= 1 and self.dummies_reach_cells():
+            local.append(REAL)          # no one-hot to zero the padding's rows: a flag does
+        for c in local:
+            columns[c.name] = (pos, c)
+            pos += 1
         return {"width": pos, "keys": keys, "onehot": 0, "cells": cells.bound,
                 "absent_cell": cells.absent, "columns": columns}
 
     def encode(self, part: LocalPart, layout: dict) -> tuple[np.ndarray, np.ndarray]:
-        """This party's local result as integer matrices: keys (for tokens) and values."""
+        """This party's local result as integer matrices: keys (for tokens) and values.
+
+        Padded to :func:`padded_size` with dummy rows: a fresh random key (it matches nothing),
+        no cell, zero values and flags.
+        """
         t = self.local[(part.relation, part.part)]
-        n = t.num_rows
+        real, n = t.num_rows, padded_size(t.num_rows)
         keys = np.zeros((n, len(layout["keys"])), dtype=object)
         for j, name in enumerate(layout["keys"]):
             # A missing key (LEFT JOIN inside the party) becomes a fresh random value: it matches nothing.
             keys[:, j] = [int(k) if k is not None else secrets.randbits(64) + 2 ** 64
-                          for k in t.column(name).to_pylist()]
+                          for k in t.column(name).to_pylist()] + \
+                         [secrets.randbits(64) + 2 ** 64 for _ in range(n - real)]
         out = np.zeros((n, layout["width"]), dtype=object)
         if layout["cells"] > 1:
             codes = np.array(t.column("cell").to_pylist(), dtype=np.int64)
             inside = codes >= 0
             out[np.nonzero(inside)[0], layout["onehot"] + codes[inside]] = 1
         for name, (j, _) in layout["columns"].items():
-            out[:, j] = [int(v) for v in t.column(name).to_pylist()]
+            out[:real, j] = 1 if name == REAL.name else [int(v) for v in t.column(name).to_pylist()]
         return keys, out
+
+    def dummies_reach_cells(self) -> bool:
+        """Whether the root's padding rows survive the join: only when no join is INNER
+        (an inner join drops them, as their random keys match nothing)."""
+        return self.plan.mode == "join" and all(j.kind == "left" for j in self.plan.joins)
 
     def stack_columns(self, cols):
         return np.stack(cols, axis=1)
@@ -652,6 +671,17 @@ class Engine:
 
 
 MAX_ROWS = 2 ** 40     # declared maximum of rows per party in local mode (sets bit lengths)
+PAD_FLOOR = 128        # every local result in join mode has at least this many rows ...
+PAD_GROWTH = (5, 4)    # ... and otherwise the next size of the series ×1.25 above it
+REAL = LocalColumn("real_", "flag", 0, 1, 0)   # 1 on a party's real rows, 0 on its padding
+
+
+def padded_size(n: int) -> int:
+    """The public size a local result of n rows is padded to: at most 25 % more rows."""
+    size = PAD_FLOOR
+    while size < n:
+        size = -(-size * PAD_GROWTH[0] // PAD_GROWTH[1])
+    return size
 
 
 def _ratio_parts(node: exp.Expression):

@@ -478,11 +478,13 @@ class Planner:
     def leakage(self, mode, parts, outputs, having) -> tuple[Leak, ...]:
         k = self.q.federation.policy.min_cell_size
         leaks = [Leak("input sizes", f"{len(parts)}",
-                      "rows of each local result" + (" (per-key totals)" if mode == "join" else " (cells)"))]
+                      "the padded size of each local result: the next of 128, 160, 200, ... (×1.25) above its "
+                      "rows" if mode == "join" else "the size of each local result: the number of cells (public)")]
         if mode == "join":
             leaks.append(Leak("join tokens", "Σ keys × token bits",
-                              "Legendre-PRF bits of each shuffled key: reveal which shuffled rows share a key "
-                              "(join size and key multiplicity pattern)"))
+                              "power-residue PRF digits of each shuffled key (padding included): which shuffled "
+                              "rows share a key; the parties see the join's size and key multiplicity pattern, "
+                              "which may rest on fewer than k persons (the analyst sees neither)"))
         leaks.append(Leak("cells passing the release rules", f"{self.grid.size}",
                           f"which cells meet every release rule: each value rests on at least k={k} persons"
                           + (", no value is dominated" if self.q.federation.policy.dominance else ""),
