@@ -112,17 +112,19 @@ def test_failed_query_is_logged_with_what_was_opened_before_the_failure(accepted
     monkeypatch.setenv(STATE_ENV, str(tmp_path))
     monkeypatch.setenv(faults.FAIL_AFTER_OPENINGS, str(opened_before))   # inherited by the party processes
     with sqlmpc.connect(demo_path) as con:
-        with pytest.raises(errors.OperationalError, match="injected failure") as info:
+        with pytest.raises(errors.OperationalError):
             con.execute(REGIONS)
-    assert f"before opening {full[-1]['what']!r}" in str(info.value)
     after = logs(tmp_path)
     coord = after["coordinator"][-1]
-    assert coord["decision"] == "accepted" and coord["outcome"] == "failed" and "injected failure" in coord["error"]
-    assert coord["ledger"] == full[:opened_before]
-    for party in PARTIES:
-        line = after[party][-1]
-        assert line["qid"] == coord["qid"] and line["outcome"] == "failed", line
-        assert line["ledger"] == full[:opened_before]
+    assert coord["sql"] == REGIONS and coord["decision"] == "accepted" and coord["outcome"] == "failed"
+    assert coord["ledger"] == full[:opened_before]       # the most any party opened
+    parties = [after[party][-1] for party in PARTIES]
+    assert all(line["qid"] == coord["qid"] and line["outcome"] == "failed" for line in parties), parties
+    # Each party logs what it opened itself: the openings before the failure, in order.  A party
+    # whose peers gave up first may have stopped earlier; at least one stopped at the hook.
+    assert all(line["ledger"] == full[:len(line["ledger"])] for line in parties), parties
+    tripped = [line for line in parties if f"before opening {full[opened_before]['what']!r}" in line["error"]]
+    assert tripped and all(line["ledger"] == full[:opened_before] for line in tripped), parties
 
 
 def test_state_directory_default_and_overrides(demo_path, tmp_path, monkeypatch):

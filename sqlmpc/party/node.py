@@ -83,6 +83,7 @@ class PartyNode:
         receives every opening as it happens: after a failure it holds what was opened
         before it (for the audit log).
         """
+        from sqlmpc.mpc import session as mpc_session
         from sqlmpc.mpc.session import MpcSession, run_in_fresh_loop
 
         started = time.perf_counter()
@@ -100,6 +101,14 @@ class PartyNode:
                     cells, timings = await (guard(secure) if guard is not None else secure)
                 return cells, list(ledger.entries), timings
 
-        cells, entries, timings = run_in_fresh_loop(main())
+        try:
+            cells, entries, timings = run_in_fresh_loop(main())
+        except RuntimeError as exc:
+            # An sqlmpc error raised inside an MPyC coroutine stops the loop ("Event loop
+            # stopped before Future completed"); report the error itself.
+            cause = next((e for e in mpc_session.errors if isinstance(e, errors.Error)), None)
+            if cause is None or isinstance(exc, mpc_session.SessionError):
+                raise
+            raise cause from exc
         timings = {"local": local_seconds, **timings}
         return Outcome(cells, entries, plan.digest, time.perf_counter() - started, timings)
