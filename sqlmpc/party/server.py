@@ -439,7 +439,7 @@ class NodeServer:
                 proposal = {"qid": qid, "from": self.party, "analyst": analyst, "sql": sql, "digest": plan.digest,
                             "fingerprint": self.federation.fingerprint, "min_cell_size": plan.min_cell_size}
                 ports, qid = self._propose_all(proposal, started, record)
-                record.update(decision="accepted")
+                record.update(qid=qid, decision="accepted")     # the attempt the peers run (and log)
                 try:
                     addresses = [(self.peers[p.name][0] if p.name != self.party else _split(p.address)[0],
                                   ports[p.name]) for p in self.federation.parties]
