@@ -10,7 +10,7 @@ from sqlmpc.errors import InvalidTextError, LimitExceededError, ProgrammingError
 from sqlmpc.plan.bind import bind
 from sqlmpc.plan.planner import plan_query
 from sqlmpc.sql import parse_query
-from sqlmpc.sql.limits import MAX_DEPTH, MAX_IN_ITEMS, MAX_SELECT_ITEMS, MAX_STATEMENT_CHARS
+from sqlmpc.sql.limits import MAX_AGGREGATES, MAX_DEPTH, MAX_IN_ITEMS, MAX_SELECT_ITEMS, MAX_STATEMENT_CHARS
 
 COUNT = "SELECT COUNT(*) FROM insurer.claims c WHERE "
 SUM = "SELECT SUM({}) FROM insurer.claims c"
@@ -85,17 +85,26 @@ def test_in_list_limit_points_at_the_first_value_too_many():
 
 
 def test_select_list_limit():
-    items = ", ".join(f"COUNT(*) AS n{i}" for i in range(MAX_SELECT_ITEMS + 1))
-    sql = f"SELECT {items} FROM insurer.claims c"
+    items = ", ".join(f"c.year AS y{i}" for i in range(MAX_SELECT_ITEMS + 1))
+    sql = f"SELECT {items} FROM insurer.claims c GROUP BY c.year"
     with pytest.raises(LimitExceededError, match=f"select list has {MAX_SELECT_ITEMS + 1} items") as err:
         parse_query(sql)
-    assert sql[err.value.column - 1:].startswith(f"COUNT(*) AS n{MAX_SELECT_ITEMS}")
+    assert sql[err.value.column - 1:].startswith(f"c.year AS y{MAX_SELECT_ITEMS}")
+
+
+def test_aggregate_limit_points_at_the_first_aggregate_too_many():
+    sums = " + ".join(f"SUM(c.cost_eur + {i})" for i in range(MAX_AGGREGATES + 1))
+    sql = f"SELECT {sums} AS s FROM insurer.claims c"
+    with pytest.raises(LimitExceededError, match=f"more than {MAX_AGGREGATES} aggregates") as err:
+        parse_query(sql)
+    assert sql[err.value.column - 1:].startswith(f"SUM(c.cost_eur + {MAX_AGGREGATES})")
 
 
 def test_widest_statements_within_the_limits_bind_and_plan_quickly(federation):
+    dims = [f"c.year AS y{i}" for i in range(MAX_SELECT_ITEMS - MAX_AGGREGATES)]
+    sums = [f"SUM(c.cost_eur + {i}) AS s{i}" for i in range(MAX_AGGREGATES)]
     queries = [
-        "SELECT " + ", ".join(f"SUM(c.cost_eur + {i}) AS s{i}" for i in range(MAX_SELECT_ITEMS))
-        + " FROM insurer.claims c",
+        "SELECT " + ", ".join(dims + sums) + " FROM insurer.claims c GROUP BY c.year",
         "SELECT COUNT(*) FROM bureau.persons b WHERE b.region IN ("
         + ", ".join(f"'r{i}'" for i in range(MAX_IN_ITEMS)) + ")",
     ]

@@ -20,6 +20,8 @@ AGGREGATES: tuple[type[exp.Expression], ...] = (
     exp.Stddev, exp.StddevSamp, exp.StddevPop, exp.Variance, exp.VariancePop,
     exp.Corr, exp.CovarPop, exp.CovarSamp, exp.RegrSlope, exp.RegrIntercept, exp.RegrR2,
 )
+MAX_ROWS = 2**63 - 1        # LIMIT and OFFSET: DuckDB's BIGINT
+
 # Functions whose output domain is the set of their literal results: they bin a measure.
 # (WIDTH_BUCKET arrives here as such a CASE: see sqlmpc/sql/binning.py.)
 BINNING = (exp.Case, exp.If)
@@ -379,13 +381,27 @@ class Binder:
             o = o.copy()
             o.set("this", self.reference(o.this, select, aliases, relations, "ORDER BY"))
             order_by.append(o)
-        limit = _int_clause(tree.args.get("limit"))
-        offset = _int_clause(tree.args.get("offset"))
+        limit = self.int_clause(tree.args.get("limit"), "LIMIT")
+        offset = self.int_clause(tree.args.get("offset"), "OFFSET")
 
         bq = BoundQuery(self.fed, self.sql, relations, joins, select, where, group_by, having,
                         order_by, limit, offset, frozenset(nullable))
         Policy(self, bq).check()
+        from sqlmpc.plan.typecheck import check_types   # typecheck builds on this module
+        check_types(bq)
         return bq
+
+    def int_clause(self, node, clause: str) -> int | None:
+        if node is None:
+            return None
+        value = node.expression if node.expression is not None else node.this
+        if not (isinstance(value, exp.Literal) and not value.is_string and value.this.isdigit()):
+            raise self.error(errors.SqlSyntaxError, f"{clause} takes a whole number", value,
+                             hint=f"e.g. {clause} 10")
+        if int(value.this) > MAX_ROWS:
+            raise self.error(errors.SqlSyntaxError, f"{clause} {value.this} is larger than {MAX_ROWS:,}", value,
+                             hint=f"leave out {clause}, or give a smaller number")
+        return int(value.this)
 
     def reference(self, node, select, aliases, relations, clause: str) -> exp.Expression:
         """Resolve an ordinal or an output alias in GROUP BY / ORDER BY to its expression."""
@@ -395,6 +411,9 @@ class Binder:
                 raise self.error(errors.SqlSyntaxError,
                                  f"{clause} position {idx} is not in the select list (1..{len(select)})", node)
             return select[idx - 1][1].copy()
+        if isinstance(node, (exp.Literal, exp.Boolean, exp.Null)):
+            raise self.error(errors.SqlSyntaxError, f"{clause} a constant has no effect", node,
+                             hint=f"{clause} a selected column, its alias or its position (1, 2, ...)")
         if isinstance(node, exp.Column) and not node.table and node.name.lower() in aliases:
             if not any(r.column(node.name) for r in relations.values()):
                 return aliases[node.name.lower()].copy()
@@ -545,15 +564,6 @@ def _did_you_mean(name: str, candidates) -> str | None:
 def _default_name(expr: exp.Expression, i: int) -> str:
     text = expr.sql("duckdb")
     return text if len(text) <= 40 else f"col{i + 1}"
-
-
-def _int_clause(node) -> int | None:
-    if node is None:
-        return None
-    value = node.expression if node.expression is not None else node.this
-    if not (isinstance(value, exp.Literal) and not value.is_string):
-        raise errors.SqlSyntaxError("LIMIT and OFFSET take an integer")
-    return int(value.this)
 
 
 def bind(tree: exp.Expression, federation: Federation, sql: str = "") -> BoundQuery:

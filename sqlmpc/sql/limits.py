@@ -20,6 +20,7 @@ MAX_STATEMENT_CHARS = 100_000   # characters of one statement (with its paramete
 MAX_DEPTH = 100                 # nesting levels of one expression
 MAX_IN_ITEMS = 1_000            # values in one IN (...) list
 MAX_SELECT_ITEMS = 100          # items in one select list
+MAX_AGGREGATES = 20             # aggregate calls in one statement (planning grows with their square)
 
 # Rules that structure a statement; every other rule is part of an expression and
 # adds one level of nesting (parentheses, operators, NOT, CASE/WHEN, function calls).
@@ -92,3 +93,10 @@ def check_select_items(sql: str, items: list, node_meta) -> None:
         raise error_at(LimitExceededError, f"the select list has {len(items):,} items, more than {MAX_SELECT_ITEMS}",
                   sql, pos if pos is not None else node_meta.start_pos,
                   hint="split the query into several with fewer outputs each")
+
+
+def check_aggregate_count(sql: str, count: int, start: int) -> None:
+    """Called for each aggregate as it is built: refuse the first one beyond the limit."""
+    if count > MAX_AGGREGATES:
+        raise error_at(LimitExceededError, f"the statement has more than {MAX_AGGREGATES} aggregates", sql, start,
+                       hint="split the query into several with fewer aggregates each")

@@ -155,6 +155,7 @@ class _ToSqlglot(Transformer):
     def __init__(self, sql: str):
         super().__init__()
         self.sql = sql
+        self.aggregates = 0
 
     # Every rule's node is stamped with the span of its text.
     def _call_userfunc(self, tree, new_children=None):
@@ -444,6 +445,8 @@ class _ToSqlglot(Transformer):
         return self._with_filter(name, exp.Count(this=exp.Distinct(expressions=[value]), big_int=True), filter_)
 
     def _with_filter(self, name, node, filter_):
+        self.aggregates += 1
+        limits.check_aggregate_count(self.sql, self.aggregates, name.start_pos)
         if filter_ is None:
             return node
         close = self.sql.rfind(")", 0, filter_.meta["start"]) + 1  # the aggregate ends at its ')'
