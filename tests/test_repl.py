@@ -115,7 +115,7 @@ def test_mode_csv(shell):
     shell.run(".mode csv")
     out = shell.run("SELECT b.region, COUNT(*) AS n FROM bureau.persons b GROUP BY b.region ORDER BY b.region;")
     lines = [l for l in out.splitlines() if re.match(r"^(region|East|North|South|West),", l)]
-    assert lines[0] == "region,n" and [l.split(",")[0] for l in lines[1:]] == ["East", "North", "South", "West"]
+    assert lines[0] == "region,n,_suppressed" and [l.split(",")[0] for l in lines[1:]] == ["East", "North", "South", "West"]
     assert sum(int(l.split(",")[1]) for l in lines[1:]) == 2000
     assert "mode is csv" in shell.run(".mode bogus")
     shell.run(".mode table")
@@ -142,6 +142,9 @@ def test_ctrl_c_cancels_a_secure_query_and_the_shell_goes_on(shell):
     shell.child.sendcontrol("c")
     out = shell.until(INPUT_STARTS)
     assert "cancelled" in out and "restarting the parties" in out and "┏" not in out
+    # One line: the parties run in their own session and never see the terminal's Ctrl-C.
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    assert len([line for line in out.splitlines() if line.strip()]) <= 3
     out = shell.run("SELECT b.region, COUNT(*) AS n FROM bureau.persons b GROUP BY b.region;")
     assert "North" in out and "4 rows" in out
 
@@ -171,7 +174,7 @@ def test_command_with_csv_format(demo_path):
                   "SELECT b.region, COUNT(*) AS n FROM bureau.persons b GROUP BY b.region ORDER BY b.region")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0] == "region,n" and len(lines) == 5 and sum(int(l.split(",")[1]) for l in lines[1:]) == 2000
+    assert lines[0] == "region,n,_suppressed" and len(lines) == 5 and sum(int(l.split(",")[1]) for l in lines[1:]) == 2000
 
 
 def test_script_on_stdin(demo_path):
@@ -192,3 +195,25 @@ def test_script_error_exits_non_zero_with_the_caret(demo_path):
     done = sqlmpc("--federation", demo_path, "--oracle", stdin="SELECT COUNT(*) FROM hospital.nothing x;\n")
     assert done.returncode == 1
     assert "Error:" in done.stderr and "hospital.nothing" in done.stderr and "^" in done.stderr
+
+
+def test_dot_commands_in_a_piped_script_and_in_read(demo_path, tmp_path):
+    included = tmp_path / "included.sql"
+    included.write_text(".mode markdown\nSELECT b.region, COUNT(*) AS n FROM bureau.persons b GROUP BY b.region\n"
+                        "ORDER BY b.region;\n")
+    script = f""".tables
+.mode csv
+SELECT COUNT(*) AS n FROM hospital.patients p;
+.read {included}
+"""
+    done = sqlmpc("--federation", demo_path, "--oracle", stdin=script)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    assert "bureau.persons" in out                            # .tables
+    assert "n,_suppressed" in out                             # .mode csv applied to the query
+    assert "| East | 495 |" in out or any(line.startswith("| East |") for line in out)   # .read, .mode markdown
+
+
+def test_unknown_dot_command_in_a_script_fails(demo_path):
+    done = sqlmpc("--federation", demo_path, "--oracle", stdin=".bogus\nSELECT COUNT(*) FROM hospital.patients p;\n")
+    assert done.returncode == 1 and "unknown command .bogus" in done.stderr

@@ -85,14 +85,16 @@ DRY_RUN = ("DRY RUN: --oracle computes in the clear on all parties' data in one 
 
 
 def cmd_query(args) -> int:
-    from sqlmpc.output import render
+    """``-c SQL`` or a script on stdin (SQL statements and dot commands, as in the shell)."""
+    from sqlmpc.cli.repl import Shell
 
     with open_connection(args) as con:
-        from sqlmpc.sql.script import statements as split
-        statements = [args.command] if args.command else split(sys.stdin.read())
-        for sql in statements:
-            result = con.run(sql)
-            render(result, args.format, sys.stdout)
+        shell = Shell(con, stop_on_error=True)
+        shell.mode = args.format
+        if args.command:
+            shell.sql(args.command)
+        else:
+            shell.script(sys.stdin.read())
     return 0
 
 

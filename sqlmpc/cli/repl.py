@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from sqlmpc import errors
+from sqlmpc.sql.script import split_script, statements
 
 KEYWORDS = ["SELECT", "FROM", "WHERE", "GROUP BY", "HAVING", "ORDER BY", "LIMIT", "OFFSET", "JOIN",
             "LEFT JOIN", "INNER JOIN", "ON", "AS", "AND", "OR", "NOT", "IN", "BETWEEN", "LIKE", "IS NULL",
@@ -37,6 +38,10 @@ HELP = """\
 .quit                 leave (or Ctrl-D)
 Statements end with ';' and may span lines.  Tab completes names.  Ctrl-C clears
 the input or cancels a running query.  Suppressed cells (fewer than k persons) show as ·"""
+
+class UnknownCommandError(errors.InterfaceError):
+    """A line starting with '.' that is not one of the shell's dot commands."""
+
 
 _ALIAS = re.compile(r"\b(\w+)\.(\w+)(?:\s+(?:AS\s+)?(\w+))?", re.IGNORECASE)
 
@@ -95,8 +100,9 @@ def make_completer(federation, pending=lambda: ""):
 class Shell:
     """The shell's state and commands, independent of the terminal (used by the REPL and tests)."""
 
-    def __init__(self, connection, out=sys.stdout, interactive: bool = False):
+    def __init__(self, connection, out=sys.stdout, interactive: bool = False, stop_on_error: bool = False):
         self.con = connection
+        self.stop_on_error = stop_on_error
         self.fed = connection.federation
         self.mode = "table"
         self.timer = False
@@ -147,15 +153,15 @@ class Shell:
                 self.out.close()
             self.out = open(arg, "w") if arg else sys.stdout
         elif cmd == ".read":
-            from sqlmpc.sql.script import statements
             try:
                 text = Path(arg).read_text()
             except OSError as exc:
                 self.print(f"Error: cannot read {arg}: {exc.strerror}")
                 return True
-            for sql in statements(text):
-                self.sql(sql)
+            return self.script(text)
         else:
+            if self.stop_on_error:
+                raise UnknownCommandError(f"unknown command {cmd}; dot commands: {' '.join(DOT_COMMANDS)}")
             self.print(f"unknown command {cmd}; try .help")
         return True
 
@@ -164,10 +170,31 @@ class Shell:
         self.out.flush()
 
     def guard(self, fn) -> None:
+        if self.stop_on_error:          # a piped script: the first error ends it (exit code 1)
+            fn()
+            return
         try:
             fn()
         except errors.Error as exc:
             self.print(f"Error: {exc}")
+
+    def script(self, text: str) -> bool:
+        """Run a script: dot commands on lines of their own, SQL statements ended by ';'.
+
+        A last statement without ';' runs too.  False when the script ran ``.quit``.
+        """
+        buffer = ""
+        for line in text.splitlines(keepends=True):
+            if not buffer.strip() and line.strip().startswith("."):
+                if not self.command(line):
+                    return False
+                continue
+            done, buffer = split_complete(buffer + line)
+            for sql in done:
+                self.sql(sql)
+        for sql in statements(buffer):
+            self.sql(sql)
+        return True
 
     def _run(self, text: str):
         if not (self.interactive and self.out is sys.stdout and not self.con.oracle):
@@ -190,15 +217,17 @@ class Shell:
         try:
             self.guard(run)
         except KeyboardInterrupt:
-            self.print("cancelled")
-            if not self.con.oracle:
-                self.print("restarting the parties ...")
-                self.guard(self.con.restart)
+            if not self.interactive:
+                raise
+            if self.con.oracle:
+                self.print("cancelled")
+                return
+            self.print("cancelled; restarting the parties ...")
+            self.guard(self.con.restart)
 
 
 def split_complete(buffer: str) -> tuple[list[str], str]:
     """The complete statements (ended by ';') in ``buffer`` and the unfinished rest."""
-    from sqlmpc.sql.script import split_script
     return split_script(buffer)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import ssl
 import sys
@@ -63,6 +64,10 @@ class PgServer:
         self.listener.close()
 
 
+def _exit(signum, frame):
+    raise SystemExit(0)
+
+
 def serve(args, connection) -> int:
     """Serve ``connection`` (a DB-API connection) to PostgreSQL clients until interrupted."""
     auth, host = auth_from_args(args)
@@ -71,6 +76,7 @@ def serve(args, connection) -> int:
             else "TLS required, password = analyst token")
     print(f"sqlmpc pg: listening on {host}:{server.port} ({mode}); "
           f"psql -h {host} -p {server.port} -U analyst -d {connection.federation.name}", file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, _exit)     # stop like Ctrl-C: the federation's parties are shut down
     try:
         server.serve_forever()
     finally:
