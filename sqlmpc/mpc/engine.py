@@ -28,7 +28,6 @@ from sqlmpc.mpc.prf import residue_tokens, token_bits, token_field
 from sqlmpc.mpc.reveal import current_ledger, reveal, reveal_ratio
 from sqlmpc.mpc.shuffle import shuffle
 from sqlmpc.plan.plan import LocalColumn, LocalPart, Plan
-from sqlmpc.plan.planner import EXTREME
 from sqlmpc.plan.release import margin_lines, secondary_suppression
 
 
@@ -98,7 +97,6 @@ class Engine:
     async def run_local_mode(self, sizes) -> dict[str, object]:
         G = self.plan.grid.size
         names = [m.name for m in self.plan.moments]
-        kinds = {m.name: m.kind for m in self.plan.moments}
         totals = None
         self.progress("input")
         for part in self.plan.parts:
@@ -106,23 +104,12 @@ class Engine:
             if part.party == self.me:
                 t = self.local[(part.relation, part.part)]
                 values = np.zeros((G, len(names)), dtype=object)
-                for j, name in enumerate(names):
-                    if kinds[name] == "min":
-                        values[:, j] = EXTREME
-                    elif kinds[name] == "max":
-                        values[:, j] = -EXTREME
                 cells = t.column("cell").to_pylist()
                 for j, name in enumerate(names):
                     values[cells, j] = [int(v) for v in t.column(name).to_pylist()]
             x = self.input_matrix(part, G, len(names), values)
-            columns = [x[:, j] for j in range(len(names))]
-            if totals is None:
-                totals = columns
-            else:   # the parts' cell totals add up; their minima and maxima are compared
-                totals = [self.mpc.np_minimum(a, b) if kinds[name] == "min" else
-                          self.mpc.np_maximum(a, b) if kinds[name] == "max" else a + b
-                          for name, a, b in zip(names, totals, columns)]
-        return dict(zip(names, totals))
+            totals = x if totals is None else totals + x      # the parts' persons are disjoint: totals add up
+        return {name: totals[:, j] for j, name in enumerate(names)}
 
     # -- join mode -------------------------------------------------------------
 
@@ -534,6 +521,8 @@ class Engine:
             return done.value
 
     async def reveal_output(self, formula: exp.Expression, moments, bounds) -> list:
+        if isinstance(formula, exp.Anonymous) and formula.name == "FIRST_HELD":
+            return await self.first_held(formula, moments)
         if isinstance(formula, exp.Anonymous) and formula.name == "IF_UNDEFINED":
             inner, guard, value = formula.expressions
             values = await self.reveal_output(inner, moments, bounds)
@@ -561,6 +550,23 @@ class Engine:
         f = self.formula(formula, moments, bounds)
         values = await self.ratio(f, "released values")
         return [None if v is None else (int(v) if v.denominator == 1 else float(v)) for v in values]
+
+    async def first_held(self, formula: exp.Expression, moments) -> list:
+        """MIN/MAX of a dimension: the first of its values (from the extreme end) anyone holds."""
+        counts, values = (t.expressions for t in formula.expressions)
+        held = [moments[c.name] for c in counts]
+        n = held[0].shape[0]
+        if len(held) == 1:
+            return [_literal_value(values[0])] * n
+        nobody = self.mpc.np_less(self.mpc.np_stack(held), self.secint.array(np.ones((len(held), n), dtype=object)))
+        # The number of values before the first one held: Σ_i Π_{u<i} nobody_u.
+        none_before = nobody[0]
+        index = none_before
+        for i in range(1, len(held) - 1):
+            none_before = none_before * nobody[i]
+            index = index + none_before
+        opened = await reveal(index, what="released values", why="the result: which value of the dimension is the extreme")
+        return [_literal_value(values[int(i)]) for i in opened]
 
     async def ratio(self, f: Frac, what: str) -> list:
         num, den = f.num, f.den
@@ -671,6 +677,7 @@ class Engine:
 
 
 MAX_ROWS = 2 ** 40     # declared maximum of rows per party in local mode (sets bit lengths)
+MAX_VALUE = 10 ** 18   # bound of a column whose bound the plan does not state
 PAD_FLOOR = 128        # every local result in join mode has at least this many rows ...
 PAD_GROWTH = (5, 4)    # ... and otherwise the next size of the series ×1.25 above it
 REAL = LocalColumn("real_", "flag", 0, 1, 0)   # 1 on a party's real rows, 0 on its padding
@@ -686,6 +693,8 @@ def padded_size(n: int) -> int:
 
 def _ratio_parts(node: exp.Expression):
     """The rational sub-formulas the release opens, with squares where a square root follows."""
+    if isinstance(node, exp.Anonymous) and node.name == "FIRST_HELD":
+        return                                   # opens an index into public values, not a ratio
     if isinstance(node, exp.Anonymous) and node.name == "IF_UNDEFINED":
         yield from _ratio_parts(node.expressions[0])
         yield node.expressions[1]
@@ -734,7 +743,7 @@ def _expr_bound(node, locals_) -> int:
         return _expr_bound(node.this, locals_)
     if isinstance(node, exp.Column):
         col = locals_.get((node.table, node.name))
-        return col.bound if col is not None else EXTREME
+        return col.bound if col is not None else MAX_VALUE
     if isinstance(node, (exp.Literal,)):
         return abs(int(Fraction(node.this))) + 1
     if isinstance(node, exp.Mul):
@@ -748,9 +757,20 @@ def _is_public(v) -> bool:
     return isinstance(v, (int, Fraction))
 
 
+def _literal_value(node: exp.Expression):
+    """The Python value of a domain literal (a DATE literal as its ISO text: the result's type casts it)."""
+    node = node.this if isinstance(node, exp.Cast) else node
+    if node.is_string:
+        return node.this
+    value = Fraction(node.this)
+    return int(value) if value.denominator == 1 else float(value)
+
+
 def _arrow_column(values: list) -> pa.Array:
     """Released values as Arrow: exact integers stay exact (int64, or decimal beyond it), else double."""
     present = [v for v in values if v is not None]
+    if any(isinstance(v, str) for v in present):
+        return pa.array([None if v is None else str(v) for v in values], pa.string())
     if all(isinstance(v, int) for v in present):
         if all(-2**63 <= v < 2**63 for v in present):
             return pa.array(values, pa.int64())

@@ -18,7 +18,7 @@ def canonical(plan: Plan) -> str:
         "row_filter": plan.row_filter.sql() if plan.row_filter is not None else None,
         "grid": [[g.name, g.relation, [repr(v) for v in g.domain]] for g in plan.grid.groups],
         "cell_relations": plan.cell_relations,
-        "moments": [[m.name, m.kind, m.expr.sql(), m.present.sql() if m.present is not None else None]
+        "moments": [[m.name, m.kind, m.expr.sql()]
                     for m in plan.moments],
         "outputs": [o.sql() for o in plan.outputs],
         "having": plan.having.sql() if plan.having is not None else None,

@@ -50,9 +50,8 @@ class Moment:
 
     name: str
     expr: exp.Expression                  # secure row expression (exp.Literal 1 for a count)
-    kind: str = "sum"                     # "sum" | "persons" | "sum2" | "min" | "max"
+    kind: str = "sum"                     # "sum" | "persons" | "sum2"
     # sum2: Σ over the cell's persons of (Σ of expr over the person's rows)², for dominance
-    present: exp.Expression | None = None  # min/max: the rows whose value is not NULL
 
 
 @dataclass(frozen=True)

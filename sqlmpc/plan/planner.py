@@ -260,9 +260,6 @@ class Planner:
         root = q.root
         single = len(self.groups) == 1 and (not root.is_horizontal or root.key.key_space is None)
         mode = "local" if single else "join"
-        if mode == "join" and any(m.kind in ("min", "max") for m in moments.values()):
-            raise errors.NotSupportedError(
-                "MIN and MAX are supported on queries that one party answers alone, or over a UNION ALL")
         joins = self.secure_joins()
         keys = {a for j in joins for pair in j.pairs for _, a in pair} | {q.root.alias}
         # Per-key pre-aggregation: when every moment is a product of one factor per group and no
@@ -439,16 +436,6 @@ class Planner:
                 if not (isinstance(m.expr, exp.Literal)):
                     agg = exp.Count(this=exp.Distinct(expressions=[exp.If(
                         this=exp.EQ(this=local(m.expr), expression=ONE), true=key)]))
-            elif m.kind in ("min", "max"):
-                value = local(m.expr)
-                if m.present is not None:           # NULLs (coalesced to 0 in the row) do not count
-                    value = exp.If(this=exp.EQ(this=local(m.present), expression=ONE), true=value)
-                agg = exp.Min(this=value) if m.kind == "min" else exp.Max(this=value)
-                # A cell without values holds an extreme that loses every comparison across parties.
-                extreme = exp.Literal.number(EXTREME if m.kind == "min" else -EXTREME)
-                items.append(exp.alias_(exp.func("coalesce", agg, extreme), m.name))
-                cols.append(LocalColumn(m.name, m.kind))
-                continue
             elif m.kind == "sum2":
                 sum2.append(m)
                 items.append(exp.alias_(exp.func("coalesce", exp.column(m.name, table="p"), exp.Literal.number(0)),
@@ -538,6 +525,18 @@ def if_undefined(formula: exp.Expression, guard: exp.Expression, value: str) -> 
     return exp.Anonymous(this="IF_UNDEFINED", expressions=[formula, guard.copy(), exp.Literal.string(value)])
 
 
+def first_held(node: exp.Expression, q, weight: exp.Expression, moment) -> exp.Expression:
+    """MIN/MAX of a dimension: FIRST_HELD((persons holding each value), (the values)), from the extreme end.
+
+    The same counts are the extreme guard (sqlmpc.plan.release): the result rests on k persons.
+    """
+    values = extreme_values(node, q)
+    held = [moment(times(weight, flag(exp.EQ(this=node.this.copy(), expression=literal(v)))), "persons")
+            for v in values]
+    return exp.Anonymous(this="FIRST_HELD", expressions=[exp.Tuple(expressions=held),
+                                                         exp.Tuple(expressions=[literal(v) for v in values])])
+
+
 class Formulas:
     """Aggregates → moments, and outputs → formulas over moments.
 
@@ -554,15 +553,13 @@ class Formulas:
         rule = self.q.federation.policy.dominance
         self.dominance = DominanceTest.of(rule) if rule is not None else None
 
-    def moment(self, expr: exp.Expression, kind: str = "sum", present: exp.Expression | None = None) -> exp.Column:
+    def moment(self, expr: exp.Expression, kind: str = "sum") -> exp.Column:
         local = self.p.localize(expr) if expr is not ONE else ONE
-        present = self.p.localize(present) if present is not None and present is not ONE else None
-        key = (kind, local.sql(), present.sql() if present is not None else None)
         for m in self.moments.values():
-            if (m.kind, m.expr.sql(), m.present.sql() if m.present is not None else None) == key:
+            if (m.kind, m.expr.sql()) == (kind, local.sql()):
                 return M(m.name)
         name = f"m{len(self.moments)}"
-        self.moments[name] = Moment(name, local, kind, present)
+        self.moments[name] = Moment(name, local, kind)
         return M(name)
 
     def persons(self):
@@ -588,8 +585,7 @@ class Formulas:
     def guard(self, node: exp.Expression, weight: exp.Expression) -> None:
         """Register what the aggregate's value rests on (sqlmpc.plan.release): contributors and dominance."""
         if isinstance(node, (exp.Min, exp.Max)):      # at least k persons hold the extreme value
-            held = [self.moment(times(weight, flag(exp.EQ(this=node.this.copy(), expression=literal(v)))),
-                                "persons").name for v in extreme_values(node, self.q)]
+            held = [c.name for c in first_held(node, self.q, weight, self.moment).expressions[0].expressions]
             self.guards.setdefault(("extreme", *held), Guard("extreme", tuple(held)))
         for cond in contributor_conditions(node, self.q):
             tests = [flag(c) for c in conjuncts(cond) if c != exp.true()]
@@ -629,11 +625,8 @@ class Formulas:
         x = node.this
         px, sx = self.presence(x), _interval(x, self.q)[2]
         if isinstance(node, (exp.Min, exp.Max)):
-            m = self.moment(x, "min" if isinstance(node, exp.Min) else "max", present=times(weight, px))
-            # m·n/n: NULL exactly when the cell has no non-NULL value (n = 0).
-            n = total(px)
-            value = over(times(m, n), n)
-            return over(value, exp.Literal.number(10 ** sx)) if sx else value
+            # The first value of the dimension (from the extreme end) that anyone in the cell holds.
+            return first_held(node, self.q, weight, self.moment)
 
         if isinstance(node, (exp.Sum, exp.Avg, exp.Stddev, exp.StddevSamp, exp.StddevPop,
                              exp.Variance, exp.VariancePop)):
@@ -679,7 +672,6 @@ class Formulas:
         raise errors.NotSupportedError(f"aggregate {node.sql()} is not supported")
 
 
-EXTREME = 10 ** 18         # stands for "no value" in a party's per-cell MIN/MAX
 ROWS_PER_KEY = 2 ** 24   # declared bound on one person's rows in one table (sets bit lengths)
 
 
