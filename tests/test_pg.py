@@ -184,6 +184,17 @@ def test_psycopg_parameters_and_errors(server):
         assert tables == [("claims",), ("pharmacy",)]
 
 
+def test_psycopg_prepared_statements(server):
+    sql = "SELECT b.region, COUNT(*) AS n FROM bureau.persons b WHERE b.region = %s GROUP BY b.region"
+    with connect(server) as plain:
+        expected = {r: plain.execute(sql, [r]).fetchall() for r in ("North", "South")}
+    with connect(server, prepare_threshold=0) as con:          # Parse/Describe a named statement, then Bind
+        for region in ("North", "South", "North"):
+            cur = con.execute(sql, [region])
+            assert [d.name for d in cur.description] == ["region", "n"]
+            assert cur.fetchall() == expected[region]
+
+
 def test_unsupported_message_closes_only_that_connection(server):
     with socket.create_connection(("127.0.0.1", server), timeout=10) as sock:
         body = struct.pack("!I", 196608) + b"user\0analyst\0database\0demo\0\0"
