@@ -6,7 +6,7 @@ suppressed cells are empty / null and the ``_suppressed`` column flags them).
 
 ``--check`` compares cell by cell (numbers to a relative 1e-9) and prints only
 the cells that differ; ``--junit FILE`` writes a JUnit XML report for CI
-systems.  Exit codes: 0 every query ran (and matched), 1 a query failed or
+systems and ``--report FILE.html`` one HTML page with a table and a chart per query.  Exit codes: 0 every query ran (and matched), 1 a query failed or
 differed, 2 bad command line.
 """
 
@@ -24,6 +24,7 @@ from pathlib import Path
 from sqlmpc import errors
 from sqlmpc.junit import write_junit
 from sqlmpc.output import SUPPRESSED_COLUMN, to_csv, to_json, to_markdown, with_suppressed
+from sqlmpc.report import html_report
 
 REL_TOL = 1e-9     # fixed-point results are exact ratios; the oracle computes in DOUBLE
 EXPECTED_SUFFIX = ".expected.csv"
@@ -119,6 +120,7 @@ class Outcome:
     seconds: float
     failure: str | None = None      # one line
     details: str = ""               # the differing cells, or the error
+    result: object = None           # the Result, when the query ran
 
 
 def run_files(args, federation) -> int:
@@ -133,6 +135,8 @@ def run_files(args, federation) -> int:
     failures = sum(o.failure is not None for o in outcomes)
     if getattr(args, "junit", None):
         write_junit(outcomes, Path(args.junit))
+    if getattr(args, "report", None):
+        Path(args.report).write_text(html_report(outcomes))
     if args.check:
         print(f"{len(outcomes) - failures} passed, {failures} failed")
     return 1 if failures else 0
@@ -156,16 +160,16 @@ def _run_one(con, path: Path, args) -> Outcome:
     elif args.check:
         if not expected_path.exists():
             print(f"FAIL {path}: no {expected_path.name}")
-            return Outcome(path, seconds, f"no {expected_path.name}")
+            return Outcome(path, seconds, f"no {expected_path.name}", result=result)
         expected = expected_path.read_text()
         diff = differences(result_csv_like(result, expected), expected)
         if not diff:
             print(f"ok   {path}")
-            return Outcome(path, seconds)
+            return Outcome(path, seconds, result=result)
         print(f"FAIL {path}: result differs from {expected_path.name}")
         sys.stdout.writelines(diff)
-        return Outcome(path, seconds, f"result differs from {expected_path.name}", "".join(diff))
+        return Outcome(path, seconds, f"result differs from {expected_path.name}", "".join(diff), result)
     else:
         print(f"-- {path}")
         sys.stdout.write(to_csv(result))
-    return Outcome(path, seconds)
+    return Outcome(path, seconds, result=result)

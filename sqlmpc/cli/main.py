@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", choices=["csv", "json", "markdown", "parquet", "arrow"], default=argparse.SUPPRESS,
                    help="format of the files written to --out (default csv)")
     p.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (one test case per query)")
+    p.add_argument("--report", metavar="FILE", help="write one self-contained HTML page: a table and a chart per query")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("demo", help="generate the demo federation")
     p.add_argument("--out", default="demo-data")
