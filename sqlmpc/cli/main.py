@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", metavar="FILE", help="write one self-contained HTML page: a table and a chart per query")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("demo", help="generate the demo federation")
+    p.add_argument("--persons", type=int, default=argparse.SUPPRESS, help="size in persons (default 5000)")
     p.add_argument("--out", default="demo-data")
     p.add_argument("--seed", type=int, default=20241)
     p.set_defaults(func=cmd_demo)
