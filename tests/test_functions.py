@@ -104,9 +104,9 @@ def test_width_bucket_groups_are_its_buckets(federation):
 
 @pytest.mark.parametrize("call, error, fragment", [
     ("WIDTH_BUCKET(c.cost_eur, c.cost_eur, 10, 2)", UnsupportedSqlError, "literal numbers"),
-    ("WIDTH_BUCKET(c.cost_eur, 0, 10, 0)", SqlSyntaxError, "from 1 to 1000"),
+    ("WIDTH_BUCKET(c.cost_eur, 0, 10, 0)", SqlSyntaxError, "from 1 to 100"),
     ("WIDTH_BUCKET(c.cost_eur, 0, 10, 2.5)", SqlSyntaxError, "whole number"),
-    ("WIDTH_BUCKET(c.cost_eur, 0, 10, 1001)", SqlSyntaxError, "from 1 to 1000"),
+    ("WIDTH_BUCKET(c.cost_eur, 0, 10, 101)", SqlSyntaxError, "from 1 to 100"),
     ("WIDTH_BUCKET(c.cost_eur, 10, 0, 2)", SqlSyntaxError, "must be below"),
     ("WIDTH_BUCKET(c.cost_eur, 0, 10)", SqlSyntaxError, "takes 4 arguments"),
 ])

@@ -10,7 +10,8 @@ from sqlmpc.errors import InvalidTextError, LimitExceededError, ProgrammingError
 from sqlmpc.plan.bind import bind
 from sqlmpc.plan.planner import plan_query
 from sqlmpc.sql import parse_query
-from sqlmpc.sql.limits import MAX_AGGREGATES, MAX_DEPTH, MAX_IN_ITEMS, MAX_SELECT_ITEMS, MAX_STATEMENT_CHARS
+from sqlmpc.sql.limits import (MAX_AGGREGATES, MAX_DEPTH, MAX_IN_ITEMS, MAX_SELECT_ITEMS, MAX_STATEMENT_CHARS,
+                               MAX_TOKENS)
 
 COUNT = "SELECT COUNT(*) FROM insurer.claims c WHERE "
 SUM = "SELECT SUM({}) FROM insurer.claims c"
@@ -59,9 +60,10 @@ def test_nesting_limit_is_refused_with_a_position_and_the_limit_plans(name, fede
 
 
 def test_two_thousand_ands_are_refused_not_a_recursion_error():
-    sql = COUNT + " AND ".join(["c.year = 2024"] * 2000)
+    with pytest.raises(LimitExceededError, match="more than 10,000 tokens"):
+        parse_query(COUNT + " AND ".join(["c.year = 2024"] * 2000))
     with pytest.raises(LimitExceededError, match="nests more than") as err:
-        parse_query(sql)
+        parse_query(COUNT + " AND ".join(["c.year = 2024"] * 1000))
     assert "IN (...)" in err.value.hint
 
 
@@ -73,6 +75,16 @@ def test_statement_length_limit():
     assert err.value.line > 1
     assert len(str(err.value)) < 600          # the excerpt shows the part around the caret, not the line
     parse_query(sql[:MAX_STATEMENT_CHARS])    # at the limit: fine (the cut falls inside a comment)
+
+
+def test_token_limit_is_checked_before_parsing():
+    sql = COUNT + "c.year IN (" + ",".join("1" for _ in range(MAX_TOKENS)) + ")"
+    start = time.perf_counter()
+    with pytest.raises(LimitExceededError, match=f"more than {MAX_TOKENS:,} tokens") as err:
+        parse_query(sql)
+    assert time.perf_counter() - start < 1          # a regular expression, not the parser
+    assert err.value.column > len(COUNT)
+    parse_query("SELECT COUNT(*) FROM insurer.claims c -- " + "1, " * MAX_TOKENS)    # comments do not count
 
 
 def test_in_list_limit_points_at_the_first_value_too_many():

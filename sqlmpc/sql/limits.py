@@ -11,16 +11,22 @@ over expressions, with room for about 190 levels in the worst case.
 
 from __future__ import annotations
 
+import re
+
 from lark import Tree
 
 from sqlmpc.errors import InvalidTextError, LimitExceededError
 from sqlmpc.sql.positions import error_at
 
 MAX_STATEMENT_CHARS = 100_000   # characters of one statement (with its parameters bound)
+MAX_TOKENS = 10_000             # words, numbers, strings, operators of one statement (parsing is ~50 µs each)
 MAX_DEPTH = 100                 # nesting levels of one expression
 MAX_IN_ITEMS = 1_000            # values in one IN (...) list
 MAX_SELECT_ITEMS = 100          # items in one select list
 MAX_AGGREGATES = 20             # aggregate calls in one statement (planning grows with their square)
+
+# What the lexer will see as one token (comments are skipped); an unterminated quote ends the text.
+TOKENS = re.compile(r"--[^\n]*|/\*.*?(?:\*/|$)|'(?:[^']|'')*'?|\"(?:[^\"]|\"\")*\"?|\w+|\S", re.S)
 
 # Rules that structure a statement; every other rule is part of an expression and
 # adds one level of nesting (parentheses, operators, NOT, CASE/WHEN, function calls).
@@ -44,8 +50,14 @@ def check_text(sql: str) -> None:
                   hint="remove it; text in a statement must be valid Unicode (UTF-8)") from None
     if len(sql) > MAX_STATEMENT_CHARS:
         raise error_at(LimitExceededError, f"the statement has {len(sql):,} characters, more than "
-                  f"{MAX_STATEMENT_CHARS:,}", sql, MAX_STATEMENT_CHARS,
-                  hint="shorten it: long IN lists and repeated expressions are the usual cause")
+                       f"{MAX_STATEMENT_CHARS:,}", sql, MAX_STATEMENT_CHARS,
+                       hint="shorten it: long IN lists and repeated expressions are the usual cause")
+    tokens = (t for t in TOKENS.finditer(sql) if not t.group().startswith(("--", "/*")))
+    for count, token in enumerate(tokens, 1):
+        if count > MAX_TOKENS:
+            raise error_at(LimitExceededError, f"the statement has more than {MAX_TOKENS:,} tokens (words, numbers, "
+                           "strings, operators)", sql, token.start(),
+                           hint="shorten it: long IN lists and repeated expressions are the usual cause")
 
 
 CHAIN_RULES = frozenset({"and_", "or_", "add", "sub", "mul", "div", "mod", "dpipe"})
