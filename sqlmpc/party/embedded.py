@@ -266,9 +266,11 @@ class EmbeddedFederation:
                 # What was opened: the longest ledger any party reports (after a failure the
                 # parties may have stopped at different openings).
                 record["ledger"] = max((r.get("ledger") or [] for _, r in replies), key=len, default=[])
-            for name, reply in replies:
-                if "error" in reply:
-                    raise rebuild(reply, name)
+            failed = [(name, reply) for name, reply in replies if "error" in reply]
+            if failed:
+                # The cause first: a party whose peers gave up reports only that its loop stopped.
+                name, reply = min(failed, key=lambda f: "Event loop stopped" in f[1].get("message", ""))
+                raise rebuild(reply, name)
             # Byte-for-byte: Arrow's equals() calls NaN unequal to itself (CORR of a constant is NaN).
             if any(t != tables[0] for t in tables[1:]):
                 raise errors.InternalError("parties computed different results")
