@@ -115,6 +115,19 @@ def test_psql_d_describes_a_table(server, federation):
 
 
 @needs_psql
+def test_psql_lists_schemas_databases_and_column_roles(server, federation):
+    schemas = psql(server, "-A", "-t", "-c", r"\dn")
+    assert schemas.returncode == 0, schemas.stderr
+    assert sorted(line.split("|")[0] for line in schemas.stdout.split()) == sorted(federation.party_names)
+    databases = psql(server, "-A", "-t", "-c", r"\l")
+    assert databases.returncode == 0 and databases.stdout.split("|")[0] == federation.name
+    columns = psql(server, "-c", r"\d+ hospital.patients")
+    assert columns.returncode == 0, columns.stderr
+    roles = dict(re.findall(r"^ (\w+)\s+\|.*\|\s*(\w+)\s*$", columns.stdout, re.M))
+    assert roles == {c.name: c.role.value for c in federation.table("hospital", "patients").columns}
+
+
+@needs_psql
 @pytest.mark.parametrize("name", SAVED)
 def test_psql_runs_saved_query_with_dbapi_rows(server, dbapi_rows, name):
     columns, rows, _ = dbapi_rows[name]

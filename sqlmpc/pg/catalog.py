@@ -32,8 +32,15 @@ _MACROS = [
     "CREATE MACRO pg_get_expr(e, r, pretty) AS NULL",
     "CREATE MACRO version() AS 'PostgreSQL 15.0 (sqlmpc)'",
     # Columns of PostgreSQL 15's catalog that DuckDB's views lack (psql's \\d reads them).
-    "CREATE VIEW pg_class AS SELECT * EXCLUDE (relreplident), false AS relforcerowsecurity, "
-    "'d' AS relreplident FROM pg_catalog.pg_class",
+    "CREATE VIEW pg_class AS SELECT * EXCLUDE (relreplident, reloptions), false AS relforcerowsecurity, "
+    "'d' AS relreplident, NULL::VARCHAR[] AS reloptions FROM pg_catalog.pg_class",
+    "CREATE VIEW pg_namespace AS SELECT * FROM pg_catalog.pg_namespace WHERE nspname <> 'main'",
+    "CREATE MACRO col_description(rel, num) AS (SELECT comment FROM duckdb_columns() "
+    "WHERE table_oid = rel AND column_index = num)",      # the column's role (key, dimension, ...)
+    "CREATE MACRO pg_table_size(c) AS 0",
+    "CREATE MACRO pg_relation_size(c) AS 0",
+    "CREATE MACRO pg_total_relation_size(c) AS 0",
+    "CREATE MACRO pg_size_pretty(n) AS '0 bytes'",
 ]
 
 _REWRITES = [
@@ -43,6 +50,7 @@ _REWRITES = [
     (re.compile(r"::\s*pg_catalog\.(regclass|regtype|regproc|oid|text|name|char)\b", re.I), r"::\1"),
     (re.compile(r"::(regclass|regtype|regproc|oid|name|char)\b", re.I), "::VARCHAR"),
     (re.compile(r"\bpg_catalog\.", re.I), ""),       # our macros and views come before DuckDB's pg_catalog
+    (re.compile(r"\bcurrent_database\s*\(\s*\)", re.I), "sqlmpc_database()"),
 ]
 
 
@@ -62,6 +70,14 @@ class PgCatalog:
         self.con = duckdb.connect()
         for statement in _MACROS:
             self.con.execute(statement)
+        # The federation is the one database; the party data stays with the parties.
+        name = federation.name.replace("'", "''")
+        self.con.execute(f"CREATE MACRO sqlmpc_database() AS '{name}'")   # DuckDB's views use current_database()
+        self.con.execute(
+            f"CREATE VIEW pg_database AS SELECT 1 AS oid, '{name}' AS datname, 10 AS datdba, 6 AS encoding, "
+            "'c' AS datlocprovider, false AS datistemplate, true AS datallowconn, -1 AS datconnlimit, "
+            "'C' AS datcollate, 'C' AS datctype, NULL::VARCHAR AS daticulocale, NULL::VARCHAR AS daticurules, "
+            "NULL::VARCHAR[] AS datacl")
         for table in federation.tables:
             schema = _ident(table.party)
             self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
