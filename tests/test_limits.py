@@ -32,13 +32,15 @@ SHAPES = {
 
 def deepest_accepted(shape) -> int:
     """The largest n the parser accepts for ``shape`` (it refuses n + 1 for the nesting limit)."""
-    n = MAX_DEPTH + 2
-    while True:
+    lo, hi = 1, MAX_DEPTH + 1              # shape(lo) is accepted, shape(hi + 1) is not
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
         try:
-            parse_query(shape(n))
-            return n
+            parse_query(shape(mid))
+            lo = mid
         except LimitExceededError:
-            n -= 1
+            hi = mid - 1
+    return lo
 
 
 def with_frames(depth: int, fn):
