@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlmpc import errors
+from sqlmpc.cli.progress import StageProgress
 from sqlmpc.junit import write_junit
 from sqlmpc.output import SUPPRESSED_COLUMN, to_csv, to_json, to_markdown, with_suppressed
 from sqlmpc.report import html_report
@@ -145,7 +146,8 @@ def run_files(args, federation) -> int:
 def _run_one(con, path: Path, args) -> Outcome:
     started = time.perf_counter()
     try:
-        result = con.run(path.read_text())
+        with StageProgress(path.stem) as progress:
+            result = con.run(path.read_text(), progress=None if con.oracle else progress)
     except errors.Error as exc:
         print(f"FAIL {path}: {exc}")
         return Outcome(path, time.perf_counter() - started, f"{type(exc).__name__}: {str(exc).splitlines()[0]}",

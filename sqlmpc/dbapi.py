@@ -239,11 +239,12 @@ class Cursor:
         """Per result row: True when the cell had fewer than k persons (its values are None)."""
         return [] if self._result is None else list(self._result.suppressed)
 
-    def execute(self, sql: str, parameters=None) -> "Cursor":
+    def execute(self, sql: str, parameters=None, *, progress=None) -> "Cursor":
+        """Run ``sql``; ``progress(stage)`` (optional) hears each secure stage as it starts."""
         self._check_open()
         self._result = None
         self._rows, self._pos, self.leakage = [], 0, []
-        result = self.connection.run(sql, parameters)
+        result = self.connection.run(sql, parameters, progress=progress)
         self._result = result
         self._rows = result.rows()
         self.leakage = list(result.leakage)

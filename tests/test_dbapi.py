@@ -262,3 +262,10 @@ def test_party_failure_is_an_operational_error(demo_path):
             con.execute(REGIONS)
     finally:
         con.close()
+
+
+def test_progress_callback_hears_the_secure_stages(con):
+    stages = []
+    cur = con.cursor().execute(COUNT_DIAGNOSIS, ["IBD"], progress=stages.append)
+    assert cur.fetchone()[0] >= 10
+    assert stages and stages[-1] == "reveal" and len(set(stages)) >= 3

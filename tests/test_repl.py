@@ -217,3 +217,12 @@ SELECT COUNT(*) AS n FROM hospital.patients p;
 def test_unknown_dot_command_in_a_script_fails(demo_path):
     done = sqlmpc("--federation", demo_path, "--oracle", stdin=".bogus\nSELECT COUNT(*) FROM hospital.patients p;\n")
     assert done.returncode == 1 and "unknown command .bogus" in done.stderr
+
+
+@pytest.mark.mpc
+def test_command_shows_the_secure_stage_on_a_terminal(demo_path, env):
+    term = Terminal(["--federation", str(demo_path), "--format", "csv", "-c",
+                     "SELECT b.region, COUNT(*) AS n FROM bureau.persons b GROUP BY b.region ORDER BY b.region"], env)
+    term.child.expect(r"running: (local|input|shuffle|join|aggregate|threshold|reveal) \.\.\. \d+\.\d s")
+    out = term.until(pexpect.EOF)
+    assert "region,n,_suppressed" in out and "East," in out

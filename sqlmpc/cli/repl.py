@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from sqlmpc import errors
+from sqlmpc.cli.progress import StageProgress
 from sqlmpc.sql.script import split_script, statements
 
 KEYWORDS = ["SELECT", "FROM", "WHERE", "GROUP BY", "HAVING", "ORDER BY", "LIMIT", "OFFSET", "JOIN",
@@ -197,8 +198,11 @@ class Shell:
         return True
 
     def _run(self, text: str):
-        if not (self.interactive and self.out is sys.stdout and not self.con.oracle):
+        if self.con.oracle:
             return self.con.run(text)
+        if not (self.interactive and self.out is sys.stdout):
+            with StageProgress() as progress:       # -c and scripts: the stage on stderr, if a terminal
+                return self.con.run(text, progress=progress)
         from rich.console import Console
         # A spinner naming the secure stage the parties are in; it disappears with the result.
         with Console(stderr=True).status("running across the parties (Ctrl-C cancels) ...", spinner="dots") as status:
