@@ -366,7 +366,7 @@ def test_wrong_token_is_rejected_and_audited_without_the_token(tls):
     assert [r.get("event") for r in failed] == ["authentication failed"] * 2, failed
     assert [r["reason"] for r in failed] == ["invalid analyst token", "missing bearer token"]
     assert all(r["endpoint"] == "analyst" and r["action"] == "catalog" and "127.0.0.1" in r["peer"]
-               and r["time"] for r in failed), failed
+               and r["time"] and r["claimed"] is None for r in failed), failed
     text = (tls.state("hospital") / "audit.jsonl").read_text()
     for secret in (tls.other_token, tls.token):
         assert secret not in text and hashlib.sha256(secret.encode()).hexdigest() not in text

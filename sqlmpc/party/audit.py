@@ -102,8 +102,8 @@ def audited(log: AuditLog, record: dict, since: float | None = None):
 
 
 def auth_failure(log: AuditLog, *, reason: str, endpoint: str, action: str | None = None,
-                 peer: str | None = None, client: str | None = None) -> None:
-    """Record a failed authentication: why, where it was tried, the caller's address and
-    client software when known — never the credential itself."""
+                 peer: str | None = None, client: str | None = None, claimed: str | None = None) -> None:
+    """Record a failed authentication: why, where it was tried, the caller's address, client
+    software and claimed analyst name when known — never the credential itself."""
     log.write({"event": AUTH_FAILED, "reason": reason, "endpoint": endpoint, "action": action,
-               "peer": peer, "client": client})
+               "peer": peer, "client": client, "claimed": claimed})
