@@ -242,6 +242,10 @@ class ConfigError(InterfaceError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+class EvaluationError(DataError):
+    """An expression of the query failed on the data itself (an overflow, a failed conversion)."""
+
+
 class DataFileError(DataError):
     """A party's data file does not match its catalog entry."""
 

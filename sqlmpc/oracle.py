@@ -14,12 +14,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp
 
+from sqlmpc import errors
 from sqlmpc.catalog import Federation
 from sqlmpc.plan.bind import AGGREGATES, BoundQuery, Relation, bind
 from sqlmpc.plan.cells import CellGrid, cell_grid
 from sqlmpc.plan.planner import value_scale
 from sqlmpc.plan.release import (DominanceTest, contributor_conditions, extreme_values, has_measure,
                                  margin_lines, run_steps, secondary_suppression)
+from sqlmpc.plan.typecheck import USER_ERRORS
 from sqlmpc.sql.params import literal
 from sqlmpc.result import Result, aggregate_items, cell_columns, finish
 
@@ -218,4 +220,8 @@ def run_oracle(sql: str, federation: Federation, con: duckdb.DuckDBPyConnection 
     q = bind(parse_query(sql), federation, sql)
     grid = cell_grid(q)
     con = con or open_union_database(federation)
-    return finish(q, grid, cell_table(q, grid, con))
+    try:
+        cells = cell_table(q, grid, con)
+    except USER_ERRORS as exc:     # the type check passed on public samples; the data itself fails
+        raise errors.EvaluationError(f"the query fails on the data: {str(exc).splitlines()[0]}") from exc
+    return finish(q, grid, cells)

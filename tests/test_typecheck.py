@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 import sqlmpc
-from sqlmpc.errors import SqlSyntaxError, SqlTypeError
+from sqlmpc.errors import EvaluationError, SqlSyntaxError, SqlTypeError
 from sqlmpc.plan.bind import bind
 from sqlmpc.sql import parse_query
 
@@ -74,3 +74,12 @@ def test_through_the_driver_no_internal_error(demo_path):
 def test_well_typed_queries_pass(sql, federation):
     bind(parse_query(sql), federation, sql)
 
+
+
+def test_a_failure_only_the_data_shows_is_an_evaluation_error_not_internal(demo_path):
+    # Three relations: the samples hold 2020..2022 only, so the type check passes; 2024 is in the data.
+    sql = ("SELECT COUNT(*) FROM insurer.claims c JOIN bureau.persons b ON b.pid = c.pid "
+           "JOIN hospital.patients p ON p.pid = c.pid WHERE c.year % (c.year - 2024) = 0")
+    with sqlmpc.connect(demo_path, oracle=True) as con:
+        with pytest.raises(EvaluationError, match="fails on the data: .*Division by zero"):
+            con.execute(sql)
