@@ -262,3 +262,27 @@ def test_pg_without_keys_or_loopback_is_refused(demo_path):
                           str(demo_path), "--port", "0"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "--insecure-loopback" in out.stderr and "Traceback" not in out.stderr
+
+
+# -- a networked federation ----------------------------------------------------------------------
+
+
+def test_pg_in_front_of_a_party_node(demo_path, tmp_path, dbapi_rows):
+    from test_network import Federation
+
+    nodes = Federation(demo_path, tmp_path)
+    nodes.start()
+    try:
+        proc, port = start_pg("pg", "--connect", nodes.url(), "--insecure-loopback")
+        try:
+            name = "small_cells_suppressed.sql"
+            columns, rows, _ = dbapi_rows[name]
+            with connect(port) as con:
+                cur = con.execute((QUERIES / name).read_text())
+                assert [d.name for d in cur.description] == columns
+                got = cur.fetchall()
+            assert len(got) == len(rows) and all(all(same(a, b) for a, b in zip(g, r)) for g, r in zip(got, rows))
+        finally:
+            stop(proc)
+    finally:
+        nodes.stop()
