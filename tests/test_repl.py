@@ -153,12 +153,17 @@ def test_quit_and_history(shell, env):
     """What was typed in this session lands in the history file, and .quit exits 0."""
     shell.run(".tables")
     shell.run("SHOW POLICY;")
+    shell.run("SHOW")
+    shell.run("TABLES;")
     shell.child.send(".quit\r")
     shell.child.expect(pexpect.EOF)
     shell.child.close()
     assert shell.child.exitstatus == 0
     history = open(env["SQLMPC_HISTORY"]).read()
     assert "+.tables" in history and "+SHOW POLICY;" in history
+    entries = [e.strip().split("\n", 1)[1] for e in history.split("\n# ")[1:]]       # after each timestamp
+    assert "+SHOW\n+TABLES;" in entries                      # one entry per statement, not per line
+    assert "+SHOW" not in [e for e in entries if "\n" not in e]
 
 
 # -- non-interactive ------------------------------------------------------------

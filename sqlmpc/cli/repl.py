@@ -237,10 +237,10 @@ def split_complete(buffer: str) -> tuple[list[str], str]:
 
 def repl(args) -> int:
     from prompt_toolkit import PromptSession
-    from prompt_toolkit.history import FileHistory
     from prompt_toolkit.lexers import PygmentsLexer
     from pygments.lexers.sql import SqlLexer
 
+    from sqlmpc.cli.history import StatementHistory
     from sqlmpc.cli.main import open_connection
 
     print("sqlmpc — federated SQL over MPC. Starting the parties ...", flush=True)
@@ -252,21 +252,28 @@ def repl(args) -> int:
               + ("; DRY RUN in the clear (--oracle)" if con.oracle else "")
               + ". Enter .help for help.")
         buffer = ""
-        session = PromptSession(history=FileHistory(str(history_path())), lexer=PygmentsLexer(SqlLexer),
+        typed = ""                       # the lines of the statement being typed, for the history
+        history = StatementHistory(str(history_path()))
+        session = PromptSession(history=history, lexer=PygmentsLexer(SqlLexer),
                                 completer=make_completer(con.federation, lambda: buffer),
                                 complete_while_typing=False)
         while True:
             try:
                 line = session.prompt("sqlmpc> " if not buffer.strip() else "   ...> ")
             except KeyboardInterrupt:
-                buffer = ""
+                buffer = typed = ""
                 continue
             except EOFError:
                 return 0
             if not buffer.strip() and line.strip().startswith("."):
+                history.add(line)
                 if not shell.command(line):
                     return 0
                 continue
+            typed += line + "\n"
             statements, buffer = split_complete(buffer + line + "\n")
+            if statements:
+                history.add(typed)
+                typed = buffer if buffer.strip() else ""
             for sql in statements:
                 shell.sql(sql)
