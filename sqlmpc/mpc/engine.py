@@ -28,6 +28,7 @@ from sqlmpc.mpc.prf import residue_tokens, token_bits, token_field
 from sqlmpc.mpc.reveal import current_ledger, reveal, reveal_ratio
 from sqlmpc.mpc.shuffle import shuffle
 from sqlmpc.plan.plan import LocalColumn, LocalPart, Plan
+from sqlmpc.plan.planner import ROWS_PER_KEY
 from sqlmpc.plan.release import margin_lines, secondary_suppression
 
 
@@ -659,9 +660,17 @@ class Engine:
     def moment_bounds(self, rows: int) -> dict[str, int]:
         """|moment| ≤ rows × bound of its row expression: sets the field size for exact ratios."""
         locals_ = {(p.relation, c.name): c for p in self.plan.parts for c in p.columns}
-        bounds = {m.name: max(1, rows) * _expr_bound(m.expr, locals_) for m in self.plan.moments}
-        # Σ over persons of c² ≤ (Σ |c|)²
-        return {m.name: bounds[m.name] ** 2 if m.kind == "sum2" else bounds[m.name] for m in self.plan.moments}
+        rows = max(1, rows)
+        out = {}
+        for m in self.plan.moments:
+            e = _expr_bound(m.expr, locals_)
+            if m.kind != "sum2":
+                out[m.name] = rows * e
+            elif self.plan.mode == "join" and self.one_row_per_person_and_cell():
+                out[m.name] = rows * e * e                   # each person's contribution is one row: |c| ≤ e
+            else:                                            # Σ c² ≤ Σ|c| · max|c|, one person's rows ≤ ROWS_PER_KEY
+                out[m.name] = rows * e * e * (ROWS_PER_KEY if self.plan.mode == "local" else rows)
+        return out
 
     def cell_bits(self, bounds: dict[str, int]) -> int:
         """Bits for the cell phase: p > 2·B² for the largest numerator or denominator B of a ratio."""

@@ -622,11 +622,11 @@ class Formulas:
                 return self.moment(times(weight, present), "persons")
             return total(self.presence(node.this))
 
-        x = node.this
-        px, sx = self.presence(x), _interval(x, self.q)[2]
         if isinstance(node, (exp.Min, exp.Max)):
             # The first value of the dimension (from the extreme end) that anyone in the cell holds.
             return first_held(node, self.q, weight, self.moment)
+        x = node.this
+        px, sx = self.presence(x), _interval(x, self.q)[2]
 
         if isinstance(node, (exp.Sum, exp.Avg, exp.Stddev, exp.StddevSamp, exp.StddevPop,
                              exp.Variance, exp.VariancePop)):
