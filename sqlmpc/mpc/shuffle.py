@@ -1,4 +1,4 @@
-"""Oblivious shuffle by resharing (DESIGN §6), O(n) per subset per column.
+"""Oblivious shuffle by resharing (docs/mpc-primitives.md), O(n) per subset per column.
 
 For every subset S of m−t parties (in itertools.combinations order) — exactly the
 subsets MPyC's PRSS keys ``mpc._prss_keys[S]`` are shared by, so the members of S

@@ -2,7 +2,7 @@
 
 The result, a :class:`BoundQuery`, has every column qualified by the alias of
 the relation it comes from, GROUP BY / ORDER BY references resolved, and the
-federation's column-role rules checked (DESIGN section 4).  Each refusal is a
+federation's column-role rules checked (docs/federation.md, column roles).  Each refusal is a
 specific :class:`~sqlmpc.errors.PolicyError` pointing at the offending token.
 """
 
@@ -435,7 +435,7 @@ class Binder:
 
 
 class Policy:
-    """The column-role rules of DESIGN section 4, checked on a bound query."""
+    """The column-role rules (docs/federation.md), checked on a bound query."""
 
     def __init__(self, binder: Binder, bq: BoundQuery):
         self.b = binder
