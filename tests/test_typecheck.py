@@ -83,3 +83,15 @@ def test_a_failure_only_the_data_shows_is_an_evaluation_error_not_internal(demo_
     with sqlmpc.connect(demo_path, oracle=True) as con:
         with pytest.raises(EvaluationError, match="fails on the data: .*Division by zero"):
             con.execute(sql)
+
+
+def test_group_by_failing_at_a_domain_value_beyond_the_samples_is_a_type_error(federation):
+    # The type check samples 6 of the 10 deciles; decile 8 makes the cell grid's evaluation fail.
+    from sqlmpc.plan.cells import cell_grid
+
+    sql = ("SELECT b.income_decile % (b.income_decile - 8) AS x, COUNT(*) AS n FROM bureau.persons b "
+           "GROUP BY b.income_decile % (b.income_decile - 8)")
+    q = bind(parse_query(sql), federation, sql)
+    with pytest.raises(SqlTypeError, match="cannot be evaluated on its domain: Division by zero") as err:
+        cell_grid(q)
+    assert err.value.column - 1 == sql.index("GROUP BY ") + len("GROUP BY ")       # the GROUP BY expression

@@ -18,6 +18,7 @@ from sqlglot import exp
 from sqlmpc import errors
 from sqlmpc.catalog import Role
 from sqlmpc.plan.bind import BINNING, BoundQuery, node_position
+from sqlmpc.plan.typecheck import USER_ERRORS
 from sqlmpc.sql.params import literal
 
 MAX_CELLS = 10_000
@@ -88,7 +89,7 @@ def _number(text: str):
 
 
 def _evaluate_domain(expr: exp.Expression, columns: list[exp.Column], domains: list[tuple],
-                     conditions: list[exp.Expression]) -> tuple:
+                     conditions: list[exp.Expression], sql: str | None = None) -> tuple:
     """Evaluate ``expr`` over the cartesian product of its columns' domains (in DuckDB)."""
     names = [f"c{i}" for i in range(len(columns))]
     rename = {(c.table, c.name): n for c, n in zip(columns, names)}
@@ -113,7 +114,13 @@ def _evaluate_domain(expr: exp.Expression, columns: list[exp.Column], domains: l
         inner = inner.where(exp.and_(*[c.copy().transform(sub) for c in conditions]))
     # Keep the first-seen order (the domain's declared order), not DuckDB's hash order.
     query = exp.select("v").from_(inner.subquery("q")).group_by("v").order_by("MIN(pos)")
-    return tuple(r[0] for r in duckdb.sql(query.sql("duckdb")).fetchall())
+    try:
+        return tuple(r[0] for r in duckdb.sql(query.sql("duckdb")).fetchall())
+    except USER_ERRORS as exc:      # at a domain value the type check's samples did not hold
+        raise errors.SqlTypeError(f"GROUP BY {expr.sql('duckdb')} cannot be evaluated on its domain: "
+                                  f"{str(exc).splitlines()[0].partition(': ')[2]}", sql=sql, **node_position(expr),
+                                  hint="compute with values of the column's type; DESCRIBE party.table lists "
+                                       "the domain") from None
 
 
 def _empty_domain(q: BoundQuery, group: exp.Expression, domains: list[tuple],
@@ -145,7 +152,7 @@ def cell_grid(q: BoundQuery) -> CellGrid:
             colset = {(c.table, c.name) for c in cols}
             narrowing = [w for w in q.where
                          if {(c.table, c.name) for c in w.find_all(exp.Column)} <= colset]
-            domain = _evaluate_domain(g, cols, domains, narrowing)
+            domain = _evaluate_domain(g, cols, domains, narrowing, q.sql)
             if not domain:
                 raise _empty_domain(q, g, domains, narrowing)
         groups.append(Group(g, rel, domain))
