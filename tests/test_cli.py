@@ -14,3 +14,15 @@ def test_demo_takes_persons_after_the_subcommand(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "(60 persons" in done.stdout
     assert load_federation(tmp_path / "federation.toml").party("bureau") is not None
+
+
+def test_f_runs_a_script_and_refuses_a_federation_file(demo_path, tmp_path):
+    script = tmp_path / "s.sql"
+    script.write_text(".mode csv\nSELECT COUNT(*) AS n FROM hospital.patients p;\n")
+    done = subprocess.run([sys.executable, "-m", "sqlmpc.cli.main", "--federation", str(demo_path), "--oracle",
+                           "-f", str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "n,_suppressed"
+    done = subprocess.run([sys.executable, "-m", "sqlmpc.cli.main", "--oracle", "-f", str(demo_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and f"--federation {demo_path}" in done.stderr and "Traceback" not in done.stderr

@@ -2,6 +2,7 @@
 
     sqlmpc                          embedded demo federation, interactive
     sqlmpc -c "SQL" [--format F]    run one statement and print the result
+    sqlmpc -f FILE                  run a script (statements and dot commands); also: sqlmpc < FILE
     sqlmpc explain "SQL"            the plan: local SQL per party, secure part, leakage
     sqlmpc run [--check] FILE...    run saved queries (compare with FILE.expected.csv)
     sqlmpc demo [--persons N]       generate the demo federation's data
@@ -88,14 +89,29 @@ def cmd_query(args) -> int:
     """``-c SQL`` or a script on stdin (SQL statements and dot commands, as in the shell)."""
     from sqlmpc.cli.repl import Shell
 
+    script = None if args.command else _script(args.file) if args.file else sys.stdin.read()
     with open_connection(args) as con:
         shell = Shell(con, stop_on_error=True)
         shell.mode = args.format
         if args.command:
             shell.sql(args.command)
         else:
-            shell.script(sys.stdin.read())
+            shell.script(script)
     return 0
+
+
+class ScriptFileError(errors.InterfaceError):
+    """The file given to ``-f`` cannot be read, or is a federation file."""
+
+
+def _script(name: str) -> str:
+    if name.endswith(".toml"):
+        raise ScriptFileError(f"-f runs a script of statements; to use the federation {name}, "
+                              f"give --federation {name}")
+    try:
+        return Path(name).read_text()
+    except OSError as exc:
+        raise ScriptFileError(f"cannot read {name}: {exc.strerror}") from None
 
 
 def _token(args) -> str | None:
@@ -154,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sqlmpc", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"sqlmpc {_version()}")
-    parser.add_argument("--federation", "-f", help="federation TOML (default: the embedded demo)")
+    parser.add_argument("--federation", help="federation TOML (default: the embedded demo)")
+    parser.add_argument("-f", "--file", help="run the statements and dot commands in FILE and exit (as psql -f)")
     parser.add_argument("--persons", type=int, default=5000, help="demo size in persons (default 5000)")
     parser.add_argument("--oracle", action="store_true",
                         help="DRY RUN: run in the clear on all data in one process (no privacy)")
@@ -230,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "func", None):
             return args.func(args)
-        if args.command or not sys.stdin.isatty():
+        if args.command or args.file or not sys.stdin.isatty():
             return cmd_query(args)
         from sqlmpc.cli.repl import repl
         return repl(args)
