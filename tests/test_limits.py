@@ -141,3 +141,13 @@ def test_a_lone_surrogate_is_refused_at_parse_time(text):
 def test_statement_must_be_text():
     with pytest.raises(InvalidTextError, match="not bytes"):
         parse_query(b"SELECT COUNT(*) FROM bureau.persons b")
+
+
+def test_a_lone_surrogate_parameter_is_refused_by_the_driver_before_any_party(demo_path):
+    import sqlmpc
+
+    with sqlmpc.connect(demo_path, oracle=True) as con:
+        start = time.perf_counter()
+        with pytest.raises(InvalidTextError, match="U\\+D800"):
+            con.execute("SELECT COUNT(*) FROM bureau.persons b WHERE b.region = ?", ["\ud800"])
+        assert time.perf_counter() - start < 5
