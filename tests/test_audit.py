@@ -21,6 +21,7 @@ from sqlmpc.mpc.reveal import Ledger
 pytestmark = pytest.mark.mpc
 
 PARTIES = ("hospital", "insurer", "bureau")
+QUERIES = Path(__file__).parent.parent / "queries"
 # One party's data, a few openings (input sizes, the cells passing the rules, the values).
 REGIONS = "SELECT b.region, COUNT(*) AS persons FROM bureau.persons b GROUP BY b.region"
 REFUSED = "SELECT p.pid FROM hospital.patients p"
@@ -125,6 +126,38 @@ def test_failed_query_is_logged_with_what_was_opened_before_the_failure(accepted
     assert all(line["ledger"] == full[:len(line["ledger"])] for line in parties), parties
     tripped = [line for line in parties if f"before opening {full[opened_before]['what']!r}" in line["error"]]
     assert tripped and all(line["ledger"] == full[:opened_before] for line in tripped), parties
+
+
+def test_cancelled_query_is_logged_by_every_party_with_what_it_opened(federation, tmp_path):
+    """Ctrl-C in the driver (here: raised from the progress callback) stops the busy parties with
+    SIGTERM; each writes its record before it exits."""
+    sql = (QUERIES / "app_effectiveness.sql").read_text()        # a join: seconds in the MPC
+    stages = []
+
+    def cancel_at_join(stage):
+        stages.append(stage)
+        if stage == "join":
+            raise KeyboardInterrupt
+
+    fed = EmbeddedFederation(federation, state=tmp_path)
+    processes = [p.process for p in fed.parties]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fed.query(sql, progress=cancel_at_join)
+    finally:
+        fed.close()
+    assert stages[-1] == "join"
+    assert [p.returncode for p in processes] == [0] * len(PARTIES)     # each stopped itself, not killed
+    after = logs(tmp_path)
+    coord = after["coordinator"][-1]
+    assert coord["sql"] == sql and coord["outcome"] == "cancelled" and coord["error"] == "KeyboardInterrupt"
+    parties = [after[party][-1] for party in PARTIES]
+    assert all(line["qid"] == coord["qid"] and line["outcome"] == "cancelled" for line in parties), parties
+    assert all("stopped during the query" in line["error"] for line in parties), parties
+    # The party that reported the join stage had opened the input sizes; all agree on the order.
+    assert parties[0]["ledger"][0]["what"] == "input sizes"
+    longest = max((line["ledger"] for line in parties), key=len)
+    assert all(line["ledger"] == longest[:len(line["ledger"])] for line in parties), parties
 
 
 def test_state_directory_default_and_overrides(demo_path, tmp_path, monkeypatch):

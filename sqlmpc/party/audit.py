@@ -82,8 +82,9 @@ def audited(log: AuditLog, record: dict, since: float | None = None):
 
     The block sets ``decision`` (and ``reason`` when refused), ``ledger`` and,
     on success, ``outcome = "ok"``.  An exception leaves the outcome
-    ``refused`` (when the decision was a refusal) or ``failed``, with the error;
-    the ledger then holds whatever the block put there before the failure.
+    ``refused`` (when the decision was a refusal), ``cancelled`` (KeyboardInterrupt:
+    Ctrl-C, or a party stopped mid-query) or ``failed``, with the error; the ledger
+    then holds whatever the block put there before the failure.
     """
     since = time.monotonic() if since is None else since
     try:
@@ -91,7 +92,8 @@ def audited(log: AuditLog, record: dict, since: float | None = None):
     except BaseException as exc:
         if record.get("outcome") is None:
             refused = record.get("decision") == "refused"
-            record["outcome"] = "refused" if refused else "failed"
+            cancelled = isinstance(exc, KeyboardInterrupt)
+            record["outcome"] = "refused" if refused else "cancelled" if cancelled else "failed"
             if refused and record.get("reason") is None:
                 record["reason"] = str(exc)
             record["error"] = str(exc) or type(exc).__name__

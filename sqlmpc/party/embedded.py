@@ -13,11 +13,13 @@ import json
 import os
 import resource
 import select
+import signal
 import struct
 import subprocess
 import sys
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,11 +76,25 @@ class Channel:
                 pass
 
 
+class PartyStopped(KeyboardInterrupt):
+    """The party process was stopped (SIGTERM), e.g. when the analyst cancelled the running query."""
+
+
+def _stop(signum, frame):
+    warnings.simplefilter("ignore")     # the query's abandoned MPC tasks are dropped on purpose
+    raise PartyStopped("the party was stopped during the query (cancelled)")
+
+
 def _party_main(federation_path: str, party: str, conn: Channel) -> None:
-    """Party process: load only this party's data, then serve queries until told to stop."""
+    """Party process: load only this party's data, then serve queries until told to stop.
+
+    SIGTERM stops it even in the middle of a query: the query's audit record is
+    written first (outcome ``cancelled``, with what was opened so far).
+    """
     from sqlmpc.catalog import load_federation
     from sqlmpc.party.node import PartyNode
 
+    signal.signal(signal.SIGTERM, _stop)
     try:
         node = PartyNode(load_federation(federation_path), party)
         conn.send(json.dumps({"ready": True}))
@@ -185,6 +201,7 @@ class EmbeddedFederation:
         self.audit = AuditLog(self.state / "audit.jsonl")     # fails early (ConfigError) if not writable
         self.party_audit = {p.name: AuditLog(self.state / p.name / "audit.jsonl").path for p in federation.parties}
         self.coordinator = f"embedded (pid {os.getpid()})"
+        self._running = False       # a query was sent and not all parties have answered
         self.parties: list[PartyProcess] = []
         for p in federation.parties:
             # A fresh interpreter per party (not fork): it imports only what a node needs.
@@ -244,6 +261,7 @@ class EmbeddedFederation:
                 raise
             record.update(plan_hash=plan.digest, decision="accepted")
             ports = free_ports(len(self.parties))
+            self._running = True
             for i, p in enumerate(self.parties):
                 message = json.dumps({"op": "query", "sql": sql, "digest": plan.digest, "timeout": self.timeout,
                                       "addresses": [["127.0.0.1", port] for port in ports],
@@ -262,6 +280,7 @@ class EmbeddedFederation:
                     replies.append((p.name, reply))
                     if "error" not in reply:
                         tables.append(p.conn.recv_bytes())
+                self._running = False
             finally:
                 # What was opened: the longest ledger any party reports (after a failure the
                 # parties may have stopped at different openings).
@@ -283,7 +302,12 @@ class EmbeddedFederation:
             return result
 
     def close(self) -> None:
+        """Stop the parties: idle ones when told to, busy ones (a cancelled query) at once
+        with SIGTERM, so that each writes its audit record of the query before it exits."""
         for p in self.parties:
+            if self._running and p.process.poll() is None:
+                p.process.terminate()
+                continue
             try:
                 p.conn.send(json.dumps({"op": "stop"}))
             except (OSError, BrokenPipeError):
@@ -323,4 +347,10 @@ def demo_federation_path(persons: int = 5000, seed: int | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    _party_main(sys.argv[1], sys.argv[2], Channel(int(sys.argv[3]), int(sys.argv[4])))
+    try:
+        _party_main(sys.argv[1], sys.argv[2], Channel(int(sys.argv[3]), int(sys.argv[4])))
+    except PartyStopped:
+        # Stopped by the driver; the running query's record is written.  Exit without
+        # finalising the abandoned MPyC tasks (that only prints errors about them).
+        sys.stderr.flush()
+        os._exit(0)
