@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from sqlmpc import errors
+from sqlmpc.party.keys import load_tokens
 from sqlmpc.pg.router import Router
 from sqlmpc.pg.session import Auth, Session
 
@@ -35,7 +36,6 @@ def auth_from_args(args) -> tuple[Auth, str]:
         raise errors.InterfaceError(
             "sqlmpc pg needs --tokens tokens.json --cert cert.pem --key key.pem (from 'sqlmpc keys init': "
             "keys/tokens.json, keys/<party>/cert.pem, key.pem), or --insecure-loopback for a local demo")
-    from sqlmpc.party.keys import load_tokens
     if not Path(args.tokens).exists():
         raise errors.ConfigError(f"{args.tokens}: no such tokens file")
     return Auth(tokens=load_tokens(args.tokens), tls=tls_context(args.cert, args.key)), args.bind
