@@ -8,6 +8,7 @@ import duckdb
 import pytest
 
 from sqlmpc.catalog import load_federation
+from sqlmpc.errors import DataFileError
 from sqlmpc.party.node import PartyNode
 
 
@@ -38,5 +39,5 @@ def test_node_never_opens_other_parties_sources(tmp_path, demo_path):
     assert not (copy / "insurer").exists() and not (copy / "bureau").exists()
     node = PartyNode(fed, "hospital")
     assert node.db.sql("SELECT COUNT(*) FROM hospital.patients").fetchall()[0][0] > 0
-    with pytest.raises(Exception):
+    with pytest.raises(DataFileError, match="data file not found"):
         PartyNode(fed, "insurer")                           # its own files are not here

@@ -84,7 +84,7 @@ def test_one_table_is_pre_aggregated_by_its_owner(federation):
 def test_where_on_a_dimension_narrows_its_domain(federation):
     plan = plan_for(federation, "SELECT p.diagnosis, COUNT(*) FROM hospital.patients p "
                                 "WHERE p.diagnosis IN ('IBD', 'HF') GROUP BY p.diagnosis")
-    assert plan.grid.groups[0].domain == ("IBD", "HF") or set(plan.grid.groups[0].domain) == {"IBD", "HF"}
+    assert set(plan.grid.groups[0].domain) == {"IBD", "HF"}
 
 
 def test_plan_hash_is_stable_and_sensitive(federation):
