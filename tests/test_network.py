@@ -293,6 +293,25 @@ def test_killed_party_fails_the_query_then_recovers(loopback, federation, union_
     assert_idle_soon(loopback)
 
 
+def test_stopped_node_audits_the_query_it_leaves(loopback):
+    """SIGTERM in the middle of a query: the node writes that query's record before it exits."""
+    sql = (QUERIES / "app_effectiveness.sql").read_text()
+    t, box = query_in_background(loopback, sql)
+    time.sleep(1.0)           # inside the MPC
+    loopback.kill("insurer", signal.SIGTERM)
+    t.join(TIMEOUT + 20)
+    assert not t.is_alive()
+    if box.get("ok"):
+        pytest.skip("the query finished before the party was stopped")
+    stopped, coord = loopback.audit("insurer")[-1], loopback.audit("hospital")[-1]
+    assert stopped["qid"] == coord["qid"] and coord["sql"] == sql and coord["outcome"] == "failed"
+    assert stopped["outcome"] == "failed" and stopped["error"] == "the node was stopped during the query", stopped
+    longest = max(stopped["ledger"], coord["ledger"], key=len)
+    assert all(line["ledger"] == longest[:len(line["ledger"])] for line in (stopped, coord))
+    loopback.start("insurer")
+    assert_idle_soon(loopback)
+
+
 def assert_idle_soon(loopback) -> None:
     """Every party is reachable, not busy and holds no MPC session (within the timeout)."""
     from sqlmpc.party.client import RemoteConnection

@@ -41,11 +41,19 @@ class AuditLog:
                 f"cannot write the audit log {self.path}: {exc.strerror or exc}; every party must keep one "
                 "(choose a writable state directory)") from None
         self._lock = threading.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        """No more records (a stopping node has written its final ones)."""
+        with self._lock:
+            self._closed = True
 
     def write(self, record: dict) -> None:
         record = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **record}
         line = json.dumps(record, default=str, sort_keys=False) + "\n"
         with self._lock:
+            if self._closed:
+                return
             # O_APPEND: every write lands at the end, even with another writer.
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:

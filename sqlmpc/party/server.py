@@ -146,6 +146,7 @@ class NodeServer:
         self._slot: str | None = None
         self._pending: dict[str, dict] = {}
         self._aborted: list[str] = []
+        self._running: dict[str, tuple[dict, Ledger]] = {}     # qid -> audit record and ledger, while it runs
         self._pool = ThreadPoolExecutor(max_workers=16 + 4 * len(self.peers), thread_name_prefix="peer")
         self.sessions_opened = 0
         watchdog.install()
@@ -171,6 +172,17 @@ class NodeServer:
                                          **tls_args)
         for s in (self._peer_server, self._analyst_server):
             threading.Thread(target=s.serve, daemon=True).start()
+
+    def audit_stop(self) -> None:
+        """Record the queries this stopping node leaves behind (with what they opened so far),
+        then close the audit log: their own threads end with the process."""
+        for record, ledger in list(self._running.values()):
+            self.audit.write({**record, "ledger": opened(ledger.entries), "outcome": "failed",
+                              "error": "the node was stopped during the query"})
+        for p in list(self._pending.values()):
+            self.audit.write({**p["record"], "decision": "accepted", "outcome": "aborted",
+                              "error": "the node was stopped before the query started"})
+        self.audit.close()
 
     def shutdown(self) -> None:
         for s in (self._analyst_server, self._peer_server):
@@ -383,9 +395,11 @@ class NodeServer:
         ledger = Ledger()
         try:
             with audited(self.audit, record, since=p["started"]):
+                self._running[qid] = (record, ledger)
                 try:
                     cells = self.run_mpc(p["plan"], [tuple(a) for a in msg["addresses"]], ledger)
                 finally:
+                    self._running.pop(qid, None)
                     record["ledger"] = opened(ledger.entries)
                     self._release(qid)
                 ipc = to_ipc(cells)
@@ -440,6 +454,7 @@ class NodeServer:
                             "fingerprint": self.federation.fingerprint, "min_cell_size": plan.min_cell_size}
                 ports, qid = self._propose_all(proposal, started, record)
                 record.update(qid=qid, decision="accepted")     # the attempt the peers run (and log)
+                self._running[qid] = (record, ledger)
                 try:
                     addresses = [(self.peers[p.name][0] if p.name != self.party else _split(p.address)[0],
                                   ports[p.name]) for p in self.federation.parties]
@@ -447,6 +462,7 @@ class NodeServer:
                         addresses = [("127.0.0.1", port) for _, port in addresses]
                     cells = self._execute_all(qid, plan, addresses, ledger)
                 finally:
+                    self._running.pop(qid, None)
                     record["ledger"] = opened(ledger.entries)    # after a failure: what was opened before it
                     self._release(qid)
                 result = finish(q, cell_grid(q), cells)
@@ -675,6 +691,7 @@ def serve(args) -> int:
     while not stop.wait(0.5):
         pass
     print(f"sqlmpc node '{node.party}' stopping", file=sys.stderr, flush=True)
+    node.audit_stop()
     threading.Thread(target=node.shutdown, daemon=True).start()
     time.sleep(1.0)   # let in-flight replies go out; an MPC session in progress fails at the peers
     import os
