@@ -169,6 +169,15 @@ def test_policy_errors_come_back_with_caret(loopback):
 
 # -- refusals ----------------------------------------------------------------------------
 
+def last_record_soon(fed, party, timeout=5.0) -> dict:
+    """The party's last audit record, waiting for the first one (peers are told some things asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while not fed.audit(party):
+        assert time.monotonic() < deadline, f"no audit record at {party}"
+        time.sleep(0.1)
+    return fed.audit(party)[-1]
+
+
 def test_local_policy_refusal_names_the_party(demo_path, tmp_path, federation):
     policy = tmp_path / "bureau-policy.toml"
     policy.write_text("[policy]\nmin_cell_size = 20\n")
@@ -184,8 +193,8 @@ def test_local_policy_refusal_names_the_party(demo_path, tmp_path, federation):
         assert refused["decision"] == "refused" and "min_cell_size" in refused["reason"]
         coord = fed.audit("hospital")[-1]
         assert coord["decision"] == "refused" and coord["outcome"] == "refused"
-        # The insurer had accepted and was told to abort: its slot is free again.
-        assert fed.audit("insurer")[-1]["outcome"] == "aborted"
+        # The insurer had accepted and was told to abort (asynchronously): its slot is free again.
+        assert last_record_soon(fed, "insurer")["outcome"] == "aborted"
     finally:
         fed.stop()
 
