@@ -250,8 +250,7 @@ class EmbeddedFederation:
 
     def query(self, sql: str, progress=None) -> Result:
         """Run a query through every party; ``progress(stage)`` hears the secure stages as they start."""
-        analyst = local_analyst()
-        record = query_record(uuid.uuid4().hex, "coordinator", self.coordinator, analyst, sql)
+        record = query_record(uuid.uuid4().hex, "coordinator", self.coordinator, local_analyst(), sql)
         with audited(self.audit, record):
             try:
                 q = bind(parse_query(sql), self.federation, sql)   # fail fast, with a caret, before any party works
@@ -260,31 +259,7 @@ class EmbeddedFederation:
                 record["decision"] = "refused"
                 raise
             record.update(plan_hash=plan.digest, decision="accepted")
-            ports = free_ports(len(self.parties))
-            self._running = True
-            for i, p in enumerate(self.parties):
-                message = json.dumps({"op": "query", "sql": sql, "digest": plan.digest, "timeout": self.timeout,
-                                      "addresses": [["127.0.0.1", port] for port in ports],
-                                      "progress": i == 0 and progress is not None, "qid": record["qid"],
-                                      "coordinator": self.coordinator, "analyst": analyst,
-                                      "audit": str(self.party_audit[p.name])})
-                try:
-                    p.conn.send(message)
-                except OSError:
-                    raise errors.PartyError("the party process is not running", party=p.name) from None
-            replies, tables = [], []
-            deadline = time.monotonic() + self.timeout + 600
-            try:
-                for p in self.parties:
-                    reply = self._receive(p, max(1.0, deadline - time.monotonic()), progress)
-                    replies.append((p.name, reply))
-                    if "error" not in reply:
-                        tables.append(p.conn.recv_bytes())
-                self._running = False
-            finally:
-                # What was opened: the longest ledger any party reports (after a failure the
-                # parties may have stopped at different openings).
-                record["ledger"] = max((r.get("ledger") or [] for _, r in replies), key=len, default=[])
+            replies, tables = self._run_parties(sql, plan.digest, record, progress)
             failed = [(name, reply) for name, reply in replies if "error" in reply]
             if failed:
                 # The cause first: a party whose peers gave up reports only that its loop stopped.
@@ -300,6 +275,36 @@ class EmbeddedFederation:
                           suppressed_cells=sum(result.suppressed),
                           result_sha256=hashlib.sha256(to_ipc(result.table)).hexdigest())
             return result
+
+    def _run_parties(self, sql: str, digest: str, record: dict, progress) -> tuple[list, list]:
+        """Send the query to every party and collect their answers: [(party, reply)] and the
+        result tables of those that succeeded.  ``record["ledger"]`` gets what was opened."""
+        ports = free_ports(len(self.parties))
+        self._running = True
+        for i, p in enumerate(self.parties):
+            message = json.dumps({"op": "query", "sql": sql, "digest": digest, "timeout": self.timeout,
+                                  "addresses": [["127.0.0.1", port] for port in ports],
+                                  "progress": i == 0 and progress is not None, "qid": record["qid"],
+                                  "coordinator": self.coordinator, "analyst": record["analyst"],
+                                  "audit": str(self.party_audit[p.name])})
+            try:
+                p.conn.send(message)
+            except OSError:
+                raise errors.PartyError("the party process is not running", party=p.name) from None
+        replies, tables = [], []
+        deadline = time.monotonic() + self.timeout + 600
+        try:
+            for p in self.parties:
+                reply = self._receive(p, max(1.0, deadline - time.monotonic()), progress)
+                replies.append((p.name, reply))
+                if "error" not in reply:
+                    tables.append(p.conn.recv_bytes())
+            self._running = False
+        finally:
+            # What was opened: the longest ledger any party reports (after a failure the
+            # parties may have stopped at different openings).
+            record["ledger"] = max((r.get("ledger") or [] for _, r in replies), key=len, default=[])
+        return replies, tables
 
     def close(self) -> None:
         """Stop the parties: idle ones when told to, busy ones (a cancelled query) at once

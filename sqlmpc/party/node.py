@@ -69,11 +69,6 @@ class PartyNode:
         engine = Engine(mpc, plan, self.index, self.party, local, progress)
         return await engine.run(), engine.timings
 
-    def execute(self, sql: str, digest: str | None, addresses: list[tuple[str, int]],
-                progress=None, timeout: float = 30.0) -> Outcome:
-        """Admit a proposed query and run this party's share of it (local parts and MPC)."""
-        return self.execute_plan(self.admit(sql, digest), addresses, progress=progress, timeout=timeout)
-
     def execute_plan(self, plan: Plan, addresses: list[tuple[str, int]], *, progress=None, timeout: float = 30.0,
                      session=None, guard=None, ledger: Ledger | None = None) -> Outcome:
         """Run an admitted plan: local parts, then the secure part in a fresh MPC session.
