@@ -17,6 +17,8 @@ from sqlalchemy.engine import default
 from sqlalchemy.sql import compiler
 from sqlalchemy.sql.schema import Table
 
+from sqlmpc import dbapi
+
 _TYPES = {"INTEGER": sqltypes.Integer, "BIGINT": sqltypes.BigInteger, "DOUBLE": sqltypes.Float,
           "VARCHAR": sqltypes.String, "DATE": sqltypes.Date, "BOOLEAN": sqltypes.Boolean}
 
@@ -61,7 +63,10 @@ class SqlmpcDialect(default.DefaultDialect):
 
     @classmethod
     def import_dbapi(cls):
-        from sqlmpc import dbapi
+        return dbapi
+
+    @classmethod
+    def dbapi(cls):                     # SQLAlchemy 1.4 (e.g. under Superset); 2.x calls import_dbapi
         return dbapi
 
     def create_connect_args(self, url):
