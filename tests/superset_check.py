@@ -2,7 +2,7 @@
 
 Run it with the Python of a throw-away virtual environment that has Superset and sqlmpc:
 
-    python3 -m venv /tmp/ss && /tmp/ss/bin/pip install apache-superset 'flask-caching<2.4' -e .
+    python3 -m venv /tmp/ss && /tmp/ss/bin/pip install apache-superset 'flask-caching<2.4' cachetools -e .
     SUPERSET_CONFIG_PATH=tests/superset_config.py /tmp/ss/bin/superset db upgrade
     SUPERSET_CONFIG_PATH=tests/superset_config.py /tmp/ss/bin/python tests/superset_check.py FEDERATION.toml
 
