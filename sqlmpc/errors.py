@@ -220,6 +220,10 @@ class AggregateArgumentPolicyError(PolicyError):
     rule = "countable-aggregate-arguments"
 
 
+class ParameterError(ProgrammingError):
+    """The query's parameters do not fit it: their number, or a value that cannot be a literal."""
+
+
 class DisclosureError(ProgrammingError):
     """The result cannot be released under disclosure control."""
 

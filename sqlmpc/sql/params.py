@@ -18,13 +18,13 @@ def literal(value) -> exp.Expression:
         return exp.Boolean(this=value)
     if isinstance(value, (int, float, decimal.Decimal)):
         if isinstance(value, float) and value != value:
-            raise errors.ProgrammingError("NaN cannot be a query parameter")
+            raise errors.ParameterError("NaN cannot be a query parameter")
         return exp.Literal.number(value)
     if isinstance(value, datetime.date):
         return exp.cast(exp.Literal.string(value.isoformat()), "DATE")
     if isinstance(value, str):
         return exp.Literal.string(value)
-    raise errors.ProgrammingError(f"unsupported parameter type {type(value).__name__}",)
+    raise errors.ParameterError(f"unsupported parameter type {type(value).__name__}")
 
 
 def bind_parameters(tree: exp.Expression, parameters: Sequence | None) -> exp.Expression:
@@ -32,9 +32,9 @@ def bind_parameters(tree: exp.Expression, parameters: Sequence | None) -> exp.Ex
     placeholders = list(tree.find_all(exp.Placeholder, bfs=False))
     params = list(parameters or ())
     if isinstance(parameters, (str, bytes)) or isinstance(parameters, dict):
-        raise errors.ProgrammingError("parameters are a sequence (paramstyle 'qmark')")
+        raise errors.ParameterError("parameters are a sequence (paramstyle 'qmark')")
     if len(placeholders) != len(params):
-        raise errors.ProgrammingError(
+        raise errors.ParameterError(
             f"the query has {len(placeholders)} placeholder(s) but {len(params)} parameter(s) were given")
     if not placeholders:
         return tree
