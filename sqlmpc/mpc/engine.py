@@ -425,6 +425,7 @@ class Engine:
         G = plan.grid.size
         self.progress("threshold")
         k = plan.min_cell_size
+        self.counts = self.small_counts(moments, bounds)
         primary = [bool(v) for v in await reveal(self.rules_pass(moments), what="cells passing the release rules",
                                                  why=f"which cells meet every release rule (k={k})")]
         ok = await self.secondary(primary, moments)
@@ -453,26 +454,46 @@ class Engine:
             data[f"a{j}"] = _arrow_column(col)
         return pa.table(data)
 
-    def rules_pass(self, moments):
-        """Per cell, 1 where every guard of the plan holds (sqlmpc.plan.release); all compared at once."""
-        mpc, G, k = self.mpc, self.plan.grid.size, self.plan.min_cell_size
-        smaller, larger, checks = [], [], []
+    def small_counts(self, moments, bounds) -> dict:
+        """The persons counts in a secure type just wide enough for the release rules' comparisons.
 
-        def less(a, b) -> int:          # index of the comparison a < b among all of them
+        A comparison costs about one secure bit per bit of the type: counts (and sums of a line's
+        counts, and the argmin keys count·G + cell) need far fewer bits than the exact ratios.
+        """
+        G = self.plan.grid.size
+        names = [m.name for m in self.plan.moments if m.kind == "persons"]
+        largest = max(bounds[n] for n in names)
+        self.count_type = self.mpc.SecInt(max(32, ((largest + 1) * G * 2).bit_length() + 2))
+        if self.count_type.bit_length >= self.secint.bit_length:
+            self.count_type = self.secint
+            return {n: moments[n] for n in names}
+        stacked = self.convert(np.concatenate([moments[n] for n in names]), self.count_type)
+        return {n: stacked[i * G:(i + 1) * G] for i, n in enumerate(names)}
+
+    def rules_pass(self, moments):
+        """Per cell, 1 where every guard of the plan holds (sqlmpc.plan.release); all compared at once.
+
+        Counts are compared in the small count type, dominance (sums and squares) in the cell
+        type; their flags are brought to the count type to be multiplied.
+        """
+        mpc, G, k = self.mpc, self.plan.grid.size, self.plan.min_cell_size
+        counts = self.counts
+        smaller, larger, checks, dominance = [], [], [], []
+
+        def less(a, b) -> int:          # index of the comparison a < b among all count comparisons
             smaller.append(a)
-            larger.append(b if not isinstance(b, int) else self.secint.array(np.full(G, b, dtype=object)))
+            larger.append(self.count_type.array(np.full(G, b, dtype=object)))
             return len(smaller) - 1
 
         for g in self.plan.guards:
             if g.kind == "contributors":
-                i = less(moments[g.moments[0]], k)
+                i = less(counts[g.moments[0]], k)
                 checks.append(lambda f, i=i: 1 - f[i])
             elif g.kind == "dominance":  # C·S2 ≤ S1²  ⇔  NOT den·S1² < num·S2
                 s1, s2 = (moments[m] for m in g.moments)
-                i = less(s1 * s1 * g.constant.denominator, s2 * g.constant.numerator)
-                checks.append(lambda f, i=i: 1 - f[i])
+                dominance.append((s1 * s1 * g.constant.denominator, s2 * g.constant.numerator))
             else:                        # extreme: the first value anyone holds is held by ≥ k persons
-                held = [(less(moments[m], 1), less(moments[m], k)) for m in g.moments]
+                held = [(less(counts[m], 1), less(counts[m], k)) for m in g.moments]
 
                 def check(f, held=held):
                     ok, none_before = 0, 1
@@ -485,13 +506,19 @@ class Engine:
         ok = checks[0](fails)
         for check in checks[1:]:
             ok = ok * check(fails)
+        if dominance:
+            dominated = mpc.np_less(mpc.np_stack([a for a, _ in dominance]), mpc.np_stack([b for _, b in dominance]))
+            passes = 1 - dominated[0]
+            for i in range(1, len(dominance)):
+                passes = passes * (1 - dominated[i])
+            ok = ok * (passes if self.count_type is self.secint else self.convert(passes, self.count_type))
         return ok
 
     async def secondary(self, primary: list[bool], moments) -> list[bool]:
         """Secondary suppression (sqlmpc.plan.release): the same steps as the oracle, on secret counts."""
         plan, mpc = self.plan, self.mpc
         G, k = plan.grid.size, plan.min_cell_size
-        counts = [moments[g.moments[0]] for g in plan.guards if g.kind == "contributors"]
+        counts = [self.counts[g.moments[0]] for g in plan.guards if g.kind == "contributors"]
         persons = counts[0]
         steps = secondary_suppression(primary, margin_lines(tuple(len(g.domain) for g in plan.grid.groups)))
         try:
@@ -502,7 +529,7 @@ class Engine:
                     for j, line in enumerate(lines):
                         hidden[[c for c in line if not released[c]], j] = 1
                     totals = mpc.np_stack([c @ hidden for c in counts])          # guards × lines
-                    small = mpc.np_less(totals, self.secint.array(np.full(totals.shape, k, dtype=object)))
+                    small = mpc.np_less(totals, self.count_type.array(np.full(totals.shape, k, dtype=object)))
                     none_small = 1 - small[0]
                     for i in range(1, len(counts)):
                         none_small = none_small * (1 - small[i])
@@ -510,13 +537,12 @@ class Engine:
                         none_small, what="secondary suppression",
                         why="whether a line's suppressed cells together hold fewer than k persons")]
                 else:
-                    answer = []
-                    for line in lines:
-                        shown = [c for c in line if released[c]]
-                        key = persons[np.array(shown, dtype=np.int64)] * G + np.array(shown, dtype=object)
-                        i = await reveal(mpc.np_argmin(key), what="secondary suppression",
-                                         why="which released cell of the line has the fewest persons")
-                        answer.append(shown[int(i)])
+                    shown = [[c for c in line if released[c]] for line in lines]
+                    smallest = [mpc.np_argmin(persons[np.array(cells, dtype=np.int64)] * G
+                                              + np.array(cells, dtype=object)) for cells in shown]
+                    opened = await reveal(smallest, what="secondary suppression",
+                                          why="which released cell of each short line has the fewest persons")
+                    answer = [cells[int(i)] for cells, i in zip(shown, opened)]
                 kind, lines, released = steps.send(answer)
         except StopIteration as done:
             return done.value
