@@ -12,7 +12,10 @@ the plaintext oracle.  An input *fails* when it ends in anything but a result or
 
 Bench mode (prints counts and a shrunk reproduction of every failure):
 
-    python tests/fuzz.py --n 1000 --seed 1 [--oracle 100]
+    python tests/fuzz.py --n 1000 --seed 1 [--oracle 100] [--secure 50]
+
+``--secure N`` also runs N planned generated queries through the embedded 3-party
+federation and compares each with the oracle (failures there are the engine's).
 """
 
 from __future__ import annotations
@@ -23,14 +26,19 @@ import random
 import re
 import signal
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from compare import assert_same_result
 from sqlmpc import errors
-from sqlmpc.catalog import Federation, Role
+from sqlmpc.catalog import Federation, Role, load_federation
+from sqlmpc.demo import generate
+from sqlmpc.local.data import open_union_database
 from sqlmpc.oracle import run_oracle
+from sqlmpc.party.embedded import EmbeddedFederation
 from sqlmpc.plan.bind import bind
 from sqlmpc.plan.planner import plan_query
 from sqlmpc.sql import Explain, Query, parse, parse_query
@@ -387,6 +395,44 @@ def run(federation: Federation, n: int, seed: int, oracle: int = 0, oracle_con=N
     return outcomes
 
 
+def driver_sql(sql: str, params) -> str:
+    """The text the driver runs: parameters bound as literals into the parsed tree, rendered again."""
+    statement = parse(sql)
+    tree = bind_parameters(statement.tree, params)
+    return sql if tree is statement.tree else tree.sql("duckdb")
+
+
+def run_secure(outcomes: list[Outcome], federation: Federation, oracle_con, n: int, report=print) -> dict:
+    """Run up to ``n`` planned generated inputs through the embedded federation; compare with the oracle."""
+    counts = collections.Counter()
+    chosen = [o for o in outcomes if o.kind.startswith("generated") and o.result == "ok"][:n]
+    embedded = EmbeddedFederation(federation)
+    try:
+        for o in chosen:
+            sql = driver_sql(o.sql, o.params)
+            start = time.perf_counter()
+            try:
+                expected = run_oracle(sql, federation, oracle_con)
+                got = embedded.query(sql)
+                assert_same_result(got, expected, sql)
+                counts["equal"] += 1
+                continue
+            except AssertionError as exc:
+                what = f"differs from the oracle: {str(exc)[:300]}"
+            except errors.ProgrammingError as exc:   # refused by the engine's own checks: not a crash
+                counts[f"refused: {type(exc).__name__}"] += 1
+                continue
+            except Exception as exc:  # noqa: BLE001 - what the secure run fails with
+                what = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+                embedded.close()
+                embedded = EmbeddedFederation(federation)     # fresh parties for the next input
+            counts["FAIL"] += 1
+            report(f"SECURE FAILURE ({time.perf_counter() - start:.1f} s): {what}\n  input: {sql!r}")
+    finally:
+        embedded.close()
+    return counts
+
+
 def summary(outcomes: list[Outcome]) -> str:
     by_kind = collections.Counter(o.kind for o in outcomes)
     results = collections.Counter("FAIL" if o.failed else "known bug" if o.known else o.result for o in outcomes)
@@ -403,22 +449,20 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=1000, help="number of inputs")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--oracle", type=int, default=100, help="generated inputs also run through the oracle")
+    parser.add_argument("--secure", type=int, default=0,
+                        help="planned generated inputs also run through the embedded federation, against the oracle")
     parser.add_argument("--persons", type=int, default=2000, help="size of the demo federation")
     args = parser.parse_args(argv)
-
-    import tempfile
-
-    from sqlmpc.catalog import load_federation
-    from sqlmpc.demo import generate
-    from sqlmpc.local.data import open_union_database
-
     with tempfile.TemporaryDirectory() as tmp:
         federation = load_federation(generate(Path(tmp), persons=args.persons))
-        con = open_union_database(federation) if args.oracle else None
+        con = open_union_database(federation) if args.oracle or args.secure else None
         outcomes = run(federation, args.n, args.seed, args.oracle, con)
+        secure = run_secure(outcomes, federation, con, args.secure) if args.secure else None
     print(f"seed {args.seed}, oracle on {min(args.oracle, sum(o.kind.startswith('generated') for o in outcomes))} "
           f"generated inputs")
     print(summary(outcomes))
+    if secure is not None:
+        print("secure vs oracle: " + ", ".join(f"{k} {v}" for k, v in secure.most_common()))
     return 1 if any(o.failed for o in outcomes) else 0
 
 

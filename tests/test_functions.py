@@ -13,6 +13,7 @@ import pytest
 from sqlmpc.errors import SqlSyntaxError, UnsupportedSqlError
 from sqlmpc.local.data import open_party_database
 from sqlmpc.plan.bind import bind
+from sqlmpc.plan.cells import cell_grid
 from sqlmpc.plan.planner import plan_query
 from sqlmpc.sql import parse_query
 from sqlmpc.sql.parser import AGGREGATE_NAMES, SCALAR_NAMES
@@ -95,8 +96,6 @@ def test_width_bucket_translation_means_what_postgresql_means(lo, hi, n):
 
 
 def test_width_bucket_groups_are_its_buckets(federation):
-    from sqlmpc.plan.cells import cell_grid
-
     sql = FUNCTION_QUERIES["WIDTH_BUCKET"]
     grid = cell_grid(bind(parse_query(sql), federation, sql))
     assert grid.groups[0].domain == (0, 1, 2, 3, 4, 5)    # no NULL bucket: cost_eur is NOT NULL

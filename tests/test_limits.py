@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+import sqlmpc
 from sqlmpc.errors import InvalidTextError, LimitExceededError, ProgrammingError
 from sqlmpc.plan.bind import bind
 from sqlmpc.plan.planner import plan_query
@@ -144,8 +145,6 @@ def test_statement_must_be_text():
 
 
 def test_a_lone_surrogate_parameter_is_refused_by_the_driver_before_any_party(demo_path):
-    import sqlmpc
-
     with sqlmpc.connect(demo_path, oracle=True) as con:
         start = time.perf_counter()
         with pytest.raises(InvalidTextError, match="U\\+D800"):

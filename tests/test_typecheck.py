@@ -11,6 +11,7 @@ import pytest
 import sqlmpc
 from sqlmpc.errors import EvaluationError, SqlSyntaxError, SqlTypeError
 from sqlmpc.plan.bind import bind
+from sqlmpc.plan.cells import cell_grid
 from sqlmpc.sql import parse_query
 
 C = "SELECT COUNT(*) AS n FROM insurer.claims c "
@@ -87,8 +88,6 @@ def test_a_failure_only_the_data_shows_is_an_evaluation_error_not_internal(demo_
 
 def test_group_by_failing_at_a_domain_value_beyond_the_samples_is_a_type_error(federation):
     # The type check samples 6 of the 10 deciles; decile 8 makes the cell grid's evaluation fail.
-    from sqlmpc.plan.cells import cell_grid
-
     sql = ("SELECT b.income_decile % (b.income_decile - 8) AS x, COUNT(*) AS n FROM bureau.persons b "
            "GROUP BY b.income_decile % (b.income_decile - 8)")
     q = bind(parse_query(sql), federation, sql)

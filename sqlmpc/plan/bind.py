@@ -8,12 +8,15 @@ specific :class:`~sqlmpc.errors.PolicyError` pointing at the offending token.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 
 from sqlglot import exp
 
 from sqlmpc import errors
 from sqlmpc.catalog import Column, Federation, Role, Table
+from sqlmpc.plan.typecheck import check_types
+from sqlmpc.sql.positions import node_position
 
 AGGREGATES: tuple[type[exp.Expression], ...] = (
     exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max,
@@ -114,19 +117,6 @@ class BoundQuery:
 
 
 # --------------------------------------------------------------------------
-
-
-def node_position(node: exp.Expression) -> dict:
-    """Keyword arguments that make an error point at ``node`` (if the parser recorded where)."""
-    meta = node.meta or {}
-    if "line" in meta and "col" in meta:
-        width = max(1, meta.get("end", 0) - meta.get("start", 0)) if "end" in meta else 1
-        return {"line": meta["line"], "column": meta["col"], "width": width}
-    for child in node.iter_expressions():
-        found = node_position(child)
-        if found:
-            return found
-    return {}
 
 
 _pos = node_position   # the older name (sqlmpc/plan/release.py uses it)
@@ -387,7 +377,6 @@ class Binder:
         bq = BoundQuery(self.fed, self.sql, relations, joins, select, where, group_by, having,
                         order_by, limit, offset, frozenset(nullable))
         Policy(self, bq).check()
-        from sqlmpc.plan.typecheck import check_types   # typecheck builds on this module
         check_types(bq)
         return bq
 
@@ -556,7 +545,6 @@ class Policy:
 
 
 def _did_you_mean(name: str, candidates) -> str | None:
-    import difflib
     close = difflib.get_close_matches(name, list(dict.fromkeys(candidates)), n=3)
     return "did you mean " + " or ".join(repr(c) for c in close) + "?" if close else None
 

@@ -17,9 +17,10 @@ from sqlglot import exp
 
 from sqlmpc import errors
 from sqlmpc.catalog import Role
-from sqlmpc.plan.bind import BINNING, BoundQuery, node_position
+from sqlmpc.plan.bind import BINNING, BoundQuery
 from sqlmpc.plan.typecheck import USER_ERRORS
 from sqlmpc.sql.params import literal
+from sqlmpc.sql.positions import node_position
 
 MAX_CELLS = 10_000
 
