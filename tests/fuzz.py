@@ -44,7 +44,7 @@ from sqlmpc.plan.planner import plan_query
 from sqlmpc.sql import Explain, Query, parse, parse_query
 from sqlmpc.sql.limits import MAX_DEPTH, MAX_IN_ITEMS, MAX_SELECT_ITEMS, MAX_STATEMENT_CHARS
 from sqlmpc.sql.params import bind_parameters
-from sqlmpc.sql.parser import AGGREGATES_1, AGGREGATES_2, _lark
+from sqlmpc.sql.parser import AGGREGATES_1, AGGREGATES_2, keywords
 
 ROOT = Path(__file__).resolve().parent.parent
 SAVED = sorted((ROOT / "queries").glob("*.sql"))
@@ -151,7 +151,7 @@ class Generator:
         self.fed = federation
         self.rng = rng
         self.tables = list(federation.tables)
-        self.keywords = [t.pattern.value for t in _lark().terminals if t.pattern.type == "str"]
+        self.keywords = keywords()
         names = {t.party for t in self.tables} | {t.name for t in self.tables}
         names |= {c.name for t in self.tables for c in t.columns}
         names |= {n.lower() for n in ["COUNT", "SUM", "AVG", "ROUND", "WIDTH_BUCKET", "YEAR", "DATE", "right"]}

@@ -106,6 +106,11 @@ def _lark() -> Lark:
                 maybe_placeholders=True)
 
 
+def keywords() -> list[str]:
+    """The grammar's literal terminals: keywords, operators and punctuation, as written in it."""
+    return [t.pattern.value for t in _lark().terminals if t.pattern.type == "str"]
+
+
 def parse(sql: str) -> Statement:
     """Parse one statement (a trailing ';' is allowed) of the sqlmpc dialect."""
     limits.check_text(sql)
