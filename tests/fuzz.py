@@ -223,15 +223,24 @@ class Generator:
             value = rng.choice(list(c.domain))
             outside = "'Atlantis'" if isinstance(value, str) else "1999"
             lit = (f"'{value}'" if isinstance(value, str) else str(value)) if rng.random() < 0.85 else outside
-            return rng.choice([f"{alias}.{c.name} = {lit}", f"{alias}.{c.name} <> {lit}",
-                               f"{alias}.{c.name} IN ({lit}, {lit})", f"NOT {alias}.{c.name} = {lit}",
-                               f"{alias}.{c.name} IS NOT NULL", f"{alias}.{c.name} = ?"])
+            col = f"{alias}.{c.name}"
+            text = f"CAST({col} AS VARCHAR)"
+            return rng.choice([f"{col} = {lit}", f"{col} <> {lit}", f"{col} IN ({lit}, {lit})",
+                               f"NOT {col} = {lit}", f"{col} IS NOT NULL", f"{col} = ?",
+                               f"{text} LIKE '%1%'", f"{text} || '-' = {lit} || '-'",
+                               f"COALESCE({col}, {lit}) = {lit}", f"{alias}.pid IS NULL",
+                               f"CASE WHEN {col} = {lit} THEN TRUE ELSE FALSE END",
+                               f"YEAR(DATE '2024-03-01') = 2024 AND {col} IS NOT NULL",
+                               f"EXTRACT(MONTH FROM DATE '2024-03-01') = 3 OR {col} = {lit}"])
         c = rng.choice(measures)
         lo, hi = c.range
         x = rng.choice([lo, hi, (lo + hi) / 2, hi * 2, -1])
-        return rng.choice([f"{alias}.{c.name} > {x}", f"{alias}.{c.name} BETWEEN {lo} AND {x}",
-                           f"ROUND({alias}.{c.name}) <= {x}", f"ABS({alias}.{c.name} - {x}) < {hi}",
-                           f"COALESCE({alias}.{c.name}, 0) >= ?", f"{alias}.{c.name} / 2 + 1 > {x}"])
+        col = f"{alias}.{c.name}"
+        return rng.choice([f"{col} > {x}", f"{col} BETWEEN {lo} AND {x}", f"ROUND({col}) <= {x}",
+                           f"ABS({col} - {x}) < {hi}", f"COALESCE({col}, 0) >= ?", f"{col} / 2 + 1 > {x}",
+                           f"LEAST({col}, {x}) = {x}", f"GREATEST({col}, 0, {lo}) < {hi}",
+                           f"CAST({col} AS INTEGER) % 7 = 0", f"{col} NOT BETWEEN {lo} AND {hi}",
+                           f"ROUND({col}, 1) * 10 > {x}", f"-{col} < 0"])
 
     def aggregate(self, tables) -> str:
         rng = self.rng
