@@ -94,3 +94,11 @@ def test_group_by_failing_at_a_domain_value_beyond_the_samples_is_a_type_error(f
     with pytest.raises(SqlTypeError, match="cannot be evaluated on its domain: Division by zero") as err:
         cell_grid(q)
     assert err.value.column - 1 == sql.index("GROUP BY ") + len("GROUP BY ")       # the GROUP BY expression
+
+
+def test_an_unbound_parameter_is_checked_as_null_so_explain_works(federation):
+    sql = "SELECT COUNT(*) FROM bureau.persons b WHERE b.region = ? AND b.income_decile > ?"
+    bind(parse_query(sql), federation, sql)                    # EXPLAIN binds before parameters exist
+    with pytest.raises(SqlTypeError, match="Cannot compare"):
+        sql = "SELECT COUNT(*) FROM bureau.persons b WHERE b.region > 5 AND b.income_decile > ?"
+        bind(parse_query(sql), federation, sql)

@@ -65,17 +65,22 @@ def _sample_tables(q: BoundQuery, con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"INSERT INTO {name} VALUES {values}")
 
 
+def _copy(node: exp.Expression) -> exp.Expression:
+    """A copy to evaluate: a parameter not bound yet (EXPLAIN ... ?) is checked as a NULL of any type."""
+    return node.copy().transform(lambda n: exp.Null() if isinstance(n, exp.Placeholder) else n)
+
+
 def _checks(q: BoundQuery, source: exp.Select) -> list[tuple[exp.Expression, exp.Select]]:
     """(expression, a query that evaluates it where the query does) for every expression, in reading order."""
     def grouped(query: exp.Select) -> exp.Select:
-        return query.group_by(*[g.copy() for g in q.group_by]) if q.group_by else query
+        return query.group_by(*[_copy(g) for g in q.group_by]) if q.group_by else query
 
-    checks = [(e, grouped(source.copy().select(e.copy()))) for _, e in q.select]
-    checks += [(w, source.copy().select("1").where(w.copy())) for w in q.where]      # a condition: BOOLEAN
-    checks += [(g, source.copy().select(g.copy())) for g in q.group_by]
+    checks = [(e, grouped(source.copy().select(_copy(e)))) for _, e in q.select]
+    checks += [(w, source.copy().select("1").where(_copy(w))) for w in q.where]      # a condition: BOOLEAN
+    checks += [(g, source.copy().select(_copy(g))) for g in q.group_by]
     if q.having is not None:
-        checks.append((q.having, grouped(source.copy().select("1")).having(q.having.copy())))
-    checks += [(o.this, grouped(source.copy().select(o.this.copy()))) for o in q.order_by]
+        checks.append((q.having, grouped(source.copy().select("1")).having(_copy(q.having))))
+    checks += [(o.this, grouped(source.copy().select(_copy(o.this)))) for o in q.order_by]
     return checks
 
 
@@ -83,13 +88,13 @@ def _combined(q: BoundQuery, source: exp.Select) -> list[exp.Select]:
     """Two queries that evaluate every expression of ``q`` on every sample row (no filter can
     skip one): its rows' expressions, and its outputs; conditions are cast to BOOLEAN as WHERE does."""
     def condition(node: exp.Expression) -> exp.Expression:
-        return exp.cast(node.copy(), "BOOLEAN")
+        return exp.cast(_copy(node), "BOOLEAN")
 
-    rows = source.copy().select(*[g.copy() for g in q.group_by], *[condition(w) for w in q.where], "1")
-    outputs = source.copy().select(*[e.copy() for _, e in q.select], *[o.this.copy() for o in q.order_by],
+    rows = source.copy().select(*[_copy(g) for g in q.group_by], *[condition(w) for w in q.where], "1")
+    outputs = source.copy().select(*[_copy(e) for _, e in q.select], *[_copy(o.this) for o in q.order_by],
                                    *([condition(q.having)] if q.having is not None else []))
     if q.group_by:
-        outputs = outputs.group_by(*[g.copy() for g in q.group_by])
+        outputs = outputs.group_by(*[_copy(g) for g in q.group_by])
     return [rows, outputs]
 
 
