@@ -69,8 +69,9 @@ def run_input(sql: str, federation: Federation, params=None, *, oracle_con=None)
     """
     try:
         statement = parse(sql)
-        if isinstance(statement, Explain):
-            statement = statement.query
+        if isinstance(statement, Explain):               # as EXPLAIN does: plan the query, parameters unbound
+            plan_query(bind(statement.query.tree, federation, statement.query.sql))
+            return "ok"
         if not isinstance(statement, Query):
             return "ok"                                   # SHOW / DESCRIBE: metadata, no planning
         tree = bind_parameters(statement.tree, params)
@@ -314,6 +315,7 @@ def edge_cases() -> list[str]:
         "", ";", ";;", "   ", "--", "/*", "/* x */", "SELECT", "SELECT COUNT(*) FROM", "\ufeffSELECT 1",
         "SELECT COUNT(*) FROM insurer.claims c;", "SHOW TABLES", "SHOW POLICY", "DESCRIBE insurer.claims",
         "EXPLAIN SELECT COUNT(*) FROM insurer.claims c", "DESCRIBE nowhere.t", "SHOW everything",
+        "EXPLAIN SELECT c.category, COUNT(*) FROM insurer.claims c WHERE c.year = ? GROUP BY 1",
         base + "(" * (MAX_DEPTH - 1) + "c.year = 2024" + ")" * (MAX_DEPTH - 1),
         base + "(" * 500 + "c.year = 2024" + ")" * 500,
         base + "NOT " * 500 + "c.year = 2024",
