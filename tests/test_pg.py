@@ -197,6 +197,18 @@ def test_psycopg_parameters_and_errors(server):
         assert tables == [("claims",), ("pharmacy",)]
 
 
+def test_psycopg_session_settings(server):
+    with connect(server, autocommit=True) as con:
+        assert con.execute("SHOW transaction_isolation").fetchall() == [("read committed",)]
+        assert con.execute("SHOW server_version").fetchone()[0].startswith("15")
+        with pytest.raises(psycopg.errors.UndefinedObject):
+            con.execute("SHOW no_such_setting")
+        con.execute("SET sqlmpc.suppressed_column = on")
+        cur = con.execute("SELECT b.region, COUNT(*) AS n FROM bureau.persons b GROUP BY b.region")
+        assert [d.name for d in cur.description] == ["region", "n", "_suppressed"]
+        assert all(row[2] is False for row in cur.fetchall())
+
+
 def test_psycopg_prepared_statements(server):
     sql = "SELECT b.region, COUNT(*) AS n FROM bureau.persons b WHERE b.region = %s GROUP BY b.region"
     with connect(server) as plain:

@@ -37,6 +37,8 @@ _MACROS = [
     "CREATE VIEW pg_namespace AS SELECT * FROM pg_catalog.pg_namespace WHERE nspname <> 'main'",
     "CREATE MACRO col_description(rel, num) AS (SELECT comment FROM duckdb_columns() "
     "WHERE table_oid = rel AND column_index = num)",      # the column's role (key, dimension, ...)
+    "CREATE MACRO pg_backend_pid() AS 1",
+    "CREATE MACRO sqlmpc_schema() AS 'public'",
     "CREATE MACRO pg_table_size(c) AS 0",
     "CREATE MACRO pg_relation_size(c) AS 0",
     "CREATE MACRO pg_total_relation_size(c) AS 0",
@@ -51,6 +53,7 @@ _REWRITES = [
     (re.compile(r"::(regclass|regtype|regproc|oid|name|char)\b", re.I), "::VARCHAR"),
     (re.compile(r"\bpg_catalog\.", re.I), ""),       # our macros and views come before DuckDB's pg_catalog
     (re.compile(r"\bcurrent_database\s*\(\s*\)", re.I), "sqlmpc_database()"),
+    (re.compile(r"\bcurrent_schema\s*\(\s*\)", re.I), "sqlmpc_schema()"),
 ]
 
 

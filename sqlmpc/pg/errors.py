@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from sqlmpc import errors
+from sqlmpc.pg.settings import UnknownSettingError
 
 # Most specific class first: the first match wins.
 SQLSTATES: list[tuple[type, str]] = [
+    (UnknownSettingError, "42704"),             # undefined_object
     (errors.UnsupportedSqlError, "0A000"),      # feature_not_supported
     (errors.SqlSyntaxError, "42601"),           # syntax_error
     (errors.UnknownTableError, "42P01"),        # undefined_table

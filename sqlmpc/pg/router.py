@@ -22,6 +22,7 @@ from sqlglot import exp
 from sqlmpc import errors
 from sqlmpc.output import with_suppressed
 from sqlmpc.pg.catalog import PgCatalog
+from sqlmpc.pg.settings import show
 from sqlmpc.sql import Query, parse
 
 SUPPRESSED_OPTION = "sqlmpc.suppressed_column"
@@ -30,6 +31,7 @@ _SESSION_COMMAND = re.compile(r"^\s*(SET|RESET|BEGIN|START\s+TRANSACTION|COMMIT|
                               r"|CLOSE|UNLISTEN|LISTEN)\b", re.I)
 _SET = re.compile(r"^\s*SET\s+(?:SESSION\s+|LOCAL\s+)?([\w.]+)\s*(?:=|\bTO\b)\s*'?([^';]*)'?", re.I)
 _PLACEHOLDER = re.compile(r"\$(\d+)")
+_SHOW = re.compile(r"^\s*SHOW\s+(?!TABLES\b|POLICY\b)(\w[\w. ]*?)\s*;?\s*$", re.I)   # not sqlmpc's own SHOWs
 
 
 class CatalogQueryError(errors.ProgrammingError):
@@ -102,6 +104,13 @@ class Router:
         command = _SESSION_COMMAND.match(sql)
         if command:
             return self._session_command(sql, command.group(1).upper(), options)
+        setting = _SHOW.match(sql)
+        if setting:
+            name = setting.group(1)
+            value = (("on" if options.suppressed_column else "off") if name.lower() == SUPPRESSED_OPTION
+                     else show(name))
+            column = "_".join(name.lower().split()).removesuffix("_level")     # as PostgreSQL names it
+            return Answer("SHOW", pa.table({column: [value]}))
         if self.names_a_party(sql) or self._sqlmpc_statement(sql):
             return self._federation(sql, parameters, options)
         return self._catalog(sql, parameters)

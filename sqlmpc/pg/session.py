@@ -27,15 +27,11 @@ from sqlmpc.pg import types
 from sqlmpc.pg.errors import (FEATURE_NOT_SUPPORTED, INVALID_AUTHORIZATION, INVALID_PASSWORD,
                               PROTOCOL_VIOLATION, error_fields, fatal)
 from sqlmpc.pg.router import Answer, Options, Router, parse_startup_options, placeholder_count
+from sqlmpc.pg.settings import SERVER_PARAMETERS
 from sqlmpc.sql.script import statements
 
 log = logging.getLogger("sqlmpc.pg")
 
-SERVER_PARAMETERS = {
-    "server_version": "15.0 (sqlmpc)", "server_encoding": "UTF8", "client_encoding": "UTF8",
-    "DateStyle": "ISO, MDY", "integer_datetimes": "on", "standard_conforming_strings": "on",
-    "TimeZone": "UTC", "IntervalStyle": "postgres", "is_superuser": "off",
-}
 
 
 class CloseConnection(Exception):
