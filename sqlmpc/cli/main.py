@@ -185,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("explain", help="show the plan of a query")
     p.add_argument("sql")
     p.set_defaults(func=cmd_explain)
-    p = sub.add_parser("run", help="run saved .sql files")
+    p = sub.add_parser("run", help="run saved .sql files",
+                       epilog="exit codes: 0 every query ran (and matched its expected result), "
+                              "1 a query failed, differed or is missing, 2 bad command line")
     p.add_argument("files", nargs="+")
     p.add_argument("--check", action="store_true", help="compare with FILE.expected.csv; exit 1 on a difference")
     p.add_argument("--write-expected", action="store_true", help="(re)write FILE.expected.csv")
