@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -245,14 +246,15 @@ def tls_server(demo_path, tmp_path_factory):
     keys = tmp_path_factory.mktemp("keys")
     tokens = init_keys(load_federation(demo_path), keys)
     proc, port = start_pg("--oracle", "pg", "--federation", str(demo_path), "--bind", "127.0.0.1",
+                          "--state", str(keys / "state"),
                           "--tokens", str(keys / "tokens.json"),
                           "--cert", str(keys / "hospital" / "cert.pem"), "--key", str(keys / "hospital" / "key.pem"))
-    yield port, tokens["analyst"], keys / "ca.pem"
+    yield port, tokens["analyst"], keys / "ca.pem", keys / "state" / "audit.jsonl"
     stop(proc)
 
 
 def test_tls_and_token_password(tls_server):
-    port, token, ca = tls_server
+    port, token, ca, _ = tls_server
     with connect(port, password=token, sslmode="verify-ca", sslrootcert=str(ca)) as con:
         assert con.pgconn.ssl_in_use
         rows = con.execute("SHOW TABLES").fetchall()
@@ -260,9 +262,13 @@ def test_tls_and_token_password(tls_server):
 
 
 def test_wrong_password_and_plaintext_are_refused(tls_server):
-    port, token, ca = tls_server
+    port, token, ca, audit = tls_server
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-        connect(port, password="not-the-token", sslmode="require")
+        connect(port, password="not-the-token", sslmode="require", application_name="bi-tool")
+    failed = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert failed[-1]["event"] == "authentication failed" and failed[-1]["endpoint"] == "pg"
+    assert failed[-1]["claimed"] == "analyst" and failed[-1]["client"] == "bi-tool"
+    assert failed[-1]["peer"].startswith("127.0.0.1:") and "not-the-token" not in audit.read_text()
     with pytest.raises(psycopg.OperationalError, match="requires TLS"):
         connect(port, password=token, sslmode="disable")
     with connect(port, password=token, sslmode="require") as con:   # still serving

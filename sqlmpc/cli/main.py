@@ -242,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--key", help="TLS private key (PEM)")
     p.add_argument("--insecure-loopback", action="store_true",
                    help="no TLS, no password: bind 127.0.0.1 only (demos)")
+    p.add_argument("--state", help="directory of the audit log of failed logins (default: the federation's "
+                                   "state directory, ./sqlmpc-state with --connect)")
     p.set_defaults(func=cmd_pg)
     args = parser.parse_args(argv)
     if args.oracle:

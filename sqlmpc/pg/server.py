@@ -11,6 +11,8 @@ import threading
 from pathlib import Path
 
 from sqlmpc import errors
+from sqlmpc.party.audit import AuditLog
+from sqlmpc.party.embedded import state_dir
 from sqlmpc.party.keys import load_tokens
 from sqlmpc.pg.router import Router
 from sqlmpc.pg.session import Auth, Session
@@ -28,17 +30,26 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
-def auth_from_args(args) -> tuple[Auth, str]:
+def auth_from_args(args, audit: AuditLog) -> tuple[Auth, str]:
     """Authentication and the interface to bind, from the command line; refuses an open server."""
     if args.insecure_loopback:
-        return Auth(), "127.0.0.1"
+        return Auth(audit=audit), "127.0.0.1"
     if not (args.tokens and args.cert and args.key):
         raise errors.InterfaceError(
             "sqlmpc pg needs --tokens tokens.json --cert cert.pem --key key.pem (from 'sqlmpc keys init': "
             "keys/tokens.json, keys/<party>/cert.pem, key.pem), or --insecure-loopback for a local demo")
     if not Path(args.tokens).exists():
         raise errors.ConfigError(f"{args.tokens}: no such tokens file")
-    return Auth(tokens=load_tokens(args.tokens), tls=tls_context(args.cert, args.key)), args.bind
+    return Auth(tokens=load_tokens(args.tokens), tls=tls_context(args.cert, args.key), audit=audit), args.bind
+
+
+def audit_log(args, connection) -> AuditLog:
+    """``--state DIR/audit.jsonl``; by default the embedded federation's state directory (or ./sqlmpc-state)."""
+    if args.state:
+        return AuditLog(Path(args.state) / "audit.jsonl")
+    if args.connect:
+        return AuditLog(Path("sqlmpc-state") / "audit.jsonl")
+    return AuditLog(state_dir(connection.federation.path) / "audit.jsonl")
 
 
 class PgServer:
@@ -70,7 +81,7 @@ def _exit(signum, frame):
 
 def serve(args, connection) -> int:
     """Serve ``connection`` (a DB-API connection) to PostgreSQL clients until interrupted."""
-    auth, host = auth_from_args(args)
+    auth, host = auth_from_args(args, audit_log(args, connection))
     server = PgServer(Router(connection), auth, host, args.port)
     mode = ("no TLS, no password (--insecure-loopback)" if auth.tokens is None
             else "TLS required, password = analyst token")

@@ -22,6 +22,7 @@ from pygwire import messages as m
 from pygwire.constants import TransactionStatus
 
 from sqlmpc import errors
+from sqlmpc.party.audit import AuditLog, auth_failure
 from sqlmpc.party.keys import token_hash
 from sqlmpc.pg import types
 from sqlmpc.pg.errors import (FEATURE_NOT_SUPPORTED, INVALID_AUTHORIZATION, INVALID_PASSWORD,
@@ -40,10 +41,14 @@ class CloseConnection(Exception):
 
 @dataclass
 class Auth:
-    """How clients authenticate: tokens = {sha256(token): analyst}; None = no authentication."""
+    """How clients authenticate: tokens = {sha256(token): analyst}; None = no authentication.
+
+    Failed authentications are written to ``audit`` (never the password).
+    """
 
     tokens: dict[str, str] | None = None
     tls: ssl.SSLContext | None = None
+    audit: AuditLog | None = None
 
     def analyst(self, user: str, password: str) -> str | None:
         """The analyst whose token ``password`` is, when that is ``user``; else None."""
@@ -78,6 +83,8 @@ class Session:
         self.conn = BackendConnection()
         self.options = Options()
         self.user = ""
+        self.application_name = ""
+        self.peer = _peer(sock)
         self.tls_active = False
         self.statements: dict[str, Statement] = {}
         self.portals: dict[str, Portal] = {}
@@ -87,6 +94,13 @@ class Session:
 
     def send(self, *msgs: m.PGMessage) -> None:
         self.sock.sendall(b"".join(self.conn.send(msg) for msg in msgs))
+
+    def refuse_login(self, code: str, message: str, reason: str) -> None:
+        """Audit a failed authentication, then end the connection with a FATAL error."""
+        if self.auth.audit is not None:
+            auth_failure(self.auth.audit, reason=reason, endpoint="pg", action="startup", peer=self.peer,
+                         client=self.application_name or None, claimed=self.user or None)
+        self.fail(code, message)
 
     def fail(self, code: str, message: str) -> None:
         """A FATAL error to the client, then close the connection."""
@@ -155,9 +169,11 @@ class Session:
 
     def on_startup(self, msg: m.StartupMessage) -> None:
         self.user = msg.params.get("user", "")
+        self.application_name = msg.params.get("application_name", "")
         parse_startup_options(msg.params.get("options", ""), self.options)
         if self.auth.tls is not None and not self.tls_active:
-            self.fail(INVALID_AUTHORIZATION, "this server requires TLS: connect with sslmode=require")
+            self.refuse_login(INVALID_AUTHORIZATION, "this server requires TLS: connect with sslmode=require",
+                              "no TLS")
         if self.auth.tokens is None:
             self.ready_after_auth()
         else:
@@ -166,8 +182,9 @@ class Session:
     def on_password(self, msg: m.PasswordMessage) -> None:
         password = msg.password if isinstance(msg.password, str) else msg.password.decode(errors="replace")
         if self.auth.analyst(self.user, password.rstrip("\x00")) is None:
-            self.fail(INVALID_PASSWORD, f'password authentication failed for user "{self.user}": '
-                                        "the password is the analyst's token (keys/analysts/NAME.token)")
+            self.refuse_login(INVALID_PASSWORD, f'password authentication failed for user "{self.user}": '
+                                                "the password is the analyst's token (keys/analysts/NAME.token)",
+                              "invalid token for the user")
         self.ready_after_auth()
 
     def ready_after_auth(self) -> None:
@@ -287,6 +304,14 @@ class Session:
         self.skip_to_sync = False
         self.portals.pop("", None)
         self.send(m.ReadyForQuery(status=TransactionStatus.IDLE))
+
+
+def _peer(sock: socket.socket) -> str | None:
+    try:
+        host, port = sock.getpeername()[:2]
+        return f"{host}:{port}"
+    except (OSError, ValueError):
+        return None
 
 
 def row_description(schema: pa.Schema) -> m.RowDescription:
