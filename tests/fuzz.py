@@ -98,10 +98,7 @@ def _alarm(signum, frame):
 
 # Failures whose cause is known and lies outside the dialect's files, with where it is
 # reported; they are counted apart, and tests/test_fuzz.py keeps a strict xfail for each.
-KNOWN = {
-    "FAIL: ValueError: tuple.index(x): x not in tuple":
-        "planner.absent_index: WHERE narrows a LEFT JOINed dimension so NULL leaves its domain (issue 13)",
-}
+KNOWN: dict[str, str] = {}
 
 
 @dataclass

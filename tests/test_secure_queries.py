@@ -86,3 +86,32 @@ def test_progress_names_the_secure_stages_in_order(embedded):
     embedded.query((Path(__file__).parent.parent / "queries" / "app_effectiveness.sql").read_text(),
                    progress=stages.append)
     assert stages == ["local", "input", "shuffle", "join", "aggregate", "threshold", "reveal"]
+
+
+REGRESSIONS = [
+    # Two averages added: the ratio's field was sized as if both had one public denominator.
+    "SELECT AVG(c.cost_eur * 2 + 1) + AVG(c.cost_eur) AS a, COUNT(*) * AVG(c.cost_eur) AS b "
+    "FROM insurer.claims c JOIN bureau.persons b ON b.pid = c.pid",
+    # A WHERE narrowing a LEFT JOINed dimension: NULL left its domain and planning crashed.
+    "SELECT t1.age_band, COUNT(*) AS n FROM hospital.patients t0 LEFT JOIN bureau.persons t1 "
+    "ON t1.pid = t0.pid WHERE t1.age_band = '50-64' GROUP BY 1",
+]
+
+
+@pytest.mark.parametrize("sql", REGRESSIONS)
+def test_regression_equals_oracle(sql, embedded, federation, union_db):
+    assert_same_result(embedded.query(sql), run_oracle(sql, federation, union_db), sql)
+
+
+@pytest.mark.parametrize("sql, where", [
+    ("SELECT COUNT(*) * STDDEV_SAMP(c.cost_eur) FROM insurer.claims c", "COUNT(*) * STDDEV_SAMP"),
+    ("SELECT c.year, COUNT(*) FROM insurer.claims c GROUP BY c.year HAVING STDDEV_SAMP(c.cost_eur) > 5",
+     "STDDEV_SAMP(c.cost_eur) > 5"),
+])
+def test_arithmetic_over_a_square_root_is_refused_before_any_party_works(sql, where, federation):
+    from sqlmpc import errors
+    from sqlmpc.party.node import plan_for
+
+    with pytest.raises(errors.UnsupportedSqlError, match="only as a column of its own") as err:
+        plan_for(federation, sql)
+    assert sql[err.value.column - 1:].startswith(where)

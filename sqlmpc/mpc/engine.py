@@ -700,11 +700,11 @@ class Engine:
 
     def cell_bits(self, bounds: dict[str, int]) -> int:
         """Bits for the cell phase: p > 2·B² for the largest numerator or denominator B of a ratio."""
-        zeros = {name: 0 for name in bounds}
+        symbols = {name: _Secret() for name in bounds}      # as at run time: no denominator looks public
         largest = 1
         for node in list(self.plan.outputs) + ([self.plan.having] if self.plan.having is not None else []):
             for part in _ratio_parts(node):
-                f = self.formula(part, zeros, bounds)
+                f = self.formula(part, symbols, bounds)
                 largest = max(largest, f.bnum, f.bden)
         compared = max([g.constant.denominator * bounds[g.moments[0]] ** 2 + g.constant.numerator * bounds[g.moments[1]]
                         for g in self.plan.guards if g.kind == "dominance"] + [1])
@@ -786,6 +786,15 @@ def _expr_bound(node, locals_) -> int:
     if isinstance(node, (exp.Add, exp.Sub)):
         return _expr_bound(node.this, locals_) + _expr_bound(node.expression, locals_)
     return 1
+
+
+class _Secret:
+    """Stands for a secret per-cell value when only the bounds of a formula are wanted."""
+
+    def _same(self, *_):
+        return self
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __neg__ = _same
 
 
 def _is_public(v) -> bool:

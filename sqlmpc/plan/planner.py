@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from sqlglot import exp
 
 from sqlmpc import errors
-from sqlmpc.plan.bind import BoundQuery, Join, Relation, RelationPart, conjuncts, is_aggregate
+from sqlmpc.plan.bind import BoundQuery, Join, Relation, RelationPart, _pos, conjuncts, is_aggregate
 from sqlmpc.plan.cells import CellGrid, cell_grid
 from sqlmpc.plan.plan import Guard, Leak, LocalColumn, LocalPart, Moment, Plan, opened_per_cell
 from sqlmpc.plan.release import DominanceTest, contributor_conditions, extreme_values, has_measure, margin_lines
@@ -253,6 +253,10 @@ class Planner:
         formulas = Formulas(self, moments)
         outputs = tuple(_parenthesize(formulas.output(item)) for item in aggregate_items(q))
         having = _parenthesize(formulas.output(q.having)) if q.having is not None else None
+        for item, formula in zip(aggregate_items(q), outputs):
+            _check_releasable(formula, item, q)
+        if having is not None:
+            _check_releasable(having, q.having, q, root_only=False)
         base = Guard("contributors", (formulas.persons().name,))       # the cell's own persons, first
         guards = (base,) + tuple(g for g in formulas.guards.values() if g != base)
 
@@ -320,7 +324,8 @@ class Planner:
         import duckdb
         nulled = g.expr.copy().transform(lambda n: exp.null() if isinstance(n, exp.Column) else n)
         value = duckdb.execute(exp.select(nulled).sql("duckdb")).fetchall()[0][0]
-        return g.domain.index(value)
+        # A WHERE may have narrowed NULL out of the domain: then its flag drops the unmatched rows anyway.
+        return g.domain.index(value) if value in g.domain else 0
 
     def per_key_sums(self, moments: dict[str, Moment]) -> dict:
         """Per group, the sums each moment needs of it; and each moment as a product of those sums."""
@@ -683,6 +688,27 @@ def _factors(expr: exp.Expression) -> list[exp.Expression]:
 
 def _is_product(expr: exp.Expression) -> bool:
     return all(isinstance(f, exp.Column) for f in _factors(expr))
+
+
+ROOT_ONLY = "the square root behind STDDEV, CORR and the like, or MIN/MAX"
+
+
+def _check_releasable(formula: exp.Expression, item: exp.Expression, q, root_only: bool = True) -> None:
+    """STDDEV/CORR (a square root) and MIN/MAX are released as they are: refuse arithmetic over them."""
+    def special(node):
+        return isinstance(node, exp.Sqrt) or (isinstance(node, exp.Anonymous) and node.name == "FIRST_HELD")
+    top = formula.args["expressions"][0] if (isinstance(formula, exp.Anonymous)
+                                             and formula.name == "IF_UNDEFINED") else formula
+    allowed = set()
+    if root_only:
+        allowed.add(id(top))
+        if isinstance(top, exp.Div) and isinstance(top.expression, exp.Sqrt):
+            allowed.add(id(top.expression))               # CORR: cov / √(varx·vary)
+    if any(special(n) and id(n) not in allowed for n in formula.walk()):
+        raise errors.UnsupportedSqlError(
+            f"{item.sql()}: sqlmpc releases {ROOT_ONLY} only as a column of its own"
+            + ("" if root_only else ", not in HAVING"), sql=q.sql, **_pos(item),
+            hint="select STDDEV_SAMP(x) (or CORR, MIN, MAX) by itself and compute with it afterwards")
 
 
 def _parenthesize(tree: exp.Expression) -> exp.Expression:
