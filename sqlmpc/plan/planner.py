@@ -53,18 +53,19 @@ class LocalColumns:
         self.q = q
         self.group = group
         self.exprs: dict[str, tuple[LocalColumn, exp.Expression]] = {}
+        self.by_sql: dict[str, LocalColumn] = {}
 
     def add(self, node: exp.Expression) -> exp.Column:
         key = node.sql()
-        for col, e in self.exprs.values():
-            if e.sql() == key:
-                return self.ref(col)
+        if key in self.by_sql:
+            return self.ref(self.by_sql[key])
         if isinstance(node, BOOLEAN) or _is_match_test(node):
             col = LocalColumn(f"f{len(self.exprs)}", "flag", 0, 1, self.absent_flag(node))
         else:
             scale, bound = self.interval(node)
             col = LocalColumn(f"v{len(self.exprs)}", "value", scale, bound)
         self.exprs[col.name] = (col, node)
+        self.by_sql[key] = col
         return self.ref(col)
 
     def ref(self, col: LocalColumn) -> exp.Column:
@@ -555,16 +556,18 @@ class Formulas:
         self.q = planner.q
         self.moments = moments
         self.guards: dict[tuple, Guard] = {}
+        self.by_key: dict[tuple[str, str], str] = {}        # (kind, local SQL) -> moment name
         rule = self.q.federation.policy.dominance
         self.dominance = DominanceTest.of(rule) if rule is not None else None
 
     def moment(self, expr: exp.Expression, kind: str = "sum") -> exp.Column:
         local = self.p.localize(expr) if expr is not ONE else ONE
-        for m in self.moments.values():
-            if (m.kind, m.expr.sql()) == (kind, local.sql()):
-                return M(m.name)
+        key = (kind, local.sql())
+        if key in self.by_key:
+            return M(self.by_key[key])
         name = f"m{len(self.moments)}"
         self.moments[name] = Moment(name, local, kind)
+        self.by_key[key] = name
         return M(name)
 
     def persons(self):
