@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from sqlmpc.catalog import load_federation
 
 
@@ -26,3 +28,20 @@ def test_f_runs_a_script_and_refuses_a_federation_file(demo_path, tmp_path):
     done = subprocess.run([sys.executable, "-m", "sqlmpc.cli.main", "--oracle", "-f", str(demo_path)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and f"--federation {demo_path}" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.mpc
+def test_connect_to_the_peer_port_says_which_port_to_use(demo_path, tmp_path):
+    from test_network import Federation
+
+    nodes = Federation(demo_path, tmp_path)
+    nodes.start("hospital")
+    try:
+        peer = nodes.ports["hospital"][0]
+        done = subprocess.run([sys.executable, "-m", "sqlmpc.cli.main", "--connect",
+                               f"sqlmpc+insecure://127.0.0.1:{peer}", "-c", "SHOW TABLES"],
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        nodes.stop()
+    assert done.returncode == 1
+    assert "peer port" in done.stderr and f"127.0.0.1:{peer + 1}" in done.stderr and "Traceback" not in done.stderr

@@ -78,7 +78,25 @@ def open_connection(args):
     import sqlmpc
 
     kwargs = {"token": _token(args), "ca": args.ca} if args.connect else {}
-    return sqlmpc.connect(args.connect or args.federation, oracle=args.oracle, persons=args.persons, **kwargs)
+    try:
+        return sqlmpc.connect(args.connect or args.federation, oracle=args.oracle, persons=args.persons, **kwargs)
+    except errors.OperationalError as exc:
+        if args.connect and PEER_PORT_REPLY in str(exc):
+            raise PeerPortError(args.connect) from None
+        raise
+
+
+PEER_PORT_REPLY = "unknown peer action"     # what a node's peer endpoint answers to an analyst's request
+
+
+class PeerPortError(errors.OperationalError):
+    """--connect names a node's peer port; analysts use its analyst port."""
+
+    def __init__(self, url: str):
+        head, _, port = url.rpartition(":")
+        hint = f" ({head}:{int(port) + 1})" if port.isdigit() else ""
+        super().__init__(f"{url} is a party node's peer port (for the other parties); analysts connect to its "
+                         f"analyst port, by default the federation address port + 1{hint}")
 
 
 DRY_RUN = ("DRY RUN: --oracle computes in the clear on all parties' data in one process. "
