@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import MetaData, Table, create_engine, func, inspect, select, text
 from sqlalchemy import types as sqltypes
 
+from sqlmpc.demo.generate import DEMO_VERSION
 from sqlmpc.oracle import run_oracle
 
 pytestmark = pytest.mark.mpc
@@ -52,7 +53,7 @@ def test_demo_engine(tmp_path, monkeypatch):
         with engine.connect() as con:
             rows = con.execute(text("SELECT b.region, COUNT(*) AS n FROM bureau.persons b GROUP BY b.region")).all()
         assert sum(n for _, n in rows) == 2000
-        assert (tmp_path / "demo-2000" / "federation.toml").exists()
+        assert (tmp_path / f"demo-v{DEMO_VERSION}-2000" / "federation.toml").exists()
     finally:
         engine.dispose()
 
