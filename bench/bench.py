@@ -113,7 +113,11 @@ def main() -> None:
               f"(loading and sealing each party's data, once per federation) is not part of a query's time. "
               f"Stage times: MPyC evaluates lazily, so work is counted in the stage that first waits for it "
               f"(the join waits for the tokens, the threshold for the cell sums).\n\n")
-    Path(args.out).write_text(header + table + "\n")
+    # The sections other benchmarks keep in the same file (## headings) stay as they are.
+    out = Path(args.out)
+    old = out.read_text() if out.exists() else ""
+    rest = old[old.index("\n## "):] if "\n## " in old else "\n"
+    out.write_text(header + table + "\n" + rest)
 
 
 if __name__ == "__main__":
