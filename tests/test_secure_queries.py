@@ -95,6 +95,10 @@ REGRESSIONS = [
     # A WHERE narrowing a LEFT JOINed dimension: NULL left its domain and planning crashed.
     "SELECT t1.age_band, COUNT(*) AS n FROM hospital.patients t0 LEFT JOIN bureau.persons t1 "
     "ON t1.pid = t0.pid WHERE t1.age_band = '50-64' GROUP BY 1",
+    # A CASE of conditions used as a condition: was multiplied as a number in the party's DuckDB.
+    "SELECT t1.income_decile, COUNT(*) AS n, AVG(t0.active_weeks * 2 + 1) AS w FROM hospital.app_usage t0 "
+    "LEFT JOIN bureau.persons t1 ON t1.pid = t0.pid "
+    "WHERE -t0.sessions < 0 AND CASE WHEN t1.income_decile = 6 THEN TRUE ELSE FALSE END GROUP BY 1",
 ]
 
 

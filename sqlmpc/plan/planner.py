@@ -59,7 +59,7 @@ class LocalColumns:
         key = node.sql()
         if key in self.by_sql:
             return self.ref(self.by_sql[key])
-        if isinstance(node, BOOLEAN) or _is_match_test(node):
+        if _is_boolean(node):
             col = LocalColumn(f"f{len(self.exprs)}", "flag", 0, 1, self.absent_flag(node))
         else:
             scale, bound = self.interval(node)
@@ -177,6 +177,17 @@ def _constant(node: exp.Expression) -> exp.Expression:
         out = exp.Literal.number(int(number.scaleb(scale)))
     out.meta["scale"] = scale
     return out
+
+
+def _is_boolean(node: exp.Expression) -> bool:
+    """A condition: it enters MPC as a 0/1 flag (a CASE counts when every branch is a condition)."""
+    node = node.unnest()
+    if isinstance(node, BOOLEAN) or _is_match_test(node):
+        return True
+    if isinstance(node, exp.Case):
+        values = [i.args["true"] for i in node.args.get("ifs", [])] + [node.args.get("default")]
+        return all(v is not None and _is_boolean(v) for v in values)
+    return False
 
 
 def _is_match_test(node):
