@@ -17,6 +17,7 @@ import datetime
 import time as _time
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 
 from sqlmpc import errors
@@ -150,6 +151,8 @@ class Connection:
         except OSError as exc:      # a party's pipe or socket broke
             raise errors.OperationalError(f"lost contact with a party: {exc}") from exc
         except Exception as exc:    # a bug: still a DB-API error, with its cause chained
+            if _interrupted(exc):
+                raise KeyboardInterrupt from exc
             raise errors.InternalError(f"{type(exc).__name__}: {exc}") from exc
 
     def restart(self) -> None:
@@ -327,3 +330,9 @@ class Cursor:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _interrupted(exc: Exception) -> bool:
+    """DuckDB turns a Ctrl-C that arrives while it runs (in this process) into an exception of its own."""
+    return isinstance(exc, duckdb.InterruptException) or (isinstance(exc, RuntimeError)
+                                                          and str(exc) == "Query interrupted")
