@@ -80,9 +80,22 @@ class PartyStopped(KeyboardInterrupt):
     """The party process was stopped (SIGTERM), e.g. when the analyst cancelled the running query."""
 
 
+STOPPED = "the party was stopped during the query (cancelled)"
+_running: tuple | None = None           # (audit log, record, ledger, start) of the query under way
+
+
 def _stop(signum, frame):
+    """SIGTERM: mid-query, write the query's record and leave at once; unwinding through the
+    MPyC event loop and its half-done tasks can crash the interpreter on the way out."""
+    if _running is not None:
+        log, record, ledger, since = _running
+        record.update(outcome="cancelled", error=STOPPED, ledger=opened(ledger.entries),
+                      duration_s=time.monotonic() - since)
+        log.write(record)
+        sys.stderr.flush()
+        os._exit(0)
     warnings.simplefilter("ignore")     # the query's abandoned MPC tasks are dropped on purpose
-    raise PartyStopped("the party was stopped during the query (cancelled)")
+    raise PartyStopped(STOPPED)
 
 
 def _party_main(federation_path: str, party: str, conn: Channel) -> None:
@@ -126,10 +139,13 @@ def _run_query(node, msg: dict, conn: Channel) -> None:
     def progress(stage: str) -> None:
         conn.send(json.dumps({"progress": stage}))
 
+    global _running
     record = query_record(msg.get("qid"), "participant", msg.get("coordinator"), msg.get("analyst"), msg["sql"])
     ledger = Ledger()
+    log = AuditLog(msg["audit"])
+    _running = (log, record, ledger, time.monotonic())
     try:
-        with audited(AuditLog(msg["audit"]), record):
+        with audited(log, record):
             try:
                 plan = node.admit(msg["sql"], msg.get("digest"))
             except errors.Error:
@@ -147,6 +163,8 @@ def _run_query(node, msg: dict, conn: Channel) -> None:
     except Exception as exc:
         conn.send(json.dumps({"error": type(exc).__name__, "message": str(exc), "ledger": opened(ledger.entries)}))
         return
+    finally:
+        _running = None
     conn.send(json.dumps({"digest": out.digest, "seconds": out.seconds, "ledger": opened(out.ledger),
                           "timings": out.timings,
                           "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
