@@ -603,9 +603,6 @@ class Formulas:
 
     def guard(self, node: exp.Expression, weight: exp.Expression) -> None:
         """Register what the aggregate's value rests on (sqlmpc.plan.release): contributors and dominance."""
-        if isinstance(node, (exp.Min, exp.Max)):      # at least k persons hold the extreme value
-            held = [c.name for c in first_held(node, self.q, weight, self.moment).expressions[0].expressions]
-            self.guards.setdefault(("extreme", *held), Guard("extreme", tuple(held)))
         for cond in contributor_conditions(node, self.q):
             tests = [flag(c) for c in conjuncts(cond) if c != exp.true()]
             m = self.moment(times(weight, *tests), "persons")
@@ -642,8 +639,12 @@ class Formulas:
             return total(self.presence(node.this))
 
         if isinstance(node, (exp.Min, exp.Max)):
-            # The first value of the dimension (from the extreme end) that anyone in the cell holds.
-            return first_held(node, self.q, weight, self.moment)
+            # The first value of the dimension (from the extreme end) that anyone in the cell holds,
+            # released where at least k persons hold it: its per-value counts are the guard.
+            formula = first_held(node, self.q, weight, self.moment)
+            held = tuple(c.name for c in formula.expressions[0].expressions)
+            self.guards.setdefault(("extreme", *held), Guard("extreme", held))
+            return formula
         x = node.this
         px, sx = self.presence(x), _interval(x, self.q)[2]
 
