@@ -18,7 +18,7 @@ from sqlmpc import errors
 from sqlmpc.catalog import Federation
 from sqlmpc.plan.bind import AGGREGATES, BoundQuery, Relation, bind
 from sqlmpc.plan.cells import CellGrid, cell_grid
-from sqlmpc.plan.planner import value_scale
+from sqlmpc.plan.local import value_scale
 from sqlmpc.plan.release import (DominanceTest, contributor_conditions, extreme_values, has_measure,
                                  margin_lines, run_steps, secondary_suppression)
 from sqlmpc.plan.typecheck import USER_ERRORS

@@ -1,0 +1,204 @@
+"""Aggregates become moments (sums per cell), outputs become formulas over moments."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sqlglot import exp
+
+from sqlmpc import errors
+from sqlmpc.plan.bind import _pos, conjuncts, is_aggregate
+from sqlmpc.plan.build import ONE, M, flag, minus, over, times
+from sqlmpc.plan.local import interval
+from sqlmpc.plan.plan import Guard, Moment
+from sqlmpc.plan.release import DominanceTest, contributor_conditions, extreme_values, has_measure
+from sqlmpc.sql.params import literal
+
+if TYPE_CHECKING:
+    from sqlmpc.plan.planner import Planner
+
+
+def if_undefined(formula: exp.Expression, guard: exp.Expression, value: str) -> exp.Expression:
+    """``formula``, but ``value`` where it is undefined (zero denominator) while ``guard`` ≠ 0."""
+    return exp.Anonymous(this="IF_UNDEFINED", expressions=[formula, guard.copy(), exp.Literal.string(value)])
+
+
+def first_held(node: exp.Expression, q, weight: exp.Expression, moment) -> exp.Expression:
+    """MIN/MAX of a dimension: FIRST_HELD((persons holding each value), (the values)), from the extreme end.
+
+    The same counts are the extreme guard (sqlmpc.plan.release): the result rests on k persons.
+    """
+    values = extreme_values(node, q)
+    held = [moment(times(weight, flag(exp.EQ(this=node.this.copy(), expression=literal(v)))), "persons")
+            for v in values]
+    return exp.Anonymous(this="FIRST_HELD", expressions=[exp.Tuple(expressions=held),
+                                                         exp.Tuple(expressions=[literal(v) for v in values])])
+
+
+class Formulas:
+    """Aggregates → moments, and outputs → formulas over moments.
+
+    Moments are built in the query's own terms (e.g. ``flag(c.year = 2024) *
+    c.cost * c.cost``) and only then localised, so that whatever one party can
+    compute — including the whole product — becomes one of its local columns.
+    """
+
+    def __init__(self, planner: Planner, moments: dict[str, Moment]):
+        self.p = planner
+        self.q = planner.q
+        self.moments = moments
+        self.guards: dict[tuple, Guard] = {}
+        self.by_key: dict[tuple[str, str], str] = {}        # (kind, local SQL) -> moment name
+        rule = self.q.federation.policy.dominance
+        self.dominance = DominanceTest.of(rule) if rule is not None else None
+
+    def moment(self, expr: exp.Expression, kind: str = "sum") -> exp.Column:
+        local = self.p.localize(expr) if expr is not ONE else ONE
+        key = (kind, local.sql())
+        if key in self.by_key:
+            return M(self.by_key[key])
+        name = f"m{len(self.moments)}"
+        self.moments[name] = Moment(name, local, kind)
+        self.by_key[key] = name
+        return M(name)
+
+    def persons(self):
+        return self.moment(ONE, "persons")
+
+    def output(self, node: exp.Expression) -> exp.Expression:
+        if is_aggregate(node) or isinstance(node, exp.Filter):
+            return self.aggregate(node)
+        if isinstance(node, exp.Column):
+            raise errors.NotSupportedError(f"{node.sql()} cannot be mixed with aggregates in one output")
+        out = node.copy()
+        for key, child in node.args.items():
+            if isinstance(child, exp.Expression):
+                out.set(key, self.output(child))
+        return out
+
+    def presence(self, e: exp.Expression) -> exp.Expression:
+        """1 where ``e`` is not NULL: NULL columns, or rows a LEFT JOIN did not match."""
+        nullable = any(self.q.column_of(c).nullable or c.table in self.q.nullable_relations
+                       for c in e.find_all(exp.Column))
+        return flag(exp.Not(this=exp.Is(this=e.copy(), expression=exp.null()))) if nullable else ONE
+
+    def guard(self, node: exp.Expression, weight: exp.Expression) -> None:
+        """Register what the aggregate's value rests on (sqlmpc.plan.release): contributors and dominance."""
+        for cond in contributor_conditions(node, self.q):
+            tests = [flag(c) for c in conjuncts(cond) if c != exp.true()]
+            m = self.moment(times(weight, *tests), "persons")
+            self.guards.setdefault(("contributors", m.name), Guard("contributors", (m.name,)))
+        if self.dominance is None or isinstance(node, (exp.Count, exp.Min, exp.Max)):
+            return
+        args = [a for a in (node.this, node.args.get("expression")) if isinstance(a, exp.Expression)]
+        present = [self.presence(a) for a in args]
+        for x in args:
+            if has_measure(x, self.q):
+                s1 = self.moment(times(weight, *present, x))
+                s2 = self.moment(times(weight, *present, x), "sum2")
+                self.guards.setdefault(("dominance", s1.name), Guard("dominance", (s1.name, s2.name),
+                                                                      self.dominance.constant))
+
+    def aggregate(self, node: exp.Expression) -> exp.Expression:
+        weight = ONE
+        if isinstance(node, exp.Filter):
+            weight = flag(node.expression.this)
+            node = node.this
+        self.guard(node, weight)
+
+        def total(*factors, scale: int = 0) -> exp.Expression:
+            m = self.moment(times(weight, *factors))
+            return over(m, exp.Literal.number(10 ** scale)) if scale else m
+
+        if isinstance(node, exp.Count):
+            if isinstance(node.this, exp.Star) or node.this is None:
+                return total()
+            if isinstance(node.this, exp.Distinct):
+                col = node.this.expressions[0]
+                present = self.presence(col) if col.table in self.q.nullable_relations else ONE
+                return self.moment(times(weight, present), "persons")
+            return total(self.presence(node.this))
+
+        if isinstance(node, (exp.Min, exp.Max)):
+            # The first value of the dimension (from the extreme end) that anyone in the cell holds,
+            # released where at least k persons hold it: its per-value counts are the guard.
+            formula = first_held(node, self.q, weight, self.moment)
+            held = tuple(c.name for c in formula.expressions[0].expressions)
+            self.guards.setdefault(("extreme", *held), Guard("extreme", held))
+            return formula
+        x = node.this
+        px, sx = self.presence(x), interval(x, self.q)[2]
+
+        if isinstance(node, (exp.Sum, exp.Avg, exp.Stddev, exp.StddevSamp, exp.StddevPop,
+                             exp.Variance, exp.VariancePop)):
+            n = total(px)
+            s = total(px, x, scale=sx)
+            if isinstance(node, exp.Sum):
+                # NULL when the cell has no non-NULL value: s * n / n is undefined exactly then.
+                return over(times(s, n), n)
+            if isinstance(node, exp.Avg):
+                return over(s, n)
+            ss = total(px, x, x, scale=2 * sx)
+            num = minus(times(n, ss), times(s, s))
+            samp = isinstance(node, (exp.Stddev, exp.StddevSamp, exp.Variance))
+            var = over(num, times(n, minus(n, ONE) if samp else n))
+            return exp.Sqrt(this=var) if isinstance(node, (exp.Stddev, exp.StddevSamp, exp.StddevPop)) else var
+
+        # Two-argument aggregates f(y, x), over the rows where both are present.
+        y, py, sy = x, px, sx
+        x = node.expression
+        px, sx = self.presence(x), interval(x, self.q)[2]
+        n = total(py, px)
+        sum_x, sum_y = total(py, px, x, scale=sx), total(py, px, y, scale=sy)
+        sxy = total(py, px, x, y, scale=sx + sy)
+        sxx = total(py, px, x, x, scale=2 * sx)
+        syy = total(py, px, y, y, scale=2 * sy)
+        cov = minus(times(n, sxy), times(sum_x, sum_y))
+        varx = minus(times(n, sxx), times(sum_x, sum_x))
+        vary = minus(times(n, syy), times(sum_y, sum_y))
+        if isinstance(node, exp.CovarPop):
+            return over(cov, times(n, n))
+        if isinstance(node, exp.CovarSamp):
+            return over(cov, times(n, minus(n, ONE)))
+        # Where the ratio is undefined DuckDB gives NaN (CORR, REGR_SLOPE on at least one row)
+        # or 1 (REGR_R2 when only y is constant); if_undefined keeps those semantics.
+        if isinstance(node, exp.RegrSlope):
+            return if_undefined(over(cov, varx), n, "NaN")
+        if isinstance(node, exp.RegrIntercept):
+            return over(minus(times(sum_y, varx), times(cov, sum_x)), times(n, varx))
+        if isinstance(node, exp.Corr):
+            return if_undefined(over(cov, exp.Sqrt(this=times(varx, vary))), n, "NaN")
+        if isinstance(node, exp.RegrR2):
+            return if_undefined(over(times(cov, cov), times(varx, vary)), varx, "1")
+        raise errors.NotSupportedError(f"aggregate {node.sql()} is not supported")
+
+
+ROOT_ONLY = "the square root behind STDDEV, CORR and the like, or MIN/MAX"
+
+
+def check_releasable(formula: exp.Expression, item: exp.Expression, q, root_only: bool = True) -> None:
+    """STDDEV/CORR (a square root) and MIN/MAX are released as they are: refuse arithmetic over them."""
+    def special(node):
+        return isinstance(node, exp.Sqrt) or (isinstance(node, exp.Anonymous) and node.name == "FIRST_HELD")
+    top = formula.args["expressions"][0] if (isinstance(formula, exp.Anonymous)
+                                             and formula.name == "IF_UNDEFINED") else formula
+    allowed = set()
+    if root_only:
+        allowed.add(id(top))
+        if isinstance(top, exp.Div) and isinstance(top.expression, exp.Sqrt):
+            allowed.add(id(top.expression))               # CORR: cov / √(varx·vary)
+    if any(special(n) and id(n) not in allowed for n in formula.walk()):
+        raise errors.UnsupportedSqlError(
+            f"{item.sql()}: sqlmpc releases {ROOT_ONLY} only as a column of its own"
+            + ("" if root_only else ", not in HAVING"), sql=q.sql, **_pos(item),
+            hint="select STDDEV_SAMP(x) (or CORR, MIN, MAX) by itself and compute with it afterwards")
+
+
+def parenthesize(tree: exp.Expression) -> exp.Expression:
+    """Make the printed formula read as the tree computes (built trees carry no parentheses)."""
+    for node in list(tree.find_all(exp.Binary)):
+        for key in ("this", "expression"):
+            child = node.args.get(key)
+            if isinstance(child, exp.Binary) and not isinstance(child, exp.Column):
+                node.set(key, exp.Paren(this=child))
+    return tree
