@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sqlmpc.errors import ConfigError
+from sqlmpc.plan.perturbation import CellKeyPolicy, validate as validate_cell_key
 
 
 class Role(enum.Enum):
@@ -45,10 +46,15 @@ class Column:
 class Table:
     party: str
     name: str
-    source: Path                                # absolute path of the data file
-    format: str                                 # "parquet" | "csv" | "duckdb"
+    source: Path | None                         # absolute path of the data file (None: in a database)
+    format: str                                 # "parquet" | "csv" | "duckdb" | "postgresql" | "spark"
     columns: tuple[Column, ...]
-    source_table: str | None = None             # the table inside a .duckdb source
+    source_table: str | None = None             # the table inside a .duckdb file, PostgreSQL or Spark
+
+    @property
+    def kind(self) -> str:
+        """Where the rows live: "file" (read by the party's DuckDB), "postgresql" or "spark"."""
+        return self.format if self.format in SOURCE_KINDS else "file"
 
     @property
     def qualified_name(self) -> str:
@@ -64,10 +70,32 @@ class Table:
 
 
 @dataclass(frozen=True)
+class Connection:
+    """How a party reaches its database (sqlmpc.local.sources); never a password itself.
+
+    ``postgresql``: a libpq URI or DSN without password (``dsn``, or the environment variable
+    ``dsn_env`` that holds it); the password from the environment variable ``password_env`` or
+    the file ``password_file``.  ``spark``: the ``master`` URL and extra ``conf`` settings.
+    """
+
+    kind: str                                   # "postgresql" | "spark"
+    dsn: str | None = None
+    dsn_env: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    master: str = "local[*]"
+    conf: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Party:
     name: str
     address: str                                # "host:port" of the party's control endpoint
     tables: tuple[Table, ...] = ()
+    connections: tuple[Connection, ...] = ()    # one per database kind its tables use
+
+    def connection(self, kind: str) -> Connection | None:
+        return next((c for c in self.connections if c.kind == kind), None)
 
     def table(self, name: str) -> Table | None:
         lname = name.lower()
@@ -95,6 +123,9 @@ class Policy:
     joins: frozenset[frozenset[str]] | None = None   # allowed party pairs; None = every pair
     dominance: Dominance | None = None
     analysts: frozenset[str] | None = None           # who may ask; None = anyone authenticated
+    perturbation: str = "none"                       # "cell_key" (docs/disclosure.md) or "none": exact release
+    cell_key: CellKeyPolicy = field(default_factory=CellKeyPolicy)
+    approved_plans: frozenset[str] = frozenset()     # plan hashes released exactly (all release rules apply)
 
     def may_join(self, a: str, b: str) -> bool:
         return a == b or self.joins is None or frozenset((a, b)) in self.joins
@@ -132,6 +163,7 @@ class Federation:
 COLUMN_TYPES = ("INTEGER", "BIGINT", "SMALLINT", "DOUBLE", "VARCHAR", "DATE", "BOOLEAN")
 NUMERIC_TYPES = ("INTEGER", "BIGINT", "SMALLINT", "DOUBLE")
 SOURCE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".duckdb": "duckdb"}
+SOURCE_KINDS = ("postgresql", "spark")           # databases the party's local SQL is pushed down to
 MIN_SECURE_PARTIES = 3
 # Party names become DuckDB schema names; these are taken by DuckDB itself.
 RESERVED_PARTY_NAMES = frozenset({"main", "temp", "system", "memory", "information_schema", "pg_catalog"})
@@ -355,16 +387,18 @@ def _domain(node: _Node, type_: str) -> tuple:
 def _table(node: _Node, party: str, name: str, base_dir: Path) -> Table:
     _check_name(node, name, "table")
     node.allow(("source", "table", "columns", "description"))
-    source = str(node.require("source", str, "the data file, relative to the federation file"))
-    format_ = SOURCE_FORMATS.get(Path(source).suffix.lower())
+    source = str(node.require("source", str, "the data file, relative to the federation file, or "
+                                             f"one of {', '.join(SOURCE_KINDS)}"))
+    format_ = source if source in SOURCE_KINDS else SOURCE_FORMATS.get(Path(source).suffix.lower())
     if format_ is None:
-        raise node.error(f"source '{source}' must end in {', '.join(SOURCE_FORMATS)}", "source")
-    source_table = node.get("table", str, "the table's name inside the DuckDB file")
-    if format_ == "duckdb" and source_table is None:
-        raise node.error("a .duckdb source needs 'table': the name of the table inside the file", "table",
+        raise node.error(f"source '{source}' must end in {', '.join(SOURCE_FORMATS)} or be one of "
+                         f"{', '.join(SOURCE_KINDS)}", "source")
+    source_table = node.get("table", str, "the table's name inside its database")
+    if format_ in ("duckdb", *SOURCE_KINDS) and not source_table:
+        raise node.error(f"a {format_} source needs 'table': the name of the table inside it", "table",
                          missing=True)
-    if format_ != "duckdb" and source_table is not None:
-        raise node.error("'table' applies to .duckdb sources only", "table")
+    if format_ not in ("duckdb", *SOURCE_KINDS) and source_table is not None:
+        raise node.error("'table' applies to .duckdb, postgresql and spark sources only", "table")
     if not node.has("columns"):
         raise node.error("missing required key 'columns' (the table's columns)", "columns", missing=True)
     columns_node = node.child("columns")
@@ -376,7 +410,31 @@ def _table(node: _Node, party: str, name: str, base_dir: Path) -> Table:
     if len(keys) != 1:
         found = f"found {len(keys)}: {', '.join(keys)}" if keys else "found none"
         raise columns_node.error(f"a table must have exactly one key column ({found})")
-    return Table(party, name, (base_dir / source).resolve(), format_, columns, source_table=source_table)
+    path = None if format_ in SOURCE_KINDS else (base_dir / source).resolve()
+    return Table(party, name, path, format_, columns, source_table=source_table)
+
+
+def _connection(node: _Node, kind: str) -> Connection:
+    """A party's [parties.<name>.postgresql] or [parties.<name>.spark] table."""
+    if kind == "spark":
+        node.allow(("master", "conf"))
+        master = str(node.get("master", str, 'a Spark master URL or "local[*]"', default="local[*]"))
+        conf = node.child("conf").value if node.has("conf") else {}
+        if not all(isinstance(v, (str, int, float, bool)) for v in conf.values()):
+            raise node.error("'conf' must map Spark settings to plain values", "conf")
+        return Connection("spark", master=master, conf=tuple(sorted((k, str(v)) for k, v in conf.items())))
+    node.allow(("dsn", "dsn_env", "password_env", "password_file"))
+    dsn = node.get("dsn", str, "a libpq URI or DSN without password")
+    dsn_env = node.get("dsn_env", str, "the name of an environment variable holding the DSN")
+    if (dsn is None) == (dsn_env is None):
+        raise node.error("a postgresql connection needs exactly one of 'dsn' and 'dsn_env'", "dsn",
+                         missing=dsn is None)
+    if dsn is not None and re.search(r"password\s*=|://[^/@]*:[^/@]*@", dsn):
+        raise node.error("the DSN holds a password: never write one into the federation file; use "
+                         "'password_env' or 'password_file'", "dsn")
+    return Connection("postgresql", dsn=dsn, dsn_env=dsn_env,
+                      password_env=node.get("password_env", str, "the name of an environment variable"),
+                      password_file=node.get("password_file", str, "the path of a file holding the password"))
 
 
 def _address(node: _Node) -> str:
@@ -393,8 +451,9 @@ def _party(node: _Node, name: str, base_dir: Path) -> Party:
     _check_name(node, name, "party")
     if name.lower() in RESERVED_PARTY_NAMES:
         raise node.error(f"'{name}' is reserved by DuckDB and cannot name a party")
-    node.allow(("address", "tables", "description"))
+    node.allow(("address", "tables", "description", *SOURCE_KINDS))
     address = _address(node)
+    connections = tuple(_connection(node.child(kind), kind) for kind in SOURCE_KINDS if node.has(kind))
     tables: tuple[Table, ...] = ()
     if node.has("tables"):
         tables_node = node.child("tables")
@@ -402,10 +461,14 @@ def _party(node: _Node, name: str, base_dir: Path) -> Party:
         duplicate = _find_duplicate(t.name for t in tables)
         if duplicate:
             raise tables_node.error(f"duplicate table name '{duplicate}' (names are case-insensitive)", duplicate)
-    return Party(name, address, tables)
+    # Connections are the owner's business: they are not in the fingerprint, and another
+    # party's copy of the file may leave them out (sqlmpc.local.sources checks the owner's).
+    return Party(name, address, tables, connections)
 
 
-_POLICY_KEYS = ("min_cell_size", "joins", "dominance", "analysts")
+_POLICY_KEYS = ("min_cell_size", "joins", "dominance", "analysts", "perturbation", "cell_key", "approved_plans")
+PERTURBATIONS = ("cell_key", "none")
+_PLAN_HASH = re.compile(r"[0-9a-f]{64}\Z")
 
 
 @dataclass(frozen=True)
@@ -416,6 +479,9 @@ class _PolicyDraft:
     joins: frozenset[frozenset[str]] | None
     dominance: Dominance | None
     analysts: frozenset[str] | None
+    perturbation: str | None = None
+    cell_key: CellKeyPolicy | None = None
+    approved_plans: frozenset[str] | None = None
 
 
 def _policy_draft(node: _Node, party_names: tuple[str, ...]) -> _PolicyDraft:
@@ -447,7 +513,37 @@ def _policy_draft(node: _Node, party_names: tuple[str, ...]) -> _PolicyDraft:
         if not all(isinstance(a, str) and a for a in names):
             raise node.error("'analysts' must be a list of non-empty names", "analysts")
         analysts = frozenset(names)
-    return _PolicyDraft(k, joins, dominance, analysts)
+    perturbation = node.get("perturbation", str, '"cell_key" or "none"')
+    if perturbation is not None and perturbation not in PERTURBATIONS:
+        close = difflib.get_close_matches(perturbation, PERTURBATIONS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ' (allowed: "cell_key", "none")'
+        raise node.error(f"unknown perturbation '{perturbation}'{hint}", "perturbation")
+    cell_key = _cell_key(node.child("cell_key"), k if k is not None else 10) if node.has("cell_key") else None
+    approved = None
+    if node.has("approved_plans"):
+        hashes = node.get("approved_plans", list, 'a list of plan hashes (as printed by "sqlmpc approve")')
+        for h in hashes:
+            if not isinstance(h, str) or not _PLAN_HASH.match(h):
+                raise node.error(f"approved plan {h!r} is not a plan hash (64 hex digits, as printed by "
+                                 "\"sqlmpc approve FILE.sql\")", "approved_plans")
+        approved = frozenset(hashes)
+    return _PolicyDraft(k, joins, dominance, analysts, perturbation, cell_key, approved)
+
+
+def _cell_key(node: _Node, min_cell_size: int) -> CellKeyPolicy:
+    """[policy.cell_key]: the perturbation table's parameters (defaults in CellKeyPolicy)."""
+    node.allow(("max_deviation", "variance", "min_released_count", "magnitude_deviation"))
+    base = CellKeyPolicy()
+    policy = CellKeyPolicy(
+        max_deviation=node.get("max_deviation", int, "an integer", default=base.max_deviation),
+        variance=float(node.get("variance", (int, float), "a number", default=base.variance)),
+        min_released_count=node.get("min_released_count", int, "an integer", default=base.min_released_count),
+        magnitude_deviation=float(node.get("magnitude_deviation", (int, float), "a number",
+                                           default=base.magnitude_deviation)))
+    problem = validate_cell_key(policy, min_cell_size)
+    if problem:
+        raise node.error(f"cell_key: {problem}", problem.split()[0])
+    return policy
 
 
 def _join_pair(node: _Node, pair: object, party_names: tuple[str, ...]) -> frozenset[str]:
@@ -465,7 +561,9 @@ def _join_pair(node: _Node, pair: object, party_names: tuple[str, ...]) -> froze
 
 def _policy(draft: _PolicyDraft) -> Policy:
     return Policy(min_cell_size=draft.min_cell_size if draft.min_cell_size is not None else 10,
-                  joins=draft.joins, dominance=draft.dominance, analysts=draft.analysts)
+                  joins=draft.joins, dominance=draft.dominance, analysts=draft.analysts,
+                  perturbation=draft.perturbation or "none", cell_key=draft.cell_key or CellKeyPolicy(),
+                  approved_plans=draft.approved_plans or frozenset())
 
 
 def _stricter(policy: Policy, local: _PolicyDraft, node: _Node) -> Policy:
@@ -501,6 +599,20 @@ def _stricter(policy: Policy, local: _PolicyDraft, node: _Node) -> Policy:
             raise node.error(f"a local policy may only be stricter: analysts {extra} are not allowed by the "
                              "federation", "analysts")
         merged = replace(merged, analysts=local.analysts)
+    if local.perturbation is not None:
+        if local.perturbation == "none" and policy.perturbation != "none":
+            raise node.error("a local policy may only be stricter: perturbation \"none\" would release exactly "
+                             "what the federation perturbs", "perturbation")
+        merged = replace(merged, perturbation=local.perturbation)
+    if local.cell_key is not None:
+        raise node.error("the perturbation table's parameters belong in the federation file (every party "
+                         "must use the same table)", "cell_key")
+    if local.approved_plans is not None:
+        extra = local.approved_plans - policy.approved_plans
+        if extra:
+            raise node.error(f"a local policy may only be stricter: plans {', '.join(sorted(h[:12] for h in extra))} "
+                             "are not approved by the federation", "approved_plans")
+        merged = replace(merged, approved_plans=local.approved_plans)
     return merged
 
 
@@ -568,7 +680,8 @@ def _fingerprint(federation: Federation, base_dir: Path) -> str:
                 "scale": c.scale, "key_space": c.key_space, "unique": c.unique, "nullable": c.nullable}
 
     def table(t: Table) -> dict:
-        return {"name": t.name, "source": Path(os.path.relpath(t.source, base_dir)).as_posix(),
+        source = t.format if t.source is None else Path(os.path.relpath(t.source, base_dir)).as_posix()
+        return {"name": t.name, "source": source,
                 "format": t.format, "source_table": t.source_table, "columns": [column(c) for c in t.columns]}
 
     policy = federation.policy
@@ -585,5 +698,9 @@ def _fingerprint(federation: Federation, base_dir: Path) -> str:
             "analysts": None if policy.analysts is None else sorted(policy.analysts),
         },
     }
+    # Approved plans are not in the fingerprint (a plan's hash covers the fingerprint: approving a
+    # plan must not change it); each plan states whether it is perturbed, so parties still agree.
+    if policy.perturbation != "none":
+        content["policy"]["perturbation"] = [policy.perturbation, policy.cell_key.as_dict()]
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
