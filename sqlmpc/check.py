@@ -129,7 +129,7 @@ def run_files(args, federation) -> int:
 
     files = query_files(args.files)
     outcomes: list[Outcome] = []
-    with sqlmpc.dbapi.Connection(federation, oracle=getattr(args, "oracle", False)) as con:
+    with sqlmpc.dbapi.connect(federation, oracle=getattr(args, "oracle", False)) as con:
         for path in files:
             outcome = _run_one(con, path, args)
             outcomes.append(outcome)

@@ -3,7 +3,11 @@
 ``connect()`` with no arguments starts the embedded demo federation (one
 process per party on loopback).  ``connect(federation="fed.toml")`` runs a
 federation file's parties embedded; ``oracle=True`` runs the plaintext
-oracle instead (a dry run on synthetic data: no privacy at all).
+oracle instead (a dry run on synthetic data: no privacy at all);
+``connect("sqlmpc://host:port")`` reaches a party node of a networked
+federation.  Each is a *backend* of the one :class:`Connection`: an object with
+``federation``, ``dry_run``, ``query(query, params, progress) -> Result``,
+``last_stats``, ``restart()`` and ``close()``.
 
 Beyond PEP 249: ``Cursor.fetch_arrow_table()``, ``Cursor.fetchdf()``,
 ``Cursor.suppressed`` (one flag per result row: the cell had fewer than k
@@ -20,13 +24,18 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from sqlmpc import errors
+from sqlmpc import errors, metadata
+from sqlmpc.catalog import Federation, load_federation
 from sqlmpc.errors import (  # noqa: F401 - part of the PEP 249 module interface
     DatabaseError, DataError, Error, IntegrityError, InterfaceError, InternalError,
     NotSupportedError, OperationalError, ProgrammingError, Warning,
 )
+from sqlmpc.oracle import OracleBackend
 from sqlmpc.output import SUPPRESSED_COLUMN
+from sqlmpc.party.client import RemoteConnection, is_url
+from sqlmpc.party.embedded import EmbeddedFederation, demo_federation_path
 from sqlmpc.result import Result
+from sqlmpc.sql import Explain, Query, parse
 
 apilevel = "2.0"
 threadsafety = 1          # threads may share the module, not connections
@@ -83,31 +92,31 @@ def TimestampFromTicks(ticks: float) -> datetime.datetime:  # noqa: N802
 # --------------------------------------------------------------------------
 
 
-def connect(federation: str | Path | None = None, *, oracle: bool = False, timeout: float = 30.0,
+def connect(federation: str | Path | Federation | None = None, *, oracle: bool = False, timeout: float = 30.0,
             persons: int = 5000, token: str | None = None, ca=None) -> "Connection":
-    """Connect to a federation (a TOML file) or, with no argument, to the embedded demo.
+    """Connect to a federation (a TOML file, or one loaded) or, with no argument, to the embedded demo.
 
     ``connect("sqlmpc://host:port", token=..., ca="ca.pem")`` reaches a running party node.
     """
-    from sqlmpc.party.client import connect_remote, is_url
     if is_url(federation):
-        return connect_remote(federation, token=token, ca=ca)
-    from sqlmpc.catalog import load_federation
-    from sqlmpc.party.embedded import demo_federation_path
-
-    path = Path(federation) if federation is not None else demo_federation_path(persons)
-    return Connection(load_federation(path), oracle=oracle, timeout=timeout)
+        return Connection(RemoteConnection(federation, token=token, ca=ca))
+    if not isinstance(federation, Federation):
+        federation = load_federation(Path(federation) if federation is not None else demo_federation_path(persons))
+    return Connection(OracleBackend(federation) if oracle else EmbeddedFederation(federation, timeout=timeout))
 
 
 class Connection:
-    def __init__(self, federation, *, oracle: bool = False, timeout: float = 30.0):
-        self.federation = federation
-        self.oracle = oracle
-        self._backend = None
+    """A connection to one federation through a backend (embedded, remote or the oracle's dry run)."""
+
+    def __init__(self, backend):
+        self._backend = backend
+        self.federation = backend.federation
         self._closed = False
-        if not oracle:
-            from sqlmpc.party.embedded import EmbeddedFederation
-            self._backend = EmbeddedFederation(federation, timeout=timeout)
+
+    @property
+    def oracle(self) -> bool:
+        """True for a dry run in the clear (the oracle backend): no privacy at all."""
+        return self._backend.dry_run
 
     def _check_open(self) -> None:
         if self._closed:
@@ -116,36 +125,25 @@ class Connection:
     def run(self, sql: str, parameters=None, progress=None) -> Result:
         """Run one statement and return its whole result (the engine under ``Cursor.execute``)."""
         self._check_open()
-        from sqlmpc.sql import Explain, Query, parse
-
         statement = parse(sql)
         if not isinstance(statement, Query):
             if parameters:
                 raise errors.ProgrammingError("parameters are only allowed in a SELECT")
-            from sqlmpc import metadata
             result = metadata.run_metadata(self.federation, statement)    # SHOW, DESCRIBE, EXPLAIN
             if result is not None:
                 return result
             if isinstance(statement, Explain):                             # EXPLAIN ANALYZE: run it too
                 plan = metadata.explain_text(self.federation, statement)
-                run = self._query(statement.query.tree.sql("duckdb"))
-                stats = getattr(self._backend, "last_stats", None)
+                run = self._query(statement.query)
+                stats = self._backend.last_stats
                 return metadata.explain_result(metadata.analyze_text(plan, run, stats))
             raise errors.NotSupportedError(f"unsupported statement {type(statement).__name__}")
-        from sqlmpc.sql.params import bind_parameters
-        # Values become literals in the tree; sqlglot renders (and escapes) them.  Binding
-        # also checks that every '?' has a parameter.
-        bound = bind_parameters(statement.tree, parameters)
-        if bound is not statement.tree:
-            sql = bound.sql("duckdb")
-        return self._query(sql, progress)
+        # Parameter values become literals in the parsed tree (sqlglot renders and escapes them).
+        return self._query(statement, parameters, progress)
 
-    def _query(self, sql: str, progress=None) -> Result:
+    def _query(self, query: Query, parameters=None, progress=None) -> Result:
         try:
-            if self.oracle:
-                from sqlmpc.oracle import run_oracle
-                return run_oracle(sql, self.federation)
-            return self._backend.query(sql, progress=progress)
+            return self._backend.query(query, parameters, progress=progress)
         except errors.Error:
             raise
         except OSError as exc:      # a party's pipe or socket broke
@@ -158,12 +156,7 @@ class Connection:
     def restart(self) -> None:
         """Stop the embedded parties and start them afresh (after a cancelled or failed query)."""
         self._check_open()
-        if self._backend is not None:
-            from sqlmpc.party.embedded import EmbeddedFederation
-            timeout = self._backend.timeout
-            self._backend.close()
-            self._backend = None
-            self._backend = EmbeddedFederation(self.federation, timeout=timeout)
+        self._backend.restart()
 
     def cursor(self) -> "Cursor":
         self._check_open()
@@ -182,9 +175,8 @@ class Connection:
         raise errors.NotSupportedError("sqlmpc is read-only: there are no transactions to roll back")
 
     def close(self) -> None:
-        if self._backend is not None:
+        if not self._closed:
             self._backend.close()
-            self._backend = None
         self._closed = True
 
     @property

@@ -64,12 +64,11 @@ def describe(fed: Federation, statement: Describe) -> Result:
 
 
 def explain_text(fed: Federation, statement: Explain) -> str:
-    from sqlmpc.plan.bind import bind
+    from sqlmpc.plan.compile import compile
     from sqlmpc.plan.explain import explain
-    from sqlmpc.plan.planner import plan_query
 
     # The query's tree carries positions in the whole statement's text, so errors point right.
-    return explain(plan_query(bind(statement.query.tree, fed, statement.query.sql)))
+    return explain(compile(statement.query, fed))
 
 
 def explain_result(text: str) -> Result:

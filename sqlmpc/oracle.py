@@ -16,12 +16,15 @@ from sqlglot import exp
 
 from sqlmpc import errors
 from sqlmpc.catalog import Federation
-from sqlmpc.plan.bind import AGGREGATES, BoundQuery, Relation, bind
+from sqlmpc.local.data import open_union_database
+from sqlmpc.plan.bind import AGGREGATES, BoundQuery, Relation
 from sqlmpc.plan.cells import CellGrid, cell_grid
 from sqlmpc.plan.local import value_scale
 from sqlmpc.plan.release import (DominanceTest, contributor_conditions, extreme_values, has_measure,
                                  margin_lines, run_steps, secondary_suppression)
+from sqlmpc.plan.compile import bind_query
 from sqlmpc.plan.typecheck import USER_ERRORS
+from sqlmpc.sql import Query
 from sqlmpc.sql.params import literal
 from sqlmpc.result import Result, aggregate_items, cell_columns, finish
 
@@ -211,13 +214,10 @@ def released_cells(q: BoundQuery, grid: CellGrid, table: pa.Table, n_counts: int
                      answer)
 
 
-def run_oracle(sql: str, federation: Federation, con: duckdb.DuckDBPyConnection | None = None) -> Result:
-    """Run ``sql`` in the clear on all parties' data with the federation's disclosure rules."""
-    from sqlmpc.local.data import open_union_database
-
-    from sqlmpc.sql import parse_query
-
-    q = bind(parse_query(sql), federation, sql)
+def run_oracle(query: str | Query, federation: Federation, con: duckdb.DuckDBPyConnection | None = None,
+               params=None) -> Result:
+    """Run a query in the clear on all parties' data with the federation's disclosure rules."""
+    q = bind_query(query, federation, params)
     grid = cell_grid(q)
     con = con or open_union_database(federation)
     try:
@@ -225,3 +225,22 @@ def run_oracle(sql: str, federation: Federation, con: duckdb.DuckDBPyConnection 
     except USER_ERRORS as exc:     # the type check passed on public samples; the data itself fails
         raise errors.EvaluationError(f"the query fails on the data: {str(exc).splitlines()[0]}") from exc
     return finish(q, grid, cells)
+
+
+class OracleBackend:
+    """The DB-API backend of a dry run: the plaintext oracle on all parties' data, no privacy at all."""
+
+    dry_run = True
+    last_stats = None
+
+    def __init__(self, federation: Federation):
+        self.federation = federation
+
+    def query(self, query: str | Query, params=None, progress=None) -> Result:
+        return run_oracle(query, self.federation, params=params)
+
+    def restart(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

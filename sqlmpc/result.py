@@ -54,15 +54,13 @@ def cell_columns(grid: CellGrid, q: BoundQuery) -> list[str]:
 
 def result_types(q: BoundQuery) -> list[str]:
     """The SQL type of each output column: DuckDB describes the query over empty tables of the catalog."""
-    from sqlmpc.sql import parse_query
-
     con = duckdb.connect()
     for table in q.federation.tables:
         schema = exp.to_identifier(table.party, quoted=True).sql("duckdb")
         columns = ", ".join(f"{exp.to_identifier(c.name, quoted=True).sql('duckdb')} {c.type}" for c in table.columns)
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
         con.execute(f"CREATE TABLE {schema}.{exp.to_identifier(table.name, quoted=True).sql('duckdb')} ({columns})")
-    return [row[1] for row in con.execute("DESCRIBE " + parse_query(q.sql).sql("duckdb")).fetchall()]
+    return [row[1] for row in con.execute("DESCRIBE " + q.text).fetchall()]
 
 
 def finish(q: BoundQuery, grid: CellGrid, cells: pa.Table) -> Result:

@@ -39,9 +39,8 @@ from sqlmpc.demo import generate
 from sqlmpc.local.data import open_union_database
 from sqlmpc.oracle import run_oracle
 from sqlmpc.party.embedded import EmbeddedFederation
-from sqlmpc.plan.bind import bind
-from sqlmpc.plan.planner import plan_query
-from sqlmpc.sql import Explain, Query, parse, parse_query
+from sqlmpc.plan.compile import compile
+from sqlmpc.sql import Explain, Query, parse
 from sqlmpc.sql.limits import MAX_DEPTH, MAX_IN_ITEMS, MAX_SELECT_ITEMS, MAX_STATEMENT_CHARS
 from sqlmpc.sql.params import bind_parameters
 from sqlmpc.sql.parser import AGGREGATES_1, AGGREGATES_2, keywords
@@ -70,17 +69,13 @@ def run_input(sql: str, federation: Federation, params=None, *, oracle_con=None)
     try:
         statement = parse(sql)
         if isinstance(statement, Explain):               # as EXPLAIN does: plan the query, parameters unbound
-            plan_query(bind(statement.query.tree, federation, statement.query.sql))
+            compile(statement.query, federation)
             return "ok"
         if not isinstance(statement, Query):
             return "ok"                                   # SHOW / DESCRIBE: metadata, no planning
-        tree = bind_parameters(statement.tree, params)
-        if tree is not statement.tree:                    # as the driver: the bound tree, rendered and re-read
-            sql = tree.sql("duckdb")
-            tree = parse_query(sql)
-        plan_query(bind(tree, federation, sql))
+        compile(statement, federation, params)            # as the driver: parse once, parameters into the tree
         if oracle_con is not None:
-            run_oracle(sql, federation, oracle_con)
+            run_oracle(statement, federation, oracle_con, params)
         return "ok"
     except errors.InternalError:
         raise

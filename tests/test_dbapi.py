@@ -23,7 +23,7 @@ COUNT_DIAGNOSIS = "SELECT COUNT(*) AS n FROM hospital.patients p WHERE p.diagnos
 
 @pytest.fixture(scope="module")
 def con(federation):
-    with dbapi.Connection(federation) as con:
+    with dbapi.connect(federation) as con:
         yield con
 
 
@@ -35,7 +35,7 @@ def hf(con):
 
 @pytest.fixture(scope="module")
 def oracle(federation):
-    with dbapi.Connection(federation, oracle=True) as con:
+    with dbapi.connect(federation, oracle=True) as con:
         yield con
 
 
@@ -95,7 +95,7 @@ def test_commit_is_a_no_op_and_rollback_is_not_supported(con):
 
 
 def test_use_after_close_raises_interface_error(federation):
-    con = dbapi.Connection(federation, oracle=True)
+    con = dbapi.connect(federation, oracle=True)
     cur = con.cursor()
     with con:
         pass                                     # the context manager closes

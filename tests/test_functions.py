@@ -14,7 +14,7 @@ from sqlmpc.errors import SqlSyntaxError, UnsupportedSqlError
 from sqlmpc.local.data import open_party_database
 from sqlmpc.plan.bind import bind
 from sqlmpc.plan.cells import cell_grid
-from sqlmpc.plan.planner import plan_query
+from sqlmpc.plan.compile import compile
 from sqlmpc.sql import parse_query
 from sqlmpc.sql.parser import AGGREGATE_NAMES, SCALAR_NAMES
 
@@ -60,7 +60,7 @@ def party_databases(federation):
 @pytest.mark.parametrize("name", list(FUNCTION_QUERIES))
 def test_function_runs_in_each_partys_duckdb(name, federation, party_databases):
     sql = FUNCTION_QUERIES[name]
-    plan = plan_query(bind(parse_query(sql), federation, sql))
+    plan = compile(sql, federation)
     assert plan.parts
     for part in plan.parts:
         try:

@@ -8,8 +8,7 @@ import pytest
 
 import sqlmpc
 from sqlmpc.errors import InvalidTextError, LimitExceededError, ProgrammingError
-from sqlmpc.plan.bind import bind
-from sqlmpc.plan.planner import plan_query
+from sqlmpc.plan.compile import compile
 from sqlmpc.sql import parse_query
 from sqlmpc.sql.limits import (MAX_AGGREGATES, MAX_DEPTH, MAX_IN_ITEMS, MAX_SELECT_ITEMS, MAX_STATEMENT_CHARS,
                                MAX_TOKENS)
@@ -59,7 +58,7 @@ def test_nesting_limit_is_refused_with_a_position_and_the_limit_plans(name, fede
     assert err.value.line == 1 and err.value.column > 1 and err.value.hint
     # Within the limit, binding and planning must not recurse too deeply, even from deep in a caller.
     sql = shape(n)
-    with_frames(300, lambda: plan_query(bind(parse_query(sql), federation, sql)))
+    with_frames(300, lambda: compile(sql, federation))
 
 
 def test_two_thousand_ands_are_refused_not_a_recursion_error():
@@ -125,7 +124,7 @@ def test_widest_statements_within_the_limits_bind_and_plan_quickly(federation):
     ]
     for sql in queries:
         start = time.perf_counter()
-        plan_query(bind(parse_query(sql), federation, sql))
+        compile(sql, federation)
         assert time.perf_counter() - start < 5, sql[:60]
 
 

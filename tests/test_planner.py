@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from sqlmpc.party.node import plan_for
+from sqlmpc.plan.compile import compile
 
 APP = ("SELECT b.age_band, CASE WHEN u.pid IS NULL THEN 'no app' ELSE 'app' END AS app_use, "
        "COUNT(DISTINCT p.pid), AVG(c.cost_eur), VAR_SAMP(c.cost_eur) "
@@ -19,7 +19,7 @@ def part(plan, relation):
 
 
 def test_single_party_filters_run_at_their_owner(federation):
-    plan = plan_for(federation, APP)
+    plan = compile(APP, federation)
     assert part(plan, "p").party == "hospital" and "p.diagnosis = 'IBD'" in part(plan, "p").sql
     assert part(plan, "c").party == "insurer" and "c.year = 2024" in part(plan, "c").sql
     assert "IBD" not in part(plan, "c").sql and "2024" not in part(plan, "p").sql
@@ -29,14 +29,14 @@ def test_single_party_filters_run_at_their_owner(federation):
 
 
 def test_same_party_join_runs_locally(federation):
-    plan = plan_for(federation, APP)
+    plan = compile(APP, federation)
     assert plan.relations == ("p", "c", "b")                  # app_usage joined inside the hospital
     assert "LEFT JOIN hospital.app_usage AS u" in part(plan, "p").sql
     assert [j.relation for j in plan.joins] == ["c", "b"]
 
 
 def test_group_codes_are_local_one_hot_sources(federation):
-    plan = plan_for(federation, APP)
+    plan = compile(APP, federation)
     assert plan.cell_relations == ("b", "p")
     assert part(plan, "b").column("cell").bound == 6          # six age bands
     assert part(plan, "p").column("cell").bound == 2          # app / no app, computed at the hospital
@@ -45,15 +45,15 @@ def test_group_codes_are_local_one_hot_sources(federation):
 
 
 def test_left_joined_party_gets_absent_values(federation):
-    plan = plan_for(federation, "SELECT b.region, COUNT(*) FROM insurer.claims c "
-                                "LEFT JOIN bureau.persons b ON b.pid = c.pid GROUP BY b.region")
+    plan = compile("SELECT b.region, COUNT(*) FROM insurer.claims c "
+                                "LEFT JOIN bureau.persons b ON b.pid = c.pid GROUP BY b.region", federation)
     assert plan.nullable == ("b",)
     cell = part(plan, "b").column("cell")
     assert cell.bound == 5 and cell.absent == 4               # NULL region: the last code
 
 
 def test_squares_for_variance_are_computed_locally(federation):
-    plan = plan_for(federation, APP)
+    plan = compile(APP, federation)
     assert plan.per_key                     # no condition spans parties: each sums per person first
     for m in plan.moments:                  # a product of at most one local column per group
         factors = [f for f in m.expr.find_all(exp.Column)]
@@ -64,16 +64,16 @@ def test_squares_for_variance_are_computed_locally(federation):
 
 
 def test_cross_party_predicate_stays_secure(federation):
-    plan = plan_for(federation, "SELECT COUNT(*) FROM hospital.patients p JOIN insurer.claims c "
-                                "ON c.pid = p.pid WHERE c.year = p.diagnosis_year + 1")
+    plan = compile("SELECT COUNT(*) FROM hospital.patients p JOIN insurer.claims c "
+                                "ON c.pid = p.pid WHERE c.year = p.diagnosis_year + 1", federation)
     assert plan.row_filter is not None
     assert {c.table for c in plan.row_filter.find_all(exp.Column)} == {"p", "c"}
     assert "diagnosis_year" in part(plan, "p").sql and "WHERE" not in part(plan, "p").sql
 
 
 def test_one_table_is_pre_aggregated_by_its_owner(federation):
-    plan = plan_for(federation, "SELECT c.category, SUM(c.cost_eur), MIN(c.year) "
-                                "FROM insurer.claims c WHERE c.year >= 2023 GROUP BY c.category")
+    plan = compile("SELECT c.category, SUM(c.cost_eur), MIN(c.year) "
+                                "FROM insurer.claims c WHERE c.year >= 2023 GROUP BY c.category", federation)
     assert plan.mode == "local"
     p = part(plan, "c")
     assert "GROUP BY" in p.sql and p.party == "insurer"
@@ -82,19 +82,19 @@ def test_one_table_is_pre_aggregated_by_its_owner(federation):
 
 
 def test_where_on_a_dimension_narrows_its_domain(federation):
-    plan = plan_for(federation, "SELECT p.diagnosis, COUNT(*) FROM hospital.patients p "
-                                "WHERE p.diagnosis IN ('IBD', 'HF') GROUP BY p.diagnosis")
+    plan = compile("SELECT p.diagnosis, COUNT(*) FROM hospital.patients p "
+                                "WHERE p.diagnosis IN ('IBD', 'HF') GROUP BY p.diagnosis", federation)
     assert set(plan.grid.groups[0].domain) == {"IBD", "HF"}
 
 
 def test_plan_hash_is_stable_and_sensitive(federation):
-    a = plan_for(federation, APP).digest
-    assert a == plan_for(federation, APP).digest
-    assert a != plan_for(federation, APP.replace("2024", "2023")).digest
+    a = compile(APP, federation).digest
+    assert a == compile(APP, federation).digest
+    assert a != compile(APP.replace("2024", "2023"), federation).digest
 
 
 def test_leakage_declaration_names_every_opening(federation):
-    plan = plan_for(federation, APP)
+    plan = compile(APP, federation)
     assert [l.what for l in plan.leakage] == ["input sizes", "join tokens", "cells passing the release rules",
                                               "secondary suppression", "released values"]
     assert plan.leakage[-1].per_cell == 1 + 2 + 2            # COUNT opened as is; AVG and VAR_SAMP as ratios
@@ -102,6 +102,6 @@ def test_leakage_declaration_names_every_opening(federation):
 
 def test_explain_shows_local_sql_secure_part_and_leakage(federation):
     from sqlmpc.plan.explain import explain
-    text = explain(plan_for(federation, APP))
+    text = explain(compile(APP, federation))
     assert "-- hospital" in text and "-- insurer" in text and "-- bureau" in text
     assert "Secure part" in text and "Leakage declaration" in text

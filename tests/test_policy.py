@@ -103,14 +103,14 @@ def test_declared_dominance_rule_guards_sums_of_measures_not_counts(tmp_path, de
     from fractions import Fraction
 
     from sqlmpc.catalog import load_federation
-    from sqlmpc.party.node import plan_for
+    from sqlmpc.plan.compile import compile
 
     local = tmp_path / "local.toml"
     local.write_text("[policy]\nmin_cell_size = 10\ndominance = { n = 2, percent = 25.0 }\n")
     fed = load_federation(demo_path, local_policy=local)
-    plan = plan_for(fed, "SELECT c.year, SUM(c.cost_eur) FROM insurer.claims c GROUP BY c.year")
+    plan = compile("SELECT c.year, SUM(c.cost_eur) FROM insurer.claims c GROUP BY c.year", fed)
     dominance = [g for g in plan.guards if g.kind == "dominance"]
     assert len(dominance) == 1 and dominance[0].constant == Fraction(2) / Fraction(1, 4) ** 2   # n / p²
     assert {m.kind for m in plan.moments if m.name in dominance[0].moments} == {"sum", "sum2"}
-    counts = plan_for(fed, "SELECT c.year, COUNT(*) FROM insurer.claims c GROUP BY c.year")
+    counts = compile("SELECT c.year, COUNT(*) FROM insurer.claims c GROUP BY c.year", fed)
     assert [g.kind for g in counts.guards] == ["contributors"]

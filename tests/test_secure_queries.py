@@ -35,10 +35,10 @@ GATEWAY_QUERIES = ["app_effectiveness", "small_cells_suppressed", "app_engagemen
 @pytest.mark.parametrize("name", GATEWAY_QUERIES)
 def test_gateway_opens_no_suppressed_value_and_ledger_matches_declaration(name, embedded, federation):
     """Every opening is in the ledger; outputs are opened for released cells only."""
-    from sqlmpc.party.node import plan_for
+    from sqlmpc.plan.compile import compile
 
     sql = (Path(__file__).parent.parent / "queries" / f"{name}.sql").read_text()
-    plan = plan_for(federation, sql)
+    plan = compile(sql, federation)
     result = embedded.query(sql)
     declared_order = [l.what for l in plan.leakage]
     seen = list(dict.fromkeys(e["what"] for e in result.leakage))
@@ -114,8 +114,8 @@ def test_regression_equals_oracle(sql, embedded, federation, union_db):
 ])
 def test_arithmetic_over_a_square_root_is_refused_before_any_party_works(sql, where, federation):
     from sqlmpc import errors
-    from sqlmpc.party.node import plan_for
+    from sqlmpc.plan.compile import compile
 
     with pytest.raises(errors.UnsupportedSqlError, match="only as a column of its own") as err:
-        plan_for(federation, sql)
+        compile(sql, federation)
     assert sql[err.value.column - 1:].startswith(where)

@@ -41,11 +41,10 @@ def _federation(args):
 
 
 def cmd_explain(args) -> int:
-    from sqlmpc.party.node import plan_for
+    from sqlmpc.plan.compile import compile
     from sqlmpc.plan.explain import explain
 
-    sql = _read_sql(args.sql)
-    print(explain(plan_for(_federation(args), sql)))
+    print(explain(compile(_read_sql(args.sql), _federation(args))))
     return 0
 
 

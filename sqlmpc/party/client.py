@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pyarrow.flight as flight
 
 from sqlmpc import errors
+from sqlmpc.catalog import load_federation
+from sqlmpc.party.wire import from_ipc, rebuild
+from sqlmpc.plan.compile import bind_query
 from sqlmpc.result import Result
+from sqlmpc.sql import Query
 
 SCHEMES = ("sqlmpc", "sqlmpc+insecure")
 
@@ -65,7 +70,10 @@ class RemoteConnection:
             ca_pem = _read(ca if ca is not None else os.environ.get("SQLMPC_CA"))
             kwargs = {"tls_root_certs": ca_pem} if ca_pem else {}
             self.client = flight.FlightClient(f"grpc+tls://{self.host}:{self.port}", **kwargs)
-        self.federation = None
+        self.federation = self.catalog()
+        self.last_stats = None
+
+    dry_run = False
 
     def _call(self, action: str, body: dict, timeout: float | None = None) -> list[bytes]:
         headers = [(b"authorization", f"Bearer {self.token}".encode())] if self.token else []
@@ -80,11 +88,11 @@ class RemoteConnection:
         except flight.FlightError as exc:
             raise errors.OperationalError(f"{self.url}: {_first_line(exc)}") from None
 
-    def query(self, sql: str, progress=None) -> Result:
-        from sqlmpc.party.wire import from_ipc
-        from sqlmpc.party.wire import rebuild
-
-        out = self._call("query", {"sql": sql}, self.timeout)
+    def query(self, query: str | Query, params=None, progress=None) -> Result:
+        """The node plans and coordinates; we send the query's text with the parameters in."""
+        if not isinstance(query, str) or params:
+            query = bind_query(query, self.federation, params).text
+        out = self._call("query", {"sql": query}, self.timeout)
         meta = json.loads(out[0])
         if "error" in meta:
             raise rebuild(meta)
@@ -94,15 +102,14 @@ class RemoteConnection:
 
     def catalog(self):
         """The node's federation file as a Federation (for EXPLAIN, SHOW TABLES, DESCRIBE; no data)."""
-        import tempfile
-
-        from sqlmpc.catalog import load_federation
-
         reply = json.loads(self._call("catalog", {}, 15.0)[0])
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "federation.toml"
             path.write_text(reply["toml"])
             return load_federation(path)
+
+    def restart(self) -> None:
+        """Nothing to restart here: the node's coordinator starts every query afresh."""
 
     def status(self) -> dict:
         return json.loads(self._call("status", {}, 15.0)[0])
@@ -117,20 +124,6 @@ class RemoteConnection:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def connect_remote(url: str, *, token: str | None = None, ca=None, timeout: float | None = None):
-    """A dbapi.Connection whose backend is a RemoteConnection (same Connection/Cursor API)."""
-    from sqlmpc.dbapi import Connection
-
-    backend = RemoteConnection(url, token=token, ca=ca, timeout=timeout)
-    con = Connection.__new__(Connection)
-    con.federation = backend.catalog()
-    backend.federation = con.federation
-    con.oracle = False
-    con._backend = backend
-    con._closed = False
-    return con
 
 
 def format_status(status: dict) -> str:

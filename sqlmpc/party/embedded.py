@@ -29,11 +29,10 @@ from sqlmpc.mpc.reveal import Ledger
 from sqlmpc.mpc.session import free_ports
 from sqlmpc.party.audit import AuditLog, audited, opened, query_record
 from sqlmpc.party.wire import from_ipc, rebuild, to_ipc
-from sqlmpc.plan.bind import bind
-from sqlmpc.plan.cells import cell_grid
-from sqlmpc.plan.planner import plan_query
+from sqlmpc.plan.compile import compile
+from sqlmpc.plan.plan import Plan
 from sqlmpc.result import Result, finish
-from sqlmpc.sql import parse_query
+from sqlmpc.sql import Query
 
 class Channel:
     """Length-prefixed frames over a pair of pipe file descriptors (JSON control, Arrow results)."""
@@ -220,13 +219,19 @@ class EmbeddedFederation:
         self.party_audit = {p.name: AuditLog(self.state / p.name / "audit.jsonl").path for p in federation.parties}
         self.coordinator = f"embedded (pid {os.getpid()})"
         self._running = False       # a query was sent and not all parties have answered
+        self.last_stats = None
         self.parties: list[PartyProcess] = []
-        for p in federation.parties:
+        self._start()
+
+    dry_run = False
+
+    def _start(self) -> None:
+        for p in self.federation.parties:
             # A fresh interpreter per party (not fork): it imports only what a node needs.
             to_child_r, to_child_w = os.pipe()
             from_child_r, from_child_w = os.pipe()
             proc = subprocess.Popen(
-                [sys.executable, "-m", "sqlmpc.party.embedded", str(federation.path), p.name,
+                [sys.executable, "-m", "sqlmpc.party.embedded", str(self.federation.path), p.name,
                  str(to_child_r), str(from_child_w)],
                 pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL,
                 start_new_session=True)     # the terminal's Ctrl-C reaches the driver only, which cancels
@@ -238,6 +243,12 @@ class EmbeddedFederation:
             if "error" in reply:
                 self.close()
                 raise rebuild(reply, p.name)
+
+    def restart(self) -> None:
+        """Stop the parties and start them afresh (after a cancelled or failed query)."""
+        self.close()
+        self._running = False
+        self._start()
 
     def reload(self, federation: Federation) -> None:
         """Point every party at another federation file (same parties), e.g. new test data."""
@@ -266,18 +277,18 @@ class EmbeddedFederation:
             if progress is not None:
                 progress(reply["progress"])
 
-    def query(self, sql: str, progress=None) -> Result:
+    def query(self, query: str | Query, params=None, progress=None) -> Result:
         """Run a query through every party; ``progress(stage)`` hears the secure stages as they start."""
-        record = query_record(uuid.uuid4().hex, "coordinator", self.coordinator, local_analyst(), sql)
+        text = query if isinstance(query, str) else query.sql
+        record = query_record(uuid.uuid4().hex, "coordinator", self.coordinator, local_analyst(), text)
         with audited(self.audit, record):
             try:
-                q = bind(parse_query(sql), self.federation, sql)   # fail fast, with a caret, before any party works
-                plan = plan_query(q)
+                plan = compile(query, self.federation, params)   # fail fast, with a caret, before any party works
             except errors.Error:
                 record["decision"] = "refused"
                 raise
             record.update(plan_hash=plan.digest, decision="accepted")
-            replies, tables = self._run_parties(sql, plan.digest, record, progress)
+            replies, tables = self._run_parties(plan, record, progress)
             failed = [(name, reply) for name, reply in replies if "error" in reply]
             if failed:
                 # The cause first: a party whose peers gave up reports only that its loop stopped.
@@ -286,7 +297,7 @@ class EmbeddedFederation:
             # Byte-for-byte: Arrow's equals() calls NaN unequal to itself (CORR of a constant is NaN).
             if any(t != tables[0] for t in tables[1:]):
                 raise errors.InternalError("parties computed different results")
-            result = finish(q, cell_grid(q), from_ipc(tables[0]))
+            result = finish(plan.query, plan.grid, from_ipc(tables[0]))
             result.leakage = replies[0][1]["ledger"]
             self.last_stats = {name: reply for name, reply in replies}
             record.update(outcome="ok", released_cells=sum(not s for s in result.suppressed),
@@ -294,13 +305,13 @@ class EmbeddedFederation:
                           result_sha256=hashlib.sha256(to_ipc(result.table)).hexdigest())
             return result
 
-    def _run_parties(self, sql: str, digest: str, record: dict, progress) -> tuple[list, list]:
-        """Send the query to every party and collect their answers: [(party, reply)] and the
+    def _run_parties(self, plan: Plan, record: dict, progress) -> tuple[list, list]:
+        """Send the plan's query and hash to every party and collect their answers: [(party, reply)] and the
         result tables of those that succeeded.  ``record["ledger"]`` gets what was opened."""
         ports = free_ports(len(self.parties))
         self._running = True
         for i, p in enumerate(self.parties):
-            message = json.dumps({"op": "query", "sql": sql, "digest": digest, "timeout": self.timeout,
+            message = json.dumps({"op": "query", "sql": plan.sql, "digest": plan.digest, "timeout": self.timeout,
                                   "addresses": [["127.0.0.1", port] for port in ports],
                                   "progress": i == 0 and progress is not None, "qid": record["qid"],
                                   "coordinator": self.coordinator, "analyst": record["analyst"],

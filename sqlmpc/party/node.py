@@ -18,15 +18,8 @@ from sqlmpc import errors
 from sqlmpc.catalog import Federation
 from sqlmpc.mpc.reveal import Ledger, ledger_scope
 from sqlmpc.party import faults
-from sqlmpc.plan.bind import bind
+from sqlmpc.plan.compile import compile
 from sqlmpc.plan.plan import Plan
-from sqlmpc.plan.planner import plan_query
-from sqlmpc.sql import parse_query
-
-
-def plan_for(federation: Federation, sql: str) -> Plan:
-    """Parse, bind (policy) and plan: what every party does independently."""
-    return plan_query(bind(parse_query(sql), federation, sql))
 
 
 @dataclass
@@ -52,7 +45,7 @@ class PartyNode:
 
     def admit(self, sql: str, digest: str | None) -> Plan:
         """This party's own decision on a proposed query: plan it and compare plan hashes."""
-        plan = plan_for(self.federation, sql)
+        plan = compile(sql, self.federation)      # parse, bind (policy) and plan: on its own
         if digest is not None and plan.digest != digest:
             raise errors.QueryRefusedError(
                 "plan hash mismatch: this party planned the query differently "

@@ -430,11 +430,8 @@ class NodeServer:
         return results(meta, to_ipc(table))
 
     def coordinate(self, sql: str, analyst: str, peer: str | None = None) -> tuple[dict, pa.Table]:
-        from sqlmpc.plan.bind import bind
-        from sqlmpc.plan.cells import cell_grid
-        from sqlmpc.plan.planner import plan_query
+        from sqlmpc.plan.compile import compile
         from sqlmpc.result import finish
-        from sqlmpc.sql import parse_query
 
         qid = uuid.uuid4().hex
         started = time.monotonic()
@@ -444,13 +441,12 @@ class NodeServer:
             with audited(self.audit, record, since=started):
                 try:
                     self._check_analyst(analyst)
-                    q = bind(parse_query(sql), self.federation, sql)
-                    plan = plan_query(q)
+                    plan = compile(sql, self.federation)
                 except errors.Error:
                     record["decision"] = "refused"
                     raise
                 record["plan_hash"] = plan.digest
-                proposal = {"qid": qid, "from": self.party, "analyst": analyst, "sql": sql, "digest": plan.digest,
+                proposal = {"qid": qid, "from": self.party, "analyst": analyst, "sql": plan.sql, "digest": plan.digest,
                             "fingerprint": self.federation.fingerprint, "min_cell_size": plan.min_cell_size}
                 ports, qid = self._propose_all(proposal, started, record)
                 record.update(qid=qid, decision="accepted")     # the attempt the peers run (and log)
@@ -465,7 +461,7 @@ class NodeServer:
                     self._running.pop(qid, None)
                     record["ledger"] = opened(ledger.entries)    # after a failure: what was opened before it
                     self._release(qid)
-                result = finish(q, cell_grid(q), cells)
+                result = finish(plan.query, plan.grid, cells)
                 ipc = to_ipc(result.table)
                 record.update(outcome="ok", released_cells=sum(not s for s in result.suppressed),
                               suppressed_cells=sum(result.suppressed),

@@ -104,6 +104,8 @@ class BoundQuery:
     limit: int | None
     offset: int | None
     nullable_relations: frozenset[str] = field(default_factory=frozenset)  # right sides of LEFT JOINs
+    tree: exp.Expression | None = None                 # the query as parsed (parameters in), unbound
+    text: str = ""                                     # its canonical text: what parties plan, what is hashed
 
     def relations_of(self, node: exp.Expression) -> set[str]:
         return {c.table for c in node.find_all(exp.Column)}
@@ -281,7 +283,7 @@ class Binder:
     def bind(self, tree: exp.Expression) -> BoundQuery:
         if not isinstance(tree, exp.Select):
             raise self.error(errors.UnsupportedSqlError, "only SELECT queries can be run", tree)
-        tree = tree.copy()
+        parsed, tree = tree, tree.copy()
         relations: dict[str, Relation] = {}
         frm = tree.args.get("from_")
         if frm is None:
@@ -375,7 +377,7 @@ class Binder:
         offset = self.int_clause(tree.args.get("offset"), "OFFSET")
 
         bq = BoundQuery(self.fed, self.sql, relations, joins, select, where, group_by, having,
-                        order_by, limit, offset, frozenset(nullable))
+                        order_by, limit, offset, frozenset(nullable), parsed, parsed.sql("duckdb"))
         Policy(self, bq).check()
         check_types(bq)
         return bq
@@ -399,16 +401,25 @@ class Binder:
             if not 1 <= idx <= len(select):
                 raise self.error(errors.SqlSyntaxError,
                                  f"{clause} position {idx} is not in the select list (1..{len(select)})", node)
-            return select[idx - 1][1].copy()
+            return self.not_constant(select[idx - 1][1].copy(), node, clause)
         if isinstance(node, (exp.Literal, exp.Boolean, exp.Null)):
             raise self.error(errors.SqlSyntaxError, f"{clause} a constant has no effect", node,
                              hint=f"{clause} a selected column, its alias or its position (1, 2, ...)")
         if isinstance(node, exp.Column) and not node.table and node.name.lower() in aliases:
             if not any(r.column(node.name) for r in relations.values()):
-                return aliases[node.name.lower()].copy()
+                return self.not_constant(aliases[node.name.lower()].copy(), node, clause)
         node = node.copy()
         self.resolve(node, relations)
         return node
+
+    def not_constant(self, target, node, clause: str) -> exp.Expression:
+        """A position or alias naming a constant select item: ordering by it has no effect (and
+        DuckDB would read an integer constant as a position again)."""
+        if not any(True for _ in target.find_all(exp.Column, *AGGREGATES)):
+            raise self.error(errors.SqlSyntaxError, f"{clause} {node.sql()} names the constant {target.sql()}, "
+                             "which has no effect", node,
+                             hint=f"{clause} a selected column, its alias or its position (1, 2, ...)")
+        return target
 
     def substitute_aliases(self, node, aliases, relations):
         node = node.copy()

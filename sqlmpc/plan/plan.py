@@ -9,7 +9,7 @@ threshold, outputs) and what that will open (the leakage declaration).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 from sqlglot import exp
@@ -50,8 +50,9 @@ class Moment:
 
     name: str
     expr: exp.Expression                  # secure row expression (exp.Literal 1 for a count)
-    kind: str = "sum"                     # "sum" | "persons" | "sum2"
+    kind: str = "sum"                     # "sum" | "persons" | "sum2" | "cellkey"
     # sum2: Σ over the cell's persons of (Σ of expr over the person's rows)², for dominance
+    # cellkey: Σ over the cell's persons with expr = 1 of their record key (sqlmpc.plan.perturbation)
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,8 @@ class Plan:
     leakage: tuple[Leak, ...]
     per_key: bool = False                  # groups pre-aggregated per key and cell: a person is one row per cell
     guards: tuple[Guard, ...] = ()         # what a cell must meet to be released (sqlmpc.plan.release)
+    query: object = field(default=None, compare=False, repr=False)   # the BoundQuery planned (for the result)
+    perturbation: object = None            # a PerturbationSpec (sqlmpc.plan.perturbation) or None: exact release
 
     def parts_of(self, relation: str) -> tuple[LocalPart, ...]:
         return tuple(p for p in self.parts if p.relation == relation)

@@ -122,13 +122,13 @@ class Planner:
         # The secure side knows groups, not the aliases inside them.
         grid = CellGrid(tuple(replace(g, relation=self.group_of[g.relation].name) for g in self.grid.groups))
         return Plan(
-            sql=q.sql, fingerprint=q.federation.fingerprint, mode=mode,
+            sql=q.text, fingerprint=q.federation.fingerprint, mode=mode,
             relations=tuple(self.groups), joins=joins,
             nullable=tuple(n for n, g in self.groups.items() if g.nullable),
             parts=parts, row_filter=row_filter if mode == "join" else None, grid=grid,
             cell_relations=cell_relations, moments=tuple(moments.values()), outputs=outputs, having=having,
             min_cell_size=q.federation.policy.min_cell_size,
-            leakage=self.leakage(mode, parts, outputs, having), per_key=per_key, guards=guards,
+            leakage=self.leakage(mode, parts, outputs, having), per_key=per_key, guards=guards, query=q,
         )
 
     def secure_joins(self) -> tuple[Join, ...]:
