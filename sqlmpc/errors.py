@@ -108,6 +108,11 @@ class UnsupportedSqlError(SqlSyntaxError):
     """Valid SQL elsewhere, but outside the sqlmpc dialect (DDL, DML, windows, ...)."""
 
 
+class UnsupportedExpressionError(PositionedError):
+    """An expression the dialect accepts that the secure engine cannot compute (e.g. a function of several
+    parties' columns, or a value without numeric bounds): refused when the query is planned."""
+
+
 class InvalidTextError(SqlSyntaxError):
     """The statement is not valid Unicode text (e.g. a lone surrogate character)."""
 

@@ -33,3 +33,18 @@ def test_order_by_a_constant_item_by_alias_or_position_is_refused(sql, at, feder
 
 def test_order_by_an_aggregate_alias_still_plans(federation):
     plan("SELECT c.category, COUNT(*) AS n FROM insurer.claims c GROUP BY 1 ORDER BY n DESC, 1", federation)
+
+
+@pytest.mark.parametrize("sql, at", [
+    # a presence test (x IS NULL) of a CASE or a sum over two parties' columns, as COUNT and the
+    # two-argument aggregates need: was a NotSupportedError (not a ProgrammingError) from the planner
+    ("SELECT COUNT(CASE WHEN b.region = 'North' THEN c.cost_eur END) AS n FROM insurer.claims c "
+     "JOIN bureau.persons b ON b.pid = c.pid", "CASE WHEN"),
+    ("SELECT COVAR_SAMP(c.cost_eur + b.income_decile, c.cost_eur) AS v FROM insurer.claims c "
+     "JOIN bureau.persons b ON b.pid = c.pid", "c.cost_eur + b"),
+])
+def test_expressions_the_engine_cannot_compute_are_refused_as_programming_errors(sql, at, federation):
+    with pytest.raises(errors.UnsupportedExpressionError, match="several parties' columns") as err:
+        plan(sql, federation)
+    assert isinstance(err.value, errors.ProgrammingError) and err.value.hint
+    assert sql[err.value.column - 1:].startswith(at)

@@ -69,7 +69,8 @@ class Formulas:
         if is_aggregate(node) or isinstance(node, exp.Filter):
             return self.aggregate(node)
         if isinstance(node, exp.Column):
-            raise errors.NotSupportedError(f"{node.sql()} cannot be mixed with aggregates in one output")
+            raise errors.UnsupportedExpressionError(f"{node.sql()} cannot be mixed with aggregates in one output",
+                                                    sql=self.q.sql, **_pos(node))
         out = node.copy()
         for key, child in node.args.items():
             if isinstance(child, exp.Expression):
@@ -170,7 +171,8 @@ class Formulas:
             return if_undefined(over(cov, exp.Sqrt(this=times(varx, vary))), n, "NaN")
         if isinstance(node, exp.RegrR2):
             return if_undefined(over(times(cov, cov), times(varx, vary)), varx, "1")
-        raise errors.NotSupportedError(f"aggregate {node.sql()} is not supported")
+        raise errors.UnsupportedExpressionError(f"aggregate {node.sql()} is not supported", sql=self.q.sql,
+                                                **_pos(node))
 
 
 ROOT_ONLY = "the square root behind STDDEV, CORR and the like, or MIN/MAX"

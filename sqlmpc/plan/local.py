@@ -16,6 +16,7 @@ from sqlglot import exp
 from sqlmpc import errors
 from sqlmpc.plan.bind import BoundQuery, Join
 from sqlmpc.plan.plan import LocalColumn
+from sqlmpc.sql.positions import node_position
 
 BOOLEAN = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.And, exp.Or, exp.Not, exp.Is,
            exp.In, exp.Between, exp.Like, exp.Boolean)
@@ -89,7 +90,8 @@ def interval(node, q) -> tuple[float, float, int]:
         nums = [v for v in (col.domain or ()) if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if nums:
             return min(nums), max(nums), 0
-        raise errors.NotSupportedError(f"{node.sql()} has no numeric range to compute with")
+        raise errors.UnsupportedExpressionError(f"{node.sql()} has no numeric range to compute with",
+                                                sql=q.sql, **node_position(node))
     if isinstance(node, exp.Literal) and not node.is_string:
         v = float(node.this)
         scale = len(node.this.split(".")[1]) if "." in node.this else 0
@@ -127,8 +129,9 @@ def interval(node, q) -> tuple[float, float, int]:
             return min(vals), max(vals), max(sa, 6)
     if isinstance(node, exp.WidthBucket):
         return 0, int(node.args["num_buckets"].this) + 1, 0
-    raise errors.NotSupportedError(
-        f"cannot bound the values of {node.sql()}: use measures with declared ranges and + - * CASE")
+    raise errors.UnsupportedExpressionError(
+        f"cannot bound the values of {node.sql()}", sql=q.sql, **node_position(node),
+        hint="use measures with declared ranges and + - * CASE")
 
 
 def value_scale(node: exp.Expression, q) -> int:
@@ -156,7 +159,8 @@ def constant(node: exp.Expression) -> exp.Expression:
     """A constant as an integer literal with its decimal scale (TRUE/FALSE as 1/0)."""
     value = duckdb.execute(exp.select(node.copy()).sql("duckdb")).fetchall()[0][0]
     if value is None:
-        raise errors.NotSupportedError(f"NULL constant {node.sql()} in a condition across parties")
+        raise errors.UnsupportedExpressionError(f"NULL constant {node.sql()} in a condition across parties",
+                                                **node_position(node))
     if isinstance(value, bool):
         out, scale = exp.Literal.number(int(value)), 0
     else:

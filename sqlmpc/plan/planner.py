@@ -24,6 +24,7 @@ from sqlmpc.plan.plan import Guard, Leak, LocalColumn, LocalPart, Moment, Plan, 
 from sqlmpc.plan.release import margin_lines
 from sqlmpc.result import aggregate_items
 from sqlmpc.sql.params import literal
+from sqlmpc.sql.positions import node_position
 
 
 class Planner:
@@ -60,9 +61,10 @@ class Planner:
             return self.localize(exp.and_(exp.GTE(this=node.this.copy(), expression=node.args["low"].copy()),
                                           exp.LTE(this=node.this.copy(), expression=node.args["high"].copy())))
         if not isinstance(node, SECURE_OPS):
-            raise errors.NotSupportedError(
+            raise errors.UnsupportedExpressionError(
                 f"{node.sql('duckdb')} combines several parties' columns in a way sqlmpc cannot compute "
-                "securely yet; use + - * comparisons AND OR NOT across parties")
+                "securely yet", sql=self.q.sql, **node_position(node),
+                hint="across parties use + - * comparisons AND OR NOT, and CASE over one party's columns")
         out = node.copy()
         children = {k: self.localize(c) for k, c in node.args.items() if isinstance(c, exp.Expression)}
         if isinstance(node, (exp.Add, exp.Sub) + COMPARISONS):
