@@ -259,8 +259,9 @@ class DataFileError(DataError):
     """A party's data file does not match its catalog entry."""
 
     def __init__(self, message: str, *, path: str | None = None, table: str | None = None,
-                 column: str | None = None, row: int | None = None):
+                 column: str | None = None, row: int | None = None, source: str | None = None):
         self.path = path
+        self.source = source            # a database table (sqlmpc.local.sources) instead of a file
         self.table = table
         self.column = column
         self.row = row
@@ -273,6 +274,8 @@ class DataFileError(DataError):
             where.append(f"row {row}")
         if path:
             where.append(f"file {path}")
+        if source:
+            where.append(f"source {source}")
         super().__init__(f"{message} ({', '.join(where)})" if where else message)
 
 
@@ -282,6 +285,15 @@ class PartyError(OperationalError):
     def __init__(self, message: str, *, party: str | None = None):
         self.party = party
         super().__init__(f"party '{party}': {message}" if party else message)
+
+
+class SourceError(PartyError):
+    """A party's database (PostgreSQL, Spark) failed: unreachable, refused the login, no such
+    table, or an SQL error inside it.  Names the party and the source, never a password."""
+
+    def __init__(self, message: str, *, party: str | None = None, source: str | None = None):
+        self.source = source
+        super().__init__(f"source {source}: {message}" if source else message, party=party)
 
 
 class QueryRefusedError(ProgrammingError):

@@ -16,6 +16,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from sqlmpc import errors
+from sqlmpc.mpc.perturb import perturb_moments
 from sqlmpc.mpc.reveal import reveal, reveal_ratio
 from sqlmpc.plan.release import margin_lines, secondary_suppression
 
@@ -70,18 +71,24 @@ class CellPhase:
                                                  why=f"which cells meet every release rule (k={k})")]
         ok = await self.secondary(primary, moments)
         released = np.array([i for i in range(G) if ok[i]], dtype=np.int64)
+        shown = {m: v[released] for m, v in moments.items()}
+        if plan.perturbation is not None and len(released):
+            # HAVING and the outputs see perturbed values only: the exact ones are never opened.
+            shown = await perturb_moments(self.mpc, plan.perturbation, shown, bounds)
         having = [None] * G
         if plan.having is not None and len(released):
-            flags = await self.having(plan.having, {m: v[released] for m, v in moments.items()}, bounds)
+            flags = await self.having(plan.having, shown, bounds)
             for i, h in zip(released, flags):
                 having[i] = bool(h)
-            released = np.array([i for i in released if having[i]], dtype=np.int64)
+            kept = np.array([j for j, i in enumerate(released) if having[i]], dtype=np.int64)
+            released = released[kept]
+            shown = {m: v[kept] for m, v in shown.items()}
         self.progress("reveal")
         outputs = []
         for j, formula in enumerate(plan.outputs):
             col = [None] * G
             if len(released):
-                values = await self.reveal_output(formula, {m: v[released] for m, v in moments.items()}, bounds)
+                values = await self.reveal_output(formula, shown, bounds)
                 for i, v in zip(released, values):
                     col[i] = v
             outputs.append(col)

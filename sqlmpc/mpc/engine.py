@@ -149,10 +149,12 @@ class Engine(JoinMode, CellPhase):
         out = {}
         for m in self.plan.moments:
             e = expr_bound(m.expr, locals_)
-            if m.kind != "sum2":
+            if m.kind == "cellkey":
+                out[m.name] = rows * e * (1 << 16)           # Σ of 16-bit record keys
+            elif m.kind != "sum2":
                 out[m.name] = rows * e
             elif self.plan.mode == "join" and self.one_row_per_person_and_cell():
                 out[m.name] = rows * e * e                   # each person's contribution is one row: |c| ≤ e
             else:                                            # Σ c² ≤ Σ|c| · max|c|, one person's rows ≤ ROWS_PER_KEY
                 out[m.name] = rows * e * e * (ROWS_PER_KEY if self.plan.mode == "local" else rows)
-        return out
+        return out if self.plan.perturbation is None else self.plan.perturbation.inflate(out)

@@ -20,6 +20,7 @@ from sqlglot import exp
 
 from sqlmpc import errors
 from sqlmpc.mpc.prf import residue_tokens, token_bits, token_field
+from sqlmpc.mpc.record_keys import load_share, party_state, record_key_type, record_keys
 from sqlmpc.mpc.shuffle import shuffle
 from sqlmpc.plan.plan import LocalColumn, LocalPart
 
@@ -27,6 +28,7 @@ MAX_VALUE = 10 ** 18   # bound of a column whose bound the plan does not state
 PAD_FLOOR = 128        # every local result in join mode has at least this many rows ...
 PAD_GROWTH = (5, 4)    # ... and otherwise the next size of the series ×1.25 above it
 REAL = LocalColumn("real_", "flag", 0, 1, 0)   # 1 on a party's real rows, 0 on its padding
+RECORD_KEY = LocalColumn("record_key_", "value", 0, 1 << 16, 0)   # the person's secret record key (perturbation)
 
 
 class JoinMode:
@@ -41,18 +43,24 @@ class JoinMode:
             parts = plan.parts_of(rel)
             layout = self.layout(parts[0])
             layouts[rel] = layout
-            blocks, keyblocks = [], []
+            blocks, keyblocks, persons = [], [], []
             for part in parts:
                 n = sizes[(rel, part.part)]
                 keys, values = self.encode(part, layout) if part.party == self.me else (None, None)
                 x = self.input_matrix(part, n, layout["width"], values)
                 kx = self.input_matrix(part, n, len(layout["keys"]), keys, keyfield)
+                if RECORD_KEY.name in layout["columns"]:        # the person's key once more, in the PRF's field
+                    j = layout["keys"].index(f"key_{rel}")
+                    persons.append(self.input_matrix(part, n, 1, None if keys is None else keys[:, j:j + 1],
+                                                     record_key_type()))
                 if x is not None:
                     blocks.append(x)
                 if kx is not None:
                     keyblocks.append(kx)
             matrices[rel] = _stack(blocks)
             keymats[rel] = _stack(keyblocks)
+            if persons:
+                matrices[rel] = await self.with_record_keys(matrices[rel], _stack(persons), layout)
 
         self.progress("shuffle")
         for rel, k in keymats.items():
@@ -141,6 +149,17 @@ class JoinMode:
             totals = np.sum(X, axis=0) if rows_of is None else self.distinct_persons(X, rows_of)
             for j, m in enumerate(counted):
                 moments[m.name] = totals[j * G:(j + 1) * G]
+        keyed = [m for m in plan.moments if m.kind == "cellkey"]
+        if keyed:                         # Σ of the record keys of each set's persons (perturbation)
+            X = weighted(keyed)
+            R = columns[(plan.relations[0], RECORD_KEY.name)]
+            if rows_of is None:
+                totals = R @ X
+            else:                         # each person once: present in a column if any row is
+                present = 1 - self.per_person(1 - X, rows_of, lambda acc, x: acc * x, pad=1)
+                totals = R[rows_of[0]] @ present
+            for j, m in enumerate(keyed):
+                moments[m.name] = totals[j * G:(j + 1) * G]
         squared = [m for m in plan.moments if m.kind == "sum2"]
         if squared:                       # Σ over persons of (the person's total in the cell)²
             X = weighted(squared)
@@ -149,6 +168,16 @@ class JoinMode:
             for j, m in enumerate(squared):
                 moments[m.name] = totals[j * G:(j + 1) * G]
         return moments, n
+
+    async def with_record_keys(self, x, persons, layout: dict):
+        """The relation's matrix with each row's record key in its column (sqlmpc.mpc.record_keys)."""
+        federation = getattr(getattr(self.plan, "query", None), "federation", None)
+        state = party_state(getattr(federation, "path", None), self.me)
+        keys = await record_keys(persons[:, 0], load_share(state))
+        keys = self.convert(keys, self.secint)
+        column = np.zeros(x.shape[1], dtype=object)
+        column[layout["columns"][RECORD_KEY.name][0]] = 1
+        return x + keys.reshape(-1, 1) * column
 
     def one_row_per_person_and_cell(self) -> bool:
         """Pre-aggregated per key and cell by one owner each: no person repeats within a cell."""
@@ -162,6 +191,8 @@ class JoinMode:
         local = [c for c in part.columns if c.kind in ("value", "flag")]
         if part.relation == self.plan.relations[0] and cells.bound <= 1 and self.dummies_reach_cells():
             local.append(REAL)          # no one-hot to zero the padding's rows: a flag does
+        if part.relation == self.plan.relations[0] and self.plan.perturbation is not None:
+            local.append(RECORD_KEY)    # filled in MPC (with_record_keys): the owner never learns it
         for c in local:
             columns[c.name] = (pos, c)
             pos += 1
@@ -188,7 +219,8 @@ class JoinMode:
             inside = codes >= 0
             out[np.nonzero(inside)[0], layout["onehot"] + codes[inside]] = 1
         for name, (j, _) in layout["columns"].items():
-            out[:real, j] = 1 if name == REAL.name else [int(v) for v in t.column(name).to_pylist()]
+            if name != RECORD_KEY.name:
+                out[:real, j] = 1 if name == REAL.name else [int(v) for v in t.column(name).to_pylist()]
         return keys, out
 
     def dummies_reach_cells(self) -> bool:

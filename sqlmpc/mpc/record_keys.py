@@ -41,6 +41,15 @@ def share_path(state: str | Path) -> Path:
     return Path(state) / SHARE_FILE
 
 
+def party_state(federation_path: str | Path | None, party: str) -> Path:
+    """A party's state directory, as the embedded federation lays it out: ``$SQLMPC_STATE/<party>``,
+    else ``sqlmpc-state/<party>`` next to the federation file (``sqlmpc serve --state`` in a network)."""
+    base = os.environ.get("SQLMPC_STATE")
+    if base is None:
+        base = (Path(federation_path).resolve().parent if federation_path else Path.cwd()) / "sqlmpc-state"
+    return Path(base) / party
+
+
 def load_share(state: str | Path) -> list[int]:
     """This party's share of the federation key, created (atomically) on first use."""
     path = share_path(state)

@@ -33,15 +33,16 @@ class Outcome:
 
 class PartyNode:
     def __init__(self, federation: Federation, party: str):
-        from sqlmpc.local.data import open_party_database, seal
+        from sqlmpc.local.sources import LocalData
 
         if federation.party(party) is None:
             raise errors.ConfigError(f"party '{party}' is not in the federation")
         self.federation = federation
         self.party = party
         self.index = {p.name: i for i, p in enumerate(federation.parties)}
-        self.db: duckdb.DuckDBPyConnection = open_party_database(federation, party)
-        seal(self.db, federation.party(party).tables)      # own tables in memory; no file access after this
+        # Own files in memory (no file access after this); own databases (PostgreSQL, Spark) connected.
+        self.data = LocalData.open(federation, party)
+        self.db: duckdb.DuckDBPyConnection = self.data.db
 
     def admit(self, sql: str, digest: str | None) -> Plan:
         """This party's own decision on a proposed query: plan it and compare plan hashes."""
@@ -50,11 +51,13 @@ class PartyNode:
             raise errors.QueryRefusedError(
                 "plan hash mismatch: this party planned the query differently "
                 f"({plan.digest[:12]} != {digest[:12]}); are the catalogs identical?", party=self.party)
+        for part in plan.parts_at(self.party):
+            self.data.prepare(part.sql)        # a construct its database cannot express is refused now
         return plan
 
     def run_local(self, plan: Plan) -> dict[tuple[str, int], pa.Table]:
-        """Run this party's local parts in its own DuckDB."""
-        return {(p.relation, p.part): self.db.sql(p.sql).to_arrow_table() for p in plan.parts_at(self.party)}
+        """Run this party's local parts where its tables live (its DuckDB, PostgreSQL or Spark)."""
+        return self.data.run_parts(plan.parts_at(self.party))
 
     async def run_secure(self, mpc, plan: Plan, local, progress=None):
         from sqlmpc.mpc.engine import Engine

@@ -25,11 +25,13 @@ def canonical(plan: Plan) -> str:
         "k": plan.min_cell_size, "per_key": plan.per_key,
         "guards": [[g.kind, list(g.moments), str(g.constant)] for g in plan.guards],
         "leakage": [l.__dict__ for l in plan.leakage],
+        **({"perturbation": plan.perturbation.canonical()} if plan.perturbation is not None else {}),
     }, sort_keys=True, default=str)
 
 
 def explain(plan: Plan) -> str:
-    out = [f"Plan {plan.digest[:16]}  (mode: {plan.mode}, k = {plan.min_cell_size})", ""]
+    release = "perturbed" if plan.perturbation is not None else "exact"
+    out = [f"Plan {plan.digest[:16]}  (mode: {plan.mode}, k = {plan.min_cell_size}, release: {release})", ""]
     out.append("Local part (each party alone, in its own DuckDB):")
     for p in plan.parts:
         cols = ", ".join(f"{c.name}:{c.kind}" + (f"/10^{c.scale}" if c.scale else "") for c in p.columns)
@@ -69,6 +71,13 @@ def explain(plan: Plan) -> str:
     if plan.having is not None:
         step += 1
         out.append(f"  {step}. HAVING {plan.having.sql()} on released cells")
+    if plan.perturbation is not None:
+        step += 1
+        p = plan.perturbation.policy
+        out.append(f"  {step}. cell-key perturbation of released cells (docs/disclosure.md): counts ±{p.max_deviation} "
+                   f"(variance {p.variance:g}), sums ±{p.magnitude_deviation:g}·m, m ≥ the largest contribution:")
+        for t in plan.perturbation.targets:
+            out.append(f"       {t.moment}: {t.kind}, cell key Σ {' + '.join(t.keys)} mod 2^16")
     step += 1
     out.append(f"  {step}. reveal per released cell:")
     for i, o in enumerate(plan.outputs):

@@ -189,3 +189,42 @@ def _quantise(n: int, low: int, probs: list[float]) -> TableRow:
     # Thresholds of values that cannot occur (probability 0 at either end) are dropped by the engine
     # only if they equal 0 or 2^16; keep them all: comparisons against them are exact either way.
     return TableRow(n, low, tuple(thresholds), quantised)
+
+
+# -- what a perturbed plan perturbs -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """One released moment and how it is perturbed.
+
+    ``keys`` are the plan's ``cellkey`` moments (Σ of record keys over a set of persons) whose
+    sum mod 2^16 is the moment's cell key: the contributor sets of the aggregate it serves, so
+    that a person who could change its value changes its noise.  ``s2`` (magnitudes) is the
+    ``sum2`` moment of the same expression: Σ over persons of their contribution squared.
+    """
+
+    moment: str
+    kind: str                        # "count" | "magnitude"
+    keys: tuple[str, ...]
+    s2: str | None = None
+
+
+@dataclass(frozen=True)
+class PerturbationSpec:
+    policy: CellKeyPolicy
+    table: PerturbationTable
+    targets: tuple[Target, ...]
+
+    def canonical(self) -> dict:
+        return {"policy": self.policy.as_dict(),
+                "targets": [[t.moment, t.kind, list(t.keys), t.s2] for t in self.targets]}
+
+    def inflate(self, bounds: dict[str, int]) -> dict[str, int]:
+        """Bounds of the perturbed moments (they set the field size of exact ratios)."""
+        out = dict(bounds)
+        for t in self.targets:
+            b = out[t.moment]
+            out[t.moment] = b + self.policy.max_deviation if t.kind == "count" else \
+                b + 2 * max(1, math.ceil(self.policy.magnitude_deviation)) * b + 1
+        return out

@@ -27,6 +27,9 @@ from sqlmpc.sql.params import literal
 from sqlmpc.sql.positions import node_position
 
 
+PERSON_SETS = ("persons", "cellkey")    # moments over each person once (MAX per key, not SUM)
+
+
 class Planner:
     def __init__(self, q: BoundQuery):
         self.q = q
