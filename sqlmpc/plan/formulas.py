@@ -8,7 +8,7 @@ from sqlglot import exp
 
 from sqlmpc import errors
 from sqlmpc.plan.bind import _pos, conjuncts, is_aggregate
-from sqlmpc.plan.build import ONE, M, flag, minus, over, times
+from sqlmpc.plan.build import ONE, M, flag, is_flag, minus, over, times
 from sqlmpc.plan.local import interval
 from sqlmpc.plan.plan import Guard, Moment
 from sqlmpc.plan.release import DominanceTest, contributor_conditions, extreme_values, has_measure
@@ -51,6 +51,9 @@ class Formulas:
         self.by_key: dict[tuple[str, str], str] = {}        # (kind, local SQL) -> moment name
         rule = self.q.federation.policy.dominance
         self.dominance = DominanceTest.of(rule) if rule is not None else None
+        # Perturbed plans (sqlmpc.plan.perturbation): moment -> (count | magnitude, its cell-key sets, S2).
+        self.perturb = planner.perturb
+        self.targets: dict[str, tuple[str, tuple[str, ...], str | None]] = {}
 
     def moment(self, expr: exp.Expression, kind: str = "sum") -> exp.Column:
         local = self.p.localize(expr) if expr is not ONE else ONE
@@ -85,10 +88,13 @@ class Formulas:
 
     def guard(self, node: exp.Expression, weight: exp.Expression) -> None:
         """Register what the aggregate's value rests on (sqlmpc.plan.release): contributors and dominance."""
+        sets = []
         for cond in contributor_conditions(node, self.q):
             tests = [flag(c) for c in conjuncts(cond) if c != exp.true()]
             m = self.moment(times(weight, *tests), "persons")
             self.guards.setdefault(("contributors", m.name), Guard("contributors", (m.name,)))
+            sets.append(m.name)
+        self.contributors = tuple(dict.fromkeys(sets))
         if self.dominance is None or isinstance(node, (exp.Count, exp.Min, exp.Max)):
             return
         args = [a for a in (node.this, node.args.get("expression")) if isinstance(a, exp.Expression)]
@@ -100,6 +106,16 @@ class Formulas:
                 self.guards.setdefault(("dominance", s1.name), Guard("dominance", (s1.name, s2.name),
                                                                       self.dominance.constant))
 
+    def perturbed(self, m: exp.Column, expr: exp.Expression | None, count: bool) -> None:
+        """Record a released moment of a perturbed plan: counts by the table, sums by magnitude.
+
+        Its cell key is over the aggregate's contributor sets (the first aggregate to use it).
+        """
+        if not self.perturb or m.name in self.targets:
+            return
+        s2 = None if count else self.moment(expr, "sum2").name
+        self.targets[m.name] = ("count" if count else "magnitude", self.contributors, s2)
+
     def aggregate(self, node: exp.Expression) -> exp.Expression:
         weight = ONE
         if isinstance(node, exp.Filter):
@@ -109,6 +125,7 @@ class Formulas:
 
         def total(*factors, scale: int = 0) -> exp.Expression:
             m = self.moment(times(weight, *factors))
+            self.perturbed(m, times(weight, *factors), all(is_flag(f) or f is ONE for f in factors))
             return over(m, exp.Literal.number(10 ** scale)) if scale else m
 
         if isinstance(node, exp.Count):
@@ -117,7 +134,9 @@ class Formulas:
             if isinstance(node.this, exp.Distinct):
                 col = node.this.expressions[0]
                 present = self.presence(col) if col.table in self.q.nullable_relations else ONE
-                return self.moment(times(weight, present), "persons")
+                m = self.moment(times(weight, present), "persons")
+                self.perturbed(m, None, True)
+                return m
             return total(self.presence(node.this))
 
         if isinstance(node, (exp.Min, exp.Max)):

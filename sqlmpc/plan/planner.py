@@ -18,6 +18,7 @@ from sqlmpc.plan.bind import BoundQuery, Join, Relation, RelationPart
 from sqlmpc.plan.build import ONE, is_flag, times
 from sqlmpc.plan.cells import CellGrid, cell_grid
 from sqlmpc.plan.formulas import Formulas, check_releasable, parenthesize
+from sqlmpc.plan.perturbation import PerturbationSpec, Target, perturbation_table
 from sqlmpc.plan.local import (COMPARISONS, SECURE_OPS, LocalColumns, constant, local_groups, rescale,
                                scale_of)
 from sqlmpc.plan.plan import Guard, Leak, LocalColumn, LocalPart, Moment, Plan, opened_per_cell
@@ -31,8 +32,9 @@ PERSON_SETS = ("persons", "cellkey")    # moments over each person once (MAX per
 
 
 class Planner:
-    def __init__(self, q: BoundQuery):
+    def __init__(self, q: BoundQuery, perturb: bool = False):
         self.q = q
+        self.perturb = perturb              # cell-key perturbation of the released values
         self.grid: CellGrid = cell_grid(q)
         self.groups = local_groups(q)
         self.group_of = {a: g for g in self.groups.values() for a in g.members}
@@ -108,11 +110,13 @@ class Planner:
             check_releasable(having, q.having, q, root_only=False)
         base = Guard("contributors", (formulas.persons().name,))       # the cell's own persons, first
         guards = (base,) + tuple(g for g in formulas.guards.values() if g != base)
+        perturbation = self.perturbation(formulas, moments) if self.perturb else None
 
         # One relation whose parts cannot share persons: each owner pre-aggregates per cell.
         root = q.root
         single = len(self.groups) == 1 and (not root.is_horizontal or root.key.key_space is None)
-        mode = "local" if single else "join"
+        # Perturbation needs each person's record key in MPC: per-person rows, so join mode.
+        mode = "local" if single and perturbation is None else "join"
         joins = self.secure_joins()
         keys = {a for j in joins for pair in j.pairs for _, a in pair} | {q.root.alias}
         # Per-key pre-aggregation: when every moment is a product of one factor per group and no
@@ -133,8 +137,23 @@ class Planner:
             parts=parts, row_filter=row_filter if mode == "join" else None, grid=grid,
             cell_relations=cell_relations, moments=tuple(moments.values()), outputs=outputs, having=having,
             min_cell_size=q.federation.policy.min_cell_size,
-            leakage=self.leakage(mode, parts, outputs, having), per_key=per_key, guards=guards, query=q,
+            leakage=self.leakage(mode, parts, outputs, having) + (record_key_leak() if perturbation else ()),
+            per_key=per_key, guards=guards, query=q, perturbation=perturbation,
         )
+
+    def perturbation(self, formulas: Formulas, moments: dict[str, Moment]) -> PerturbationSpec:
+        """The released moments' perturbation, and a ``cellkey`` moment per contributor set it uses."""
+        policy = self.q.federation.policy
+        targets = []
+        for name, (kind, sets, s2) in formulas.targets.items():
+            keys = []
+            for persons in sets or (formulas.persons().name,):
+                key = f"{persons}_key"
+                moments.setdefault(key, Moment(key, moments[persons].expr, "cellkey"))
+                keys.append(key)
+            targets.append(Target(name, kind, tuple(keys), s2))
+        table = perturbation_table(policy.cell_key, policy.min_cell_size)
+        return PerturbationSpec(policy.cell_key, table, tuple(targets))
 
     def secure_joins(self) -> tuple[Join, ...]:
         """The joins between groups, as ((group, member alias), (group, member alias)) key pairs."""
@@ -184,9 +203,9 @@ class Planner:
             factors = []
             for name in self.groups:
                 mine = [c for c in _factors(m.expr) if isinstance(c, exp.Column) and c.table == name]
-                if m.kind == "persons" and not mine:
+                if m.kind in PERSON_SETS and not mine:
                     continue                               # "has a row" is the joined row itself
-                agg = "MAX" if m.kind == "persons" else "SUM"
+                agg = "MAX" if m.kind in PERSON_SETS else "SUM"
                 product = times(*[exp.column(c.name, table="r") for c in mine])
                 key = (agg, product.sql())
                 sums = out[name]
@@ -360,4 +379,22 @@ def _is_product(expr: exp.Expression) -> bool:
 
 
 def plan_query(q: BoundQuery) -> Plan:
-    return Planner(q).plan()
+    """The exact plan where the federation releases exactly or approved it; else the perturbed one."""
+    exact = Planner(q).plan()
+    policy = q.federation.policy
+    if policy.perturbation == "none" or exact.digest in policy.approved_plans:
+        return exact
+    return Planner(q, perturb=True).plan()
+
+
+def exact_digest(q: BoundQuery) -> str:
+    """The hash of the query's exact plan: what ``approved_plans`` lists (``sqlmpc approve``)."""
+    return Planner(q).plan().digest
+
+
+def record_key_leak() -> tuple[Leak, ...]:
+    return (Leak("record keys", "16 × padded rows of the root relation",
+                 "Legendre PRF inputs masked by a random square and a random sign: uniformly random "
+                 "nonzero field elements (they tell nothing; the record keys stay secret)"),
+            Leak("released values", "perturbed", "counts and sums of released cells carry cell-key noise "
+                 "(docs/disclosure.md): the exact values are never opened"))
