@@ -12,7 +12,9 @@ DEMO_PERSONS = 2000
 
 @pytest.fixture(scope="session")
 def demo_path(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("demo"), persons=DEMO_PERSONS)
+    """Exact release (perturbation "none"): these tests compare ad-hoc secure results with the oracle
+    exactly.  The perturbed demo (the default) is tests/test_perturbation.py's."""
+    return generate(tmp_path_factory.mktemp("demo"), persons=DEMO_PERSONS, perturbation="none")
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,9 @@
                                     run a party node (Arrow Flight control, MPyC data plane)
     sqlmpc keys init --federation F --out DIR
                                     development CA, party certificates, analyst tokens
+    sqlmpc keys rotate-record-key --federation F [--party P --state DIR]
+                                    a new share of the record key: every cell's perturbation changes
+    sqlmpc approve FILE.sql...      the approved_plans lines that release saved queries exactly
     sqlmpc --connect URL -c "SQL"   run a query at a party node (sqlmpc://host:port, --token, --ca)
     sqlmpc status --connect URL     parties reachable, versions, catalog fingerprints
     sqlmpc pg --port P [--insecure-loopback | --tokens T --cert C --key K]
@@ -150,11 +153,31 @@ def cmd_keys(args) -> int:
     from sqlmpc.party.keys import init_keys
 
     if not args.federation:
-        raise errors.InterfaceError("sqlmpc keys init needs --federation FILE")
+        raise errors.InterfaceError(f"sqlmpc keys {args.action} needs --federation FILE")
     fed = load_federation(args.federation)
+    if args.action == "rotate-record-key":
+        from sqlmpc.mpc.record_keys import party_state, rotate_share
+
+        parties = [args.party] if args.party else list(fed.party_names)
+        for party in parties:
+            state = Path(args.state) if args.state else party_state(fed.path, party)
+            print(f"{party}: new share of the federation's record key in {rotate_share(state)}")
+        print("every person's record key (and so every released cell's noise) has changed")
+        return 0
+    if not args.out:
+        raise errors.InterfaceError("sqlmpc keys init needs --out DIR")
     tokens = init_keys(fed, args.out, analysts=args.analyst or None)
     print(f"{args.out}: CA, certificates for {', '.join(fed.party_names)}; tokens for {', '.join(tokens)} "
           f"in {Path(args.out) / 'analysts'}")
+    return 0
+
+
+def cmd_approve(args) -> int:
+    from sqlmpc.cli.approve import approve_lines
+
+    federation = _federation(args)
+    print(f"# under [policy] in {federation.path}: these plans are released exactly (all release rules apply)")
+    print(approve_lines(args.files, federation))
     return 0
 
 
@@ -243,10 +266,18 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("keys", help="key material for a federation")
     common(p, "--federation")
-    p.add_argument("action", choices=["init"])
-    p.add_argument("--out", required=True)
+    p.add_argument("action", choices=["init", "rotate-record-key"],
+                   help="init: CA, certificates, tokens; rotate-record-key: a new share of the federation's "
+                        "record key (every person's record key changes)")
+    p.add_argument("--out", help="init: directory for the key material")
+    p.add_argument("--party", help="rotate-record-key: this party's share only (default: every party's, embedded)")
+    p.add_argument("--state", help="rotate-record-key: the party's state directory (as 'serve --state')")
     p.add_argument("--analyst", action="append", help="analyst name (repeatable; default: the policy's or 'analyst')")
     p.set_defaults(func=cmd_keys)
+    p = sub.add_parser("approve", help="print the approved_plans lines that release saved queries exactly")
+    common(p, "--federation")
+    p.add_argument("files", nargs="+", help=".sql files (every statement in each)")
+    p.set_defaults(func=cmd_approve)
     p = sub.add_parser("status", help="parties reachable, versions, catalog fingerprints")
     common(p, "--connect", "--token", "--token-file", "--ca")
     p.set_defaults(func=cmd_status)

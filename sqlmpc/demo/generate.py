@@ -17,10 +17,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sqlmpc.catalog import Column, Dominance, Party, Role, Table
+from sqlmpc import errors
+from sqlmpc.catalog import Column, Dominance, Party, Role, Table, load_federation
+from sqlmpc.cli.approve import approvals
 from sqlmpc.demo.toml_writer import federation_toml
 
-DEMO_VERSION = 2      # bump when the generated data or federation file change (names the cache directory)
+DEMO_VERSION = 3      # bump when the generated data or federation file change (names the cache directory)
+SAVED_QUERIES = Path(__file__).resolve().parents[2] / "queries"   # approved in the demo (source tree)
 
 AGE_BANDS = ("0-17", "18-34", "35-49", "50-64", "65-79", "80+")
 AGE_SHARE = (0.19, 0.21, 0.19, 0.20, 0.15, 0.06)
@@ -306,8 +309,13 @@ def _parties(schema: dict[str, dict[str, tuple[Column, ...]]]) -> list[Party]:
             for i, (party, tables) in enumerate(schema.items())]
 
 
-def generate(out_dir: Path, persons: int = 5000, seed: int = 20241, *, min_cell_size: int = 10) -> Path:
-    """Write the three-party demo federation into ``out_dir``; return the federation file's path."""
+def generate(out_dir: Path, persons: int = 5000, seed: int = 20241, *, min_cell_size: int = 10,
+             perturbation: str = "cell_key") -> Path:
+    """Write the three-party demo federation into ``out_dir``; return the federation file's path.
+
+    With ``perturbation = "cell_key"`` (the default) ad-hoc queries are perturbed and the saved
+    queries of ``queries/`` (where the source tree has them) are approved: released exactly.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     people = _persons(seed, persons)
@@ -323,12 +331,32 @@ def generate(out_dir: Path, persons: int = 5000, seed: int = 20241, *, min_cell_
     for (party, name), build in tables.items():
         _write(out_dir, party, name, build())   # one table in memory at a time
     # CBS's rule for income statistics: no single person makes up more than 30 % of a released sum.
-    toml = federation_toml("care-demo", _parties(DEMO_SCHEMA), min_cell_size=min_cell_size,
-                           comment=f"sqlmpc demo federation: {persons} persons, seed {seed} (generated).",
-                           dominance=Dominance(1, 30.0))
-    path = out_dir / "federation.toml"
-    path.write_text(toml, encoding="utf-8")
+    def write(approved=None) -> Path:
+        toml = federation_toml("care-demo", _parties(DEMO_SCHEMA), min_cell_size=min_cell_size,
+                               comment=f"sqlmpc demo federation: {persons} persons, seed {seed} (generated).",
+                               dominance=Dominance(1, 30.0), perturbation=perturbation, approved_plans=approved)
+        path = out_dir / "federation.toml"
+        path.write_text(toml, encoding="utf-8")
+        return path
+
+    path = write()
+    if perturbation != "none":      # approvals name exact plans, which cover the file's fingerprint
+        path = write(_approvals(path))
     return path
+
+
+def _approvals(path: Path) -> dict[str, str]:
+    """The saved queries' exact plan hashes (those that plan on this federation)."""
+    if not SAVED_QUERIES.is_dir():
+        return {}
+    federation = load_federation(path)
+    out = {}
+    for file in sorted(SAVED_QUERIES.glob("*.sql")):
+        try:
+            out.update(approvals(file, federation))
+        except errors.Error:
+            continue                 # written for another federation (e.g. the horizontal one)
+    return out
 
 
 # -- horizontal: the same table at several hospitals -----------------------------------------

@@ -48,10 +48,20 @@ def _column(c: Column) -> str:
 
 
 def federation_toml(name: str, parties: list[Party], *, min_cell_size: int, comment: str = "",
-                    dominance: Dominance | None = None) -> str:
-    """The TOML text of a federation; each table's ``source`` must already be relative."""
+                    dominance: Dominance | None = None, perturbation: str | None = None,
+                    approved_plans: dict[str, str] | None = None) -> str:
+    """The TOML text of a federation; each table's ``source`` must already be relative.
+
+    ``approved_plans``: plan hash -> what it is (a comment), released exactly.
+    """
     lines = [f"# {line}" for line in comment.splitlines()]
     lines += ["[federation]", f"name = {_value(name)}", "", "[policy]", f"min_cell_size = {min_cell_size}"]
+    if perturbation is not None:
+        lines.append(f"perturbation = {_value(perturbation)}")
+    if approved_plans:
+        lines.append("approved_plans = [")
+        lines += [f"    {_value(h)},   # {what}" for h, what in approved_plans.items()]
+        lines.append("]")
     if dominance is not None:
         lines.append(f"dominance = {{ n = {dominance.n}, percent = {dominance.percent:g} }}"
                      if dominance.kind == "n-largest" else
