@@ -1,0 +1,279 @@
+"""Cell-key perturbation (docs/disclosure.md): the table, the MPC noise, and differencing attacks.
+
+The attacks run through the real three-party MPC federation on a demo that declares
+``perturbation = "cell_key"``; the plaintext oracle gives the exact values the analyst must
+not be able to recover.  The federation's record keys are secret, so the noise itself is not
+predictable here: the tests assert what the method documents — the same persons give the same
+output, one person more or less moves the output by the documented noise, large cells stay
+within the documented error, approved plans are exact.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import statistics
+
+import gmpy2
+import numpy as np
+import pytest
+
+from compare import assert_same_result
+from sqlmpc import errors
+from sqlmpc.catalog import load_federation
+from sqlmpc.demo import generate
+from sqlmpc.mpc.testing import run_parties
+from sqlmpc.oracle import run_oracle
+from sqlmpc.plan.compile import compile
+from sqlmpc.plan.perturbation import (KEY_RANGE, CellKeyPolicy, PerturbationSpec, Target, magnitude_noise,
+                                      perturbation_table)
+
+PERSONS = 2000
+D = CellKeyPolicy().max_deviation
+
+
+# -- the table and the magnitude method (plaintext) -----------------------------------------
+
+
+@pytest.mark.parametrize("policy", [CellKeyPolicy(), CellKeyPolicy(max_deviation=3, variance=2.0),
+                                    CellKeyPolicy(min_released_count=10)])
+def test_table_rows_are_unbiased_bounded_and_keep_small_values_out(policy):
+    table = perturbation_table(policy, 10)
+    for row in table.rows:
+        assert abs(row.mean) < 1e-3, row
+        assert all(-policy.max_deviation <= row.low + i <= policy.max_deviation
+                   for i, p in enumerate(row.probabilities) if p > 0)
+        assert row.n + row.low >= policy.min_released_count
+        assert row.variance <= policy.variance + 1e-3
+    assert abs(table.rows[-1].variance - policy.variance) < 1e-3      # the full row has the variance asked for
+    noise = [table.count_noise(10 ** 6, ck) for ck in range(KEY_RANGE)]
+    assert abs(statistics.pvariance(noise) - policy.variance) < 1e-3
+
+
+def test_magnitude_noise_is_bounded_by_the_largest_contribution_scale():
+    policy = CellKeyPolicy()
+    for s2 in (1, 7, 10 ** 6, 3 * 10 ** 20):
+        m = 1 << -(-s2.bit_length() // 2)
+        assert math.sqrt(s2) <= m <= 2 * math.sqrt(s2)
+        noise = [magnitude_noise(policy, s2, ck) for ck in range(0, KEY_RANGE, 97)]
+        assert -m <= min(noise) < -0.99 * m and 0.99 * m - 1 < max(noise) < m      # uniform on [-m, m)
+        assert abs(statistics.mean(noise)) < 0.02 * m + 1                       # centred
+    assert magnitude_noise(policy, 0, 1234) == 0
+
+
+# -- the federation file ----------------------------------------------------------------------
+
+
+def policy_file(tmp_path, text: str):
+    path = tmp_path / "federation.toml"
+    path.write_text('[federation]\nname = "t"\n\n[policy]\n' + text + '\n\n'
+                    + "".join(f'[parties.{p}]\naddress = "127.0.0.1:{7000 + i}"\n\n'
+                              for i, p in enumerate(("a", "b", "c"))))
+    return path
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ('perturbation = "cell-key"', "did you mean 'cell_key'"),
+    ('approved_plans = ["abc"]', "not a plan hash"),
+    ('[policy.cell_key]\nmax_deviation = 0', "max_deviation must be between 1 and 64"),
+    ('[policy.cell_key]\nvariance = 4.0', "variance must lie strictly between 0 and max_deviation²"),
+    ('[policy.cell_key]\nmin_released_count = 11', "cannot exceed min_cell_size"),
+    ('[policy.cell_key]\nmagnitude_deviation = 0.3', "magnitude_deviation must be a power of two"),
+    ('[policy.cell_key]\nsmallest = 1', "unknown key 'smallest'"),
+])
+def test_policy_mistakes_are_config_errors(tmp_path, text, fragment):
+    with pytest.raises(errors.ConfigError, match=fragment):
+        load_federation(policy_file(tmp_path, text))
+
+
+def test_policy_values_fingerprint_and_local_policy(tmp_path):
+    fed = load_federation(policy_file(tmp_path, 'perturbation = "cell_key"\n[policy.cell_key]\nvariance = 1.5'))
+    assert fed.policy.perturbation == "cell_key" and fed.policy.cell_key.variance == 1.5
+    assert load_federation(policy_file(tmp_path, "")).policy.perturbation == "none"
+    # Approving a plan does not change the fingerprint (the plan hash covers it); the table does.
+    approved = load_federation(policy_file(tmp_path, f'perturbation = "cell_key"\napproved_plans = ["{"a" * 64}"]'
+                                           '\n[policy.cell_key]\nvariance = 1.5'))
+    assert approved.fingerprint == fed.fingerprint
+    other = load_federation(policy_file(tmp_path, 'perturbation = "cell_key"\n[policy.cell_key]\nvariance = 1.0'))
+    assert other.fingerprint != fed.fingerprint
+    local = tmp_path / "local.toml"
+    local.write_text('[policy]\nperturbation = "none"\n')
+    with pytest.raises(errors.ConfigError, match="only be stricter"):
+        load_federation(tmp_path / "federation.toml", local_policy=local)
+
+
+# -- the MPC side: record keys and noise equal their plaintext statements ----------------------------
+
+
+async def _record_keys_party(mpc, pid, keys, shares):
+    from sqlmpc.mpc.record_keys import record_key_type, record_keys
+    sectype = record_key_type()
+    data = np.array(keys, dtype=object) if pid == 0 else np.zeros(len(keys), dtype=object)
+    out = await record_keys(mpc.input(sectype.array(data), senders=0), shares[pid])
+    return [int(v) for v in await mpc.output(out)]
+
+
+@pytest.mark.mpc
+def test_record_keys_are_the_legendre_prf_under_the_summed_key():
+    from mpyc.runtime import mpc
+    keys = [secrets.randbits(64) for _ in range(300)]
+    shares = [[secrets.randbits(320) for _ in range(16)] for _ in range(3)]
+    got = run_parties(_record_keys_party, 3, args=(keys, shares))[0]
+    p = int(mpc.SecInt(128).field.modulus)
+    K = [sum(s[j] for s in shares) % p for j in range(16)]
+    assert got == [sum(1 << j for j in range(16) if gmpy2.legendre(K[j] + x, p) == 1) for x in keys]
+    assert len(set(got)) > 250                                   # 16 bits per person: few collisions
+
+
+def _spec(policy):
+    return PerturbationSpec(policy, perturbation_table(policy, 10),
+                            (Target("c", "count", ("k1", "k2")), Target("s", "magnitude", ("k1",), "s2")))
+
+
+async def _perturb_party(mpc, pid, data, policy):
+    from sqlmpc.mpc.perturb import perturb_moments
+    sectype = mpc.SecInt(200)
+    moments = {k: sectype.array(np.array(v, dtype=object)) for k, v in data.items()}
+    out = await perturb_moments(mpc, _spec(policy), moments, {"s2": 2 ** 100})
+    return {k: [int(x) for x in await mpc.output(out[k])] for k in ("c", "s")}
+
+
+@pytest.mark.mpc
+@pytest.mark.parametrize("policy", [CellKeyPolicy(), CellKeyPolicy(min_released_count=10, magnitude_deviation=0.5)])
+def test_noise_in_mpc_equals_the_documented_functions(policy):
+    rng = np.random.default_rng(7)
+    G = 16
+    data = {"c": [int(v) for v in rng.choice([10, 11, 12, 50, 1000], G)],
+            "s": [int(v) for v in rng.integers(-10 ** 12, 10 ** 12, G)],
+            "k1": [int(v) for v in rng.integers(0, 500 * KEY_RANGE, G)],
+            "k2": [int(v) for v in rng.integers(0, 500 * KEY_RANGE, G)],
+            "s2": [0, 1, 5] + [int(v) ** 6 for v in rng.integers(1, 10 ** 5, G - 3)]}
+    got = run_parties(_perturb_party, 3, args=(data, policy))[0]
+    table = perturbation_table(policy, 10)
+    assert got["c"] == [c + table.count_noise(c, (a + b) % KEY_RANGE)
+                        for c, a, b in zip(data["c"], data["k1"], data["k2"])]
+    assert got["s"] == [s + magnitude_noise(policy, q, a % KEY_RANGE) for s, a, q in zip(data["s"], data["k1"], data["s2"])]
+
+
+# -- the perturbed demo through real MPC --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def perturbed(tmp_path_factory):
+    return load_federation(generate(tmp_path_factory.mktemp("perturbed"), persons=PERSONS))
+
+
+@pytest.fixture(scope="module")
+def union(perturbed):
+    from sqlmpc.local.data import open_union_database
+    return open_union_database(perturbed)
+
+
+@pytest.fixture(scope="module")
+def embedded(perturbed):
+    from sqlmpc.party.embedded import EmbeddedFederation
+    with EmbeddedFederation(perturbed) as fed:
+        yield fed
+
+
+JOIN = ("FROM hospital.patients p JOIN insurer.claims c ON c.pid = p.pid JOIN bureau.persons b ON b.pid = p.pid "
+        "WHERE c.year = 2024")
+
+
+def targets(union, diagnosis: str, count: int) -> list[dict]:
+    """Persons unique on five dimensions among the 2024 claimants of one diagnosis, and their 2024 cost."""
+    rows = union.execute(f"""
+        SELECT p.diagnosis_year, p.sex, b.age_band, b.region, any_value(p.pid), SUM(c.cost_eur)
+        {JOIN} AND p.diagnosis = '{diagnosis}' GROUP BY ALL HAVING COUNT(DISTINCT p.pid) = 1
+        ORDER BY ALL LIMIT {count}""").fetchall()
+    out = []
+    for year, sex, age, region, pid, cost in rows:
+        conds = {"p.diagnosis_year": year, "p.sex": sex, "b.age_band": age, "b.region": region}
+        claims = union.execute(f"SELECT COUNT(*) FROM insurer.claims WHERE pid = '{pid}' AND year = 2024").fetchone()[0]
+        out.append({"conds": conds, "cost": float(cost), "claims": claims})
+    return out
+
+
+def not_and(conds: dict) -> str:
+    return "NOT (" + " AND ".join(f"{c} = {v!r}" for c, v in conds.items()) + ")"
+
+
+def or_of_differences(conds: dict) -> str:
+    return "(" + " OR ".join(f"{c} <> {v!r}" for c, v in conds.items()) + ")"
+
+
+@pytest.mark.mpc
+def test_ad_hoc_queries_are_perturbed_and_marked(perturbed):
+    plan = compile("SELECT b.region, COUNT(*) FROM bureau.persons b GROUP BY b.region", perturbed)
+    assert plan.perturbation is not None and plan.mode == "join"
+    assert {t.kind for t in plan.perturbation.targets} == {"count"}
+    assert any(l.what == "record keys" for l in plan.leakage)
+
+
+@pytest.mark.mpc
+def test_differencing_by_not_or_and_avg_count_misses_by_the_noise(embedded, union):
+    """N vs N−1 persons: the difference of COUNT, SUM and AVG·COUNT is not the person's value.
+
+    The rephrased N−1 query (OR of differences instead of NOT of a conjunction) selects the same
+    persons and so gives identical outputs: rephrasing cannot average the noise away.
+    """
+    select = "SELECT COUNT(*) AS claims, SUM(c.cost_eur) AS cost, AVG(c.cost_eur) AS avg_cost "
+    base = f"{select}{JOIN} AND p.diagnosis = 'HF'"
+    full = embedded.query(base).rows()[0]
+    assert full == embedded.query(base).rows()[0]                          # the same query twice
+    count_errors, sum_errors = [], []
+    for t in targets(union, "HF", 6):
+        fewer = embedded.query(f"{base} AND {not_and(t['conds'])}").rows()[0]
+        assert fewer == embedded.query(f"{base} AND {or_of_differences(t['conds'])}").rows()[0]
+        count_errors.append(full[0] - fewer[0] - t["claims"])
+        sum_errors.append((full[1] - fewer[1] - t["cost"]) / t["cost"])
+        by_avg = full[2] * full[0] - fewer[2] * fewer[0]                    # AVG·COUNT = the perturbed sum
+        assert math.isclose(by_avg, full[1] - fewer[1], rel_tol=1e-6, abs_tol=1e-3)
+    # Counts: the difference of two table draws (variance 2·V); sums: noise of at least the person's
+    # contribution's scale (uniform in ±m with m ≥ √S2 ≥ the largest contribution).
+    assert any(e != 0 for e in count_errors), count_errors
+    assert all(abs(e) <= 2 * D for e in count_errors), count_errors
+    assert all(abs(e) > 1e-6 for e in sum_errors), sum_errors
+    assert statistics.median(abs(e) for e in sum_errors) > 0.1, sum_errors
+
+
+@pytest.mark.mpc
+def test_total_minus_released_cells_does_not_give_the_suppressed_ones(embedded, union):
+    by_age = (f"SELECT b.age_band, COUNT(DISTINCT p.pid) AS patients, SUM(c.cost_eur) AS cost {JOIN} "
+              "AND p.diagnosis = 'COPD' GROUP BY b.age_band")
+    cells = embedded.query(by_age)
+    total = embedded.query(f"SELECT COUNT(DISTINCT p.pid), SUM(c.cost_eur) {JOIN} AND p.diagnosis = 'COPD'").rows()[0]
+    exact = {row[0]: row for row in run_oracle(by_age, embedded.federation, union).rows()}
+    true_cells = {row[0]: row for row in union.execute(
+        f"SELECT b.age_band, COUNT(DISTINCT p.pid), SUM(c.cost_eur) {JOIN} AND p.diagnosis = 'COPD' "
+        "GROUP BY b.age_band").fetchall()}
+    hidden = [age for age, row in exact.items() if row[1] is None and age in true_cells]
+    assert hidden, "the grouping has suppressed cells"
+    released = [row for row in cells.rows() if row[1] is not None]
+    guess = total[1] - sum(row[2] for row in released)
+    assert not math.isclose(guess, sum(float(true_cells[a][2]) for a in hidden), rel_tol=1e-9)
+
+
+@pytest.mark.mpc
+def test_large_cells_stay_within_the_documented_error(embedded, union, perturbed):
+    sql = (f"SELECT p.diagnosis, COUNT(DISTINCT p.pid) AS patients, COUNT(*) AS claims, SUM(c.cost_eur) AS cost "
+           f"{JOIN} GROUP BY p.diagnosis ORDER BY p.diagnosis")
+    got = embedded.query(sql).rows()
+    want = run_oracle(sql, perturbed, union).rows()
+    s2 = dict(union.execute(f"""SELECT diagnosis, SUM(c * c) FROM (SELECT p.diagnosis, p.pid, SUM(c.cost_eur * 100) AS c
+        {JOIN} GROUP BY ALL) GROUP BY ALL""").fetchall())
+    mu = perturbed.policy.cell_key.magnitude_deviation
+    for g, w in zip(got, want):
+        assert g[0] == w[0]
+        assert abs(g[1] - w[1]) <= D and abs(g[2] - w[2]) <= D, (g, w)
+        bound = 2 * mu * math.sqrt(float(s2[g[0]])) / 100           # μ·m ≤ 2μ√S2 (cents → euros)
+        assert abs(g[3] - float(w[3])) <= bound + 0.01, (g, w, bound)
+        assert abs(g[3] - float(w[3])) / float(w[3]) < 0.25               # and the sums are still useful
+
+
+@pytest.mark.mpc
+def test_approved_saved_query_is_exact(embedded, union, perturbed):
+    from pathlib import Path
+    sql = (Path(__file__).parent.parent / "queries" / "cost_by_diagnosis_region.sql").read_text()
+    assert compile(sql, perturbed).perturbation is None                      # approved in the demo file
+    assert_same_result(embedded.query(sql), run_oracle(sql, perturbed, union), sql)
