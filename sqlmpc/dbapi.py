@@ -11,7 +11,8 @@ federation.  Each is a *backend* of the one :class:`Connection`: an object with
 
 Beyond PEP 249: ``Cursor.fetch_arrow_table()``, ``Cursor.fetchdf()``,
 ``Cursor.suppressed`` (one flag per result row: the cell had fewer than k
-persons, its values are None) and ``Cursor.leakage`` (what the secure
+persons, its values are None), ``Cursor.perturbed`` (the columns whose values
+carry cell-key noise, docs/disclosure.md) and ``Cursor.leakage`` (what the secure
 computation opened besides the result).
 """
 
@@ -233,6 +234,11 @@ class Cursor:
     def suppressed(self) -> list[bool]:
         """Per result row: True when the cell had fewer than k persons (its values are None)."""
         return [] if self._result is None else list(self._result.suppressed)
+
+    @property
+    def perturbed(self) -> list[str]:
+        """The columns of the last result whose values carry cell-key noise (docs/disclosure.md)."""
+        return [] if self._result is None else self._result.perturbed
 
     def execute(self, sql: str, parameters=None, *, progress=None) -> "Cursor":
         """Run ``sql``; ``progress(stage)`` (optional) hears each secure stage as it starts."""

@@ -16,6 +16,7 @@ import pyarrow as pa
 from sqlmpc.result import Result
 
 SUPPRESSED = "·"   # a cell withheld by disclosure control
+PERTURBED = "~"    # after a column name (tables for people): its values carry cell-key noise
 SUPPRESSED_COLUMN = "_suppressed"
 UNLIMITED_WIDTH = 1_000_000    # a table written to a file or pipe is never wrapped
 
@@ -51,8 +52,14 @@ def to_json(result: Result) -> str:
     return json.dumps(rows, default=str, indent=1)
 
 
+def headers(result: Result) -> list[str]:
+    """Column names for people: a perturbed column is marked (see the summary's legend)."""
+    noisy = set(result.perturbed)
+    return [f"{name} {PERTURBED}" if name in noisy else name for name in result.columns]
+
+
 def to_markdown(result: Result) -> str:
-    lines = ["| " + " | ".join(result.columns) + " |", "|" + "---|" * len(result.columns)]
+    lines = ["| " + " | ".join(headers(result)) + " |", "|" + "---|" * len(result.columns)]
     for row, s in zip(result.rows(), result.suppressed):
         lines.append("| " + " | ".join(_cell(v, s) for v in row) + " |")
     return "\n".join(lines) + "\n"
@@ -73,8 +80,8 @@ def rich_table(result: Result, title: str | None = None):
     from rich.table import Table
 
     table = Table(title=title, show_lines=False)
-    for field in result.table.schema:
-        table.add_column(field.name, overflow="fold", justify="right" if _numeric(field.type) else "left")
+    for field, name in zip(result.table.schema, headers(result)):
+        table.add_column(name, overflow="fold", justify="right" if _numeric(field.type) else "left")
     for row, s in zip(result.rows(), result.suppressed):
         cells = [_cell(v, s) for v in row]
         table.add_row(*cells, style="dim" if s else None)
@@ -88,6 +95,8 @@ def summary(result: Result) -> str:
     text = f"{n} row{'' if n == 1 else 's'}"
     if n_sup:
         text += f", {n_sup} suppressed ({SUPPRESSED}: fewer than {result.min_cell_size} persons)"
+    if result.perturbed:
+        text += f"; {PERTURBED} perturbed: counts and sums carry cell-key noise (docs/disclosure.md)"
     return text
 
 

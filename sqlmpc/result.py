@@ -10,6 +10,7 @@ exactly the same in both.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import duckdb
@@ -19,6 +20,7 @@ from sqlglot import exp
 from sqlmpc import errors
 from sqlmpc.plan.bind import AGGREGATES, BoundQuery
 from sqlmpc.plan.cells import CellGrid
+from sqlmpc.plan.perturbation import PERTURBED_KEY, perturbed_columns
 
 
 @dataclass
@@ -32,6 +34,11 @@ class Result:
     @property
     def columns(self) -> list[str]:
         return self.table.column_names
+
+    @property
+    def perturbed(self) -> list[str]:
+        """The columns whose values carry cell-key noise (docs/disclosure.md); [] for exact release."""
+        return perturbed_columns(self.table)
 
     def rows(self) -> list[tuple]:
         cols = [c.to_pylist() for c in self.table.columns]
@@ -101,4 +108,9 @@ def finish(q: BoundQuery, grid: CellGrid, cells: pa.Table) -> Result:
     out = con.sql(query.sql("duckdb")).to_arrow_table()
     suppressed = out.column("suppressed_").to_pylist()
     out = out.drop_columns(["suppressed_"]).rename_columns([n for n, _ in q.select])
+    noisy = set(perturbed_columns(cells))
+    if noisy:       # a select item over a perturbed aggregate is perturbed
+        names = [n for n, e in q.select if any(f"a{agg_index[a.sql()]}" in noisy
+                                               for a in e.walk() if a.sql() in agg_index)]
+        out = out.replace_schema_metadata({PERTURBED_KEY: json.dumps(names).encode()})
     return Result(out, suppressed, min_cell_size=q.federation.policy.min_cell_size, cells=cells)

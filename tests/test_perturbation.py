@@ -11,6 +11,7 @@ within the documented error, approved plans are exact.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 import secrets
 import statistics
 
@@ -277,3 +278,15 @@ def test_approved_saved_query_is_exact(embedded, union, perturbed):
     sql = (Path(__file__).parent.parent / "queries" / "cost_by_diagnosis_region.sql").read_text()
     assert compile(sql, perturbed).perturbation is None                      # approved in the demo file
     assert_same_result(embedded.query(sql), run_oracle(sql, perturbed, union), sql)
+
+
+@pytest.mark.mpc
+def test_perturbed_columns_are_marked_for_the_analyst(embedded, perturbed):
+    from sqlmpc.output import summary, to_markdown
+    result = embedded.query("SELECT b.region, COUNT(*) AS persons, MIN(b.age_band) AS youngest "
+                            "FROM bureau.persons b GROUP BY b.region")
+    assert result.perturbed == ["persons"]                      # MIN of a dimension is released as is
+    assert "| region | persons ~ | youngest |" in to_markdown(result)
+    assert "~ perturbed" in summary(result)
+    exact = embedded.query((Path(__file__).parent.parent / "queries" / "income_gradient.sql").read_text())
+    assert exact.perturbed == [] and "perturbed" not in summary(exact)

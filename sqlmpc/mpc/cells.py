@@ -18,6 +18,7 @@ from sqlglot import exp
 from sqlmpc import errors
 from sqlmpc.mpc.perturb import perturb_moments
 from sqlmpc.mpc.reveal import reveal, reveal_ratio
+from sqlmpc.plan.perturbation import perturbed_metadata
 from sqlmpc.plan.release import margin_lines, secondary_suppression
 
 
@@ -99,7 +100,10 @@ class CellPhase:
                                    for i, h in enumerate(having)], pa.bool_())
         for j, col in enumerate(outputs):
             data[f"a{j}"] = _arrow_column(col)
-        return pa.table(data)
+        table = pa.table(data)
+        if plan.perturbation is not None:
+            table = table.replace_schema_metadata(perturbed_metadata(plan.perturbation, plan.outputs))
+        return table
 
     def small_counts(self, moments, bounds) -> dict:
         """The persons counts in a secure type just wide enough for the release rules' comparisons.

@@ -19,8 +19,11 @@ place.  The noise is a function of the cell key, stated here once for the secure
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+
+from sqlglot import exp
 
 KEY_BITS = 16
 KEY_RANGE = 1 << KEY_BITS
@@ -228,3 +231,22 @@ class PerturbationSpec:
             out[t.moment] = b + self.policy.max_deviation if t.kind == "count" else \
                 b + 2 * max(1, math.ceil(self.policy.magnitude_deviation)) * b + 1
         return out
+
+
+# -- what the analyst is told ------------------------------------------------------------
+
+PERTURBED_KEY = b"sqlmpc.perturbed"     # Arrow schema metadata: JSON list of perturbed columns
+
+
+def perturbed_metadata(spec: PerturbationSpec, outputs) -> dict:
+    """Cell-table metadata naming the outputs (a0, a1, ...) computed from perturbed moments."""
+    targets = {t.moment for t in spec.targets}
+    names = [f"a{j}" for j, formula in enumerate(outputs)
+             if any(c.table == "M" and c.name in targets for c in formula.find_all(exp.Column))]
+    return {PERTURBED_KEY: json.dumps(names).encode()}
+
+
+def perturbed_columns(table) -> list[str]:
+    """The columns of an Arrow table that its metadata marks as perturbed."""
+    meta = table.schema.metadata or {}
+    return json.loads(meta[PERTURBED_KEY]) if PERTURBED_KEY in meta else []
