@@ -25,9 +25,9 @@ import pyarrow.flight as flight
 from sqlmpc import errors
 from sqlmpc.catalog import load_federation
 from sqlmpc.party.wire import from_ipc, rebuild
-from sqlmpc.plan.compile import bind_query
 from sqlmpc.result import Result
-from sqlmpc.sql import Query
+from sqlmpc.sql import Query, parse
+from sqlmpc.sql.params import bind_parameters
 
 SCHEMES = ("sqlmpc", "sqlmpc+insecure")
 
@@ -89,10 +89,12 @@ class RemoteConnection:
             raise errors.OperationalError(f"{self.url}: {_first_line(exc)}") from None
 
     def query(self, query: str | Query, params=None, progress=None) -> Result:
-        """The node plans and coordinates; we send the query's text with the parameters in."""
-        if not isinstance(query, str) or params:
-            query = bind_query(query, self.federation, params).text
-        out = self._call("query", {"sql": query}, self.timeout)
+        """The node checks, plans and coordinates (and audits a refusal); it gets the text as written,
+        or with the parameters in as literals."""
+        if isinstance(query, str):
+            query = parse(query)
+        text = bind_parameters(query.tree, params).sql("duckdb") if params else query.sql
+        out = self._call("query", {"sql": text}, self.timeout)
         meta = json.loads(out[0])
         if "error" in meta:
             raise rebuild(meta)

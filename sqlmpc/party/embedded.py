@@ -1,4 +1,4 @@
-"""The embedded federation: every party in its own process on loopback.
+"""The embedded federation: every party in its own process on loopback (:mod:`sqlmpc.party.process`).
 
 This is the same node code a real federation runs on three machines; only
 the transport of control messages differs (a pipe per party here).  Control
@@ -11,164 +11,22 @@ import getpass
 import hashlib
 import json
 import os
-import resource
-import select
-import signal
-import struct
 import subprocess
 import sys
 import time
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlmpc import errors
 from sqlmpc.catalog import Federation
-from sqlmpc.mpc.reveal import Ledger
 from sqlmpc.mpc.session import free_ports
-from sqlmpc.party.audit import AuditLog, audited, opened, query_record
-from sqlmpc.party.wire import from_ipc, rebuild, to_ipc
+from sqlmpc.party.audit import AuditLog, audited, query_record
+from sqlmpc.party.wire import Channel, from_ipc, rebuild, to_ipc
 from sqlmpc.plan.compile import compile
 from sqlmpc.plan.plan import Plan
 from sqlmpc.result import Result, finish
 from sqlmpc.sql import Query
-
-class Channel:
-    """Length-prefixed frames over a pair of pipe file descriptors (JSON control, Arrow results)."""
-
-    def __init__(self, read_fd: int, write_fd: int):
-        self.reader = os.fdopen(read_fd, "rb", buffering=0)
-        self.writer = os.fdopen(write_fd, "wb", buffering=0)
-
-    def send_bytes(self, data: bytes) -> None:
-        self.writer.write(struct.pack("!Q", len(data)) + data)
-
-    def send(self, text: str) -> None:
-        self.send_bytes(text.encode())
-
-    def _read(self, n: int) -> bytes:
-        chunks = []
-        while n:
-            chunk = self.reader.read(n)
-            if not chunk:
-                raise EOFError
-            chunks.append(chunk)
-            n -= len(chunk)
-        return b"".join(chunks)
-
-    def recv_bytes(self) -> bytes:
-        (n,) = struct.unpack("!Q", self._read(8))
-        return self._read(n)
-
-    def recv(self) -> str:
-        return self.recv_bytes().decode()
-
-    def poll(self, timeout: float) -> bool:
-        return bool(select.select([self.reader], [], [], timeout)[0])
-
-    def close(self) -> None:
-        for f in (self.reader, self.writer):
-            try:
-                f.close()
-            except OSError:
-                pass
-
-
-class PartyStopped(KeyboardInterrupt):
-    """The party process was stopped (SIGTERM), e.g. when the analyst cancelled the running query."""
-
-
-STOPPED = "the party was stopped during the query (cancelled)"
-_running: tuple | None = None           # (audit log, record, ledger, start) of the query under way
-
-
-def _stop(signum, frame):
-    """SIGTERM: mid-query, write the query's record and leave at once; unwinding through the
-    MPyC event loop and its half-done tasks can crash the interpreter on the way out."""
-    if _running is not None:
-        log, record, ledger, since = _running
-        record.update(outcome="cancelled", error=STOPPED, ledger=opened(ledger.entries),
-                      duration_s=time.monotonic() - since)
-        log.write(record)
-        sys.stderr.flush()
-        os._exit(0)
-    warnings.simplefilter("ignore")     # the query's abandoned MPC tasks are dropped on purpose
-    raise PartyStopped(STOPPED)
-
-
-def _party_main(federation_path: str, party: str, conn: Channel) -> None:
-    """Party process: load only this party's data, then serve queries until told to stop.
-
-    SIGTERM stops it even in the middle of a query: the query's audit record is
-    written first (outcome ``cancelled``, with what was opened so far).
-    """
-    from sqlmpc.catalog import load_federation
-    from sqlmpc.party.node import PartyNode
-
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        node = PartyNode(load_federation(federation_path), party)
-        conn.send(json.dumps({"ready": True}))
-    except Exception as exc:  # report start-up failures (bad data file, ...) to the client
-        conn.send(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
-        return
-    while True:
-        try:
-            msg = json.loads(conn.recv())
-        except EOFError:
-            return
-        if msg.get("op") == "stop":
-            return
-        if msg.get("op") == "reload":
-            try:
-                node = PartyNode(load_federation(msg["federation"]), party)
-                conn.send(json.dumps({"ready": True}))
-            except Exception as exc:
-                conn.send(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
-            continue
-        _run_query(node, msg, conn)
-
-
-def _run_query(node, msg: dict, conn: Channel) -> None:
-    """One query at this party: admit it, run its share, answer, and write this party's audit record.
-
-    A failed query's answer and record carry the openings made before the failure.
-    """
-    def progress(stage: str) -> None:
-        conn.send(json.dumps({"progress": stage}))
-
-    global _running
-    record = query_record(msg.get("qid"), "participant", msg.get("coordinator"), msg.get("analyst"), msg["sql"])
-    ledger = Ledger()
-    log = AuditLog(msg["audit"])
-    _running = (log, record, ledger, time.monotonic())
-    try:
-        with audited(log, record):
-            try:
-                plan = node.admit(msg["sql"], msg.get("digest"))
-            except errors.Error:
-                record["decision"] = "refused"
-                raise
-            record.update(plan_hash=plan.digest, decision="accepted")
-            try:
-                out = node.execute_plan(plan, [tuple(a) for a in msg["addresses"]], ledger=ledger,
-                                        timeout=msg.get("timeout", 30.0),
-                                        progress=progress if msg.get("progress") else None)
-            finally:
-                record["ledger"] = opened(ledger.entries)
-            ipc = to_ipc(out.cells)
-            record.update(outcome="ok", cells=out.cells.num_rows, cells_sha256=hashlib.sha256(ipc).hexdigest())
-    except Exception as exc:
-        conn.send(json.dumps({"error": type(exc).__name__, "message": str(exc), "ledger": opened(ledger.entries)}))
-        return
-    finally:
-        _running = None
-    conn.send(json.dumps({"digest": out.digest, "seconds": out.seconds, "ledger": opened(out.ledger),
-                          "timings": out.timings,
-                          "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-    conn.send_bytes(ipc)
-
 
 
 @dataclass
@@ -231,7 +89,7 @@ class EmbeddedFederation:
             to_child_r, to_child_w = os.pipe()
             from_child_r, from_child_w = os.pipe()
             proc = subprocess.Popen(
-                [sys.executable, "-m", "sqlmpc.party.embedded", str(self.federation.path), p.name,
+                [sys.executable, "-m", "sqlmpc.party.process", str(self.federation.path), p.name,
                  str(to_child_r), str(from_child_w)],
                 pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL,
                 start_new_session=True)     # the terminal's Ctrl-C reaches the driver only, which cancels
@@ -378,13 +236,3 @@ def demo_federation_path(persons: int = 5000, seed: int | None = None) -> Path:
         kwargs = {"seed": seed} if seed is not None else {}
         generate(out, persons=persons, **kwargs)
     return toml
-
-
-if __name__ == "__main__":
-    try:
-        _party_main(sys.argv[1], sys.argv[2], Channel(int(sys.argv[3]), int(sys.argv[4])))
-    except PartyStopped:
-        # Stopped by the driver; the running query's record is written.  Exit without
-        # finalising the abandoned MPyC tasks (that only prints errors about them).
-        sys.stderr.flush()
-        os._exit(0)

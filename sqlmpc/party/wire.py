@@ -1,10 +1,15 @@
-"""What travels between party processes and their clients: Arrow IPC results and reported errors.
+"""What travels between party processes and their clients: Arrow IPC results, reported errors,
+and the framed pipes of the embedded federation.
 
 The embedded federation (pipes) and networked nodes (Arrow Flight) use the same
 encodings, so an error keeps its sqlmpc class, message and party across either.
 """
 
 from __future__ import annotations
+
+import os
+import select
+import struct
 
 import pyarrow as pa
 
@@ -45,3 +50,44 @@ def rebuild(reply: dict, party: str | None = None) -> Exception:
     Exception.__init__(exc, message)
     exc.party = party
     return exc
+
+
+class Channel:
+    """Length-prefixed frames over a pair of pipe file descriptors (JSON control, Arrow results)."""
+
+    def __init__(self, read_fd: int, write_fd: int):
+        self.reader = os.fdopen(read_fd, "rb", buffering=0)
+        self.writer = os.fdopen(write_fd, "wb", buffering=0)
+
+    def send_bytes(self, data: bytes) -> None:
+        self.writer.write(struct.pack("!Q", len(data)) + data)
+
+    def send(self, text: str) -> None:
+        self.send_bytes(text.encode())
+
+    def _read(self, n: int) -> bytes:
+        chunks = []
+        while n:
+            chunk = self.reader.read(n)
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def recv_bytes(self) -> bytes:
+        (n,) = struct.unpack("!Q", self._read(8))
+        return self._read(n)
+
+    def recv(self) -> str:
+        return self.recv_bytes().decode()
+
+    def poll(self, timeout: float) -> bool:
+        return bool(select.select([self.reader], [], [], timeout)[0])
+
+    def close(self) -> None:
+        for f in (self.reader, self.writer):
+            try:
+                f.close()
+            except OSError:
+                pass

@@ -23,6 +23,12 @@ def literal(value) -> exp.Expression:
     if isinstance(value, datetime.date):
         return exp.cast(exp.Literal.string(value.isoformat()), "DATE")
     if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:      # no party (or DuckDB) could read it
+            raise errors.InvalidTextError(
+                f"parameter {value!r} has an invalid character U+{ord(value[err.start]):04X} (a lone surrogate, "
+                "not a Unicode character)", hint="pass valid Unicode text") from None
         return exp.Literal.string(value)
     raise errors.ParameterError(f"unsupported parameter type {type(value).__name__}")
 
