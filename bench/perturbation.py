@@ -1,0 +1,119 @@
+"""What cell-key perturbation costs and how far it moves released cells (docs/disclosure.md).
+
+The same demo data twice, once with ``perturbation = "none"`` and once with ``"cell_key"``; each
+ad-hoc query runs through the embedded federation on both (time: median of --repeat), and the
+perturbed cells of a three-way grouping are compared with the exact ones by cell size.  Writes
+its own section of BENCHMARKS.md (the file's other sections are kept).
+
+    python bench/perturbation.py [--persons 5000] [--repeat 1] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from sqlmpc.catalog import load_federation
+from sqlmpc.demo import generate
+from sqlmpc.local.data import open_union_database
+from sqlmpc.oracle import run_oracle
+from sqlmpc.party.embedded import EmbeddedFederation
+
+ROOT = Path(__file__).resolve().parent.parent
+TITLE = "## Cell-key perturbation (issue 12)"
+JOIN = ("FROM hospital.patients p JOIN insurer.claims c ON c.pid = p.pid JOIN bureau.persons b ON b.pid = p.pid "
+        "WHERE c.year = 2024")
+QUERIES = [
+    ("3-way join, 25 cells: patients, cost, average claim",
+     f"SELECT p.diagnosis, b.region, COUNT(DISTINCT p.pid), SUM(c.cost_eur), AVG(c.cost_eur) {JOIN} "
+     "GROUP BY p.diagnosis, b.region"),
+    ("2-way join, 5 cells: claims, cost, STDDEV",
+     "SELECT p.diagnosis, COUNT(*), SUM(c.cost_eur), STDDEV_SAMP(c.cost_eur) "
+     "FROM hospital.patients p JOIN insurer.claims c ON c.pid = p.pid GROUP BY p.diagnosis"),
+    ("one table, 40 cells: persons by region and age band",
+     "SELECT b.region, b.age_band, COUNT(*) FROM bureau.persons b GROUP BY b.region, b.age_band"),
+]
+BY_SIZE = (f"SELECT p.diagnosis, b.region, b.age_band, COUNT(DISTINCT p.pid) AS patients, "
+           f"SUM(c.cost_eur) AS cost {JOIN} GROUP BY p.diagnosis, b.region, b.age_band")
+SIZES = [(10, 19), (20, 49), (50, 99), (100, 199), (200, 10 ** 9)]
+
+
+def timed(embedded, sql: str, repeat: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = embedded.query(sql)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+def errors_by_size(perturbed, exact) -> list[str]:
+    """Per cell-size class: cells, mean and largest |relative error| of the count and of the sum."""
+    rows = []
+    for lo, hi in SIZES:
+        pairs = [(g, w) for g, w in zip(perturbed, exact) if w[3] is not None and lo <= w[3] <= hi]
+        if not pairs:
+            continue
+        count = [abs(g[3] - w[3]) / w[3] for g, w in pairs]
+        total = [abs(g[4] - float(w[4])) / float(w[4]) for g, w in pairs]
+        label = f"{lo}–{hi}" if hi < 10 ** 9 else f"≥ {lo}"
+        rows.append(f"| {label} | {len(pairs)} | {100 * statistics.mean(count):.2f} % | {100 * max(count):.2f} % | "
+                    f"{100 * statistics.mean(total):.2f} % | {100 * max(total):.2f} % |")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--persons", type=int, default=5000)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--no-write", action="store_true", help="print the section only")
+    args = ap.parse_args()
+    timing, sizes = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        exact_fed = load_federation(generate(Path(tmp) / "none", persons=args.persons, perturbation="none"))
+        noisy_fed = load_federation(generate(Path(tmp) / "cell_key", persons=args.persons))
+        runs = {}
+        for name, fed in (("none", exact_fed), ("cell_key", noisy_fed)):
+            with EmbeddedFederation(fed, timeout=3600) as embedded:
+                for label, sql in QUERIES:
+                    runs[(name, label)] = timed(embedded, sql, args.repeat)[0]
+                    print(name, label, f"{runs[(name, label)]:.2f} s", flush=True)
+                if name == "cell_key":
+                    perturbed = sorted(embedded.query(BY_SIZE).rows(), key=repr)
+        exact = sorted(run_oracle(BY_SIZE, noisy_fed, open_union_database(noisy_fed)).rows(), key=repr)
+        for label, _ in QUERIES:
+            before, after = runs[("none", label)], runs[("cell_key", label)]
+            timing.append(f"| {label} | {before:.2f} | {after:.2f} | {100 * (after / before - 1):+.0f} % |")
+        sizes = errors_by_size(perturbed, exact)
+    section = "\n".join([
+        TITLE, "",
+        f"`python bench/perturbation.py --persons {args.persons}` ({platform.machine()}, 2 cores shared with other "
+        f"work, loopback; median of {args.repeat}): the same ad-hoc queries on the same data with "
+        "`perturbation = \"none\"` and `\"cell_key\"`.", "",
+        "| query | exact s | perturbed s | overhead |", "|---|---|---|---|", *timing, "",
+        "Relative error of released cells by their exact count (diagnosis × region × age band, "
+        "COUNT(DISTINCT) and SUM of 2024 claims):", "",
+        "| persons in cell | cells | count: mean | count: max | sum: mean | sum: max |",
+        "|---|---|---|---|---|---|", *sizes, ""])
+    print(section)
+    if not args.no_write:
+        write_section(ROOT / "BENCHMARKS.md", section)
+
+
+def write_section(path: Path, section: str) -> None:
+    text = path.read_text()
+    if TITLE in text:
+        start = text.index(TITLE)
+        end = text.find("\n## ", start + len(TITLE))
+        text = text[:start] + section + ("\n" + text[end + 1:] if end >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text.rstrip("\n") + "\n")
+
+
+if __name__ == "__main__":
+    main()
