@@ -48,3 +48,33 @@ def test_expressions_the_engine_cannot_compute_are_refused_as_programming_errors
         plan(sql, federation)
     assert isinstance(err.value, errors.ProgrammingError) and err.value.hint
     assert sql[err.value.column - 1:].startswith(at)
+
+
+@pytest.mark.parametrize("item, at", [
+    ("ROUND(AVG(c.cost_eur), 2)", "ROUND"),
+    ("COALESCE(COUNT(*), 0)", "COALESCE"),
+    ("LEAST(VARIANCE(c.cost_eur), 10)", "LEAST"),
+    ("CASE WHEN COUNT(*) > 5 THEN 'many' ELSE 'few' END", "CASE"),
+    ("SUM(c.cost_eur) % 7", "SUM(c.cost_eur) %"),
+    ("CAST(AVG(c.cost_eur) AS DOUBLE)", "CAST"),
+    ("ABS(SUM(c.cost_eur) - 100)", "ABS"),
+])
+def test_functions_over_aggregate_outputs_are_refused_at_plan_time(item, at, federation):
+    """Were an AttributeError at every party (ROUND, COALESCE, LEAST, CASE, CAST, ABS) or a
+    NotSupportedError from the secure engine (%) after the parties had started."""
+    sql = f"SELECT c.category, {item} AS v FROM insurer.claims c GROUP BY 1"
+    with pytest.raises(errors.UnsupportedExpressionError, match="only [+] - [*] /") as err:
+        plan(sql, federation)
+    assert sql[err.value.column - 1:].startswith(at)
+
+
+@pytest.mark.parametrize("having", ["COUNT(*) BETWEEN 1 AND 5", "ROUND(SUM(c.cost_eur)) > 3"])
+def test_having_beyond_comparisons_of_arithmetic_is_refused_at_plan_time(having, federation):
+    sql = f"SELECT c.category, COUNT(*) AS n FROM insurer.claims c GROUP BY 1 HAVING {having}"
+    with pytest.raises(errors.UnsupportedExpressionError, match="compared"):
+        plan(sql, federation)
+
+
+def test_arithmetic_and_comparisons_over_aggregates_still_plan(federation):
+    plan("SELECT c.category, (AVG(c.cost_eur) * 2 + SUM(c.cost_eur) / COUNT(*)) - 1 AS v, -COUNT(*) AS m "
+         "FROM insurer.claims c GROUP BY 1 HAVING NOT (COUNT(*) < 3 OR SUM(c.cost_eur) / 2 >= 10.5)", federation)

@@ -215,6 +215,36 @@ def check_releasable(formula: exp.Expression, item: exp.Expression, q, root_only
             hint="select STDDEV_SAMP(x) (or CORR, MIN, MAX) by itself and compute with it afterwards")
 
 
+ARITHMETIC = (exp.Paren, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Neg)
+CONNECTIVES = (exp.Paren, exp.And, exp.Or, exp.Not)
+COMPARISONS = (exp.GT, exp.GTE, exp.LT, exp.LTE, exp.EQ, exp.NEQ)
+
+
+def check_computable(item: exp.Expression, q, having: bool = False) -> None:
+    """What the secure engine computes over aggregate outputs: + - * / of aggregates and numbers, and in
+    HAVING comparisons of those joined by AND, OR, NOT.  Refuse anything else (ROUND, CASE, %, ...) now,
+    before any party works, instead of failing in the secure engine."""
+    def check(node, condition: bool):
+        if is_aggregate(node) or isinstance(node, exp.Filter):
+            return
+        if condition and isinstance(node, CONNECTIVES):
+            allowed = True
+        elif condition and isinstance(node, COMPARISONS):
+            condition, allowed = False, True
+        else:
+            allowed = isinstance(node, ARITHMETIC) or (isinstance(node, exp.Literal) and not node.is_string)
+        if not allowed:
+            raise errors.UnsupportedExpressionError(
+                f"{node.sql()}: the secure engine computes over aggregate outputs only + - * / and numbers"
+                + (", compared (< <= = <> >= >) and joined by AND, OR, NOT" if having else ""),
+                sql=q.sql, **_pos(node),
+                hint="select the aggregate itself and round, compare or combine it afterwards")
+        for child in node.iter_expressions():
+            check(child, condition)
+
+    check(item, having)
+
+
 def parenthesize(tree: exp.Expression) -> exp.Expression:
     """Make the printed formula read as the tree computes (built trees carry no parentheses)."""
     for node in list(tree.find_all(exp.Binary)):

@@ -17,7 +17,7 @@ from sqlmpc import errors
 from sqlmpc.plan.bind import BoundQuery, Join, Relation, RelationPart
 from sqlmpc.plan.build import ONE, is_flag, times
 from sqlmpc.plan.cells import CellGrid, cell_grid
-from sqlmpc.plan.formulas import Formulas, check_releasable, parenthesize
+from sqlmpc.plan.formulas import Formulas, check_computable, check_releasable, parenthesize
 from sqlmpc.plan.perturbation import PerturbationSpec, Target, perturbation_table
 from sqlmpc.plan.local import (COMPARISONS, SECURE_OPS, LocalColumns, constant, local_groups, rescale,
                                scale_of)
@@ -105,8 +105,10 @@ class Planner:
         outputs = tuple(parenthesize(formulas.output(item)) for item in aggregate_items(q))
         having = parenthesize(formulas.output(q.having)) if q.having is not None else None
         for item, formula in zip(aggregate_items(q), outputs):
+            check_computable(item, q)
             check_releasable(formula, item, q)
         if having is not None:
+            check_computable(q.having, q, having=True)
             check_releasable(having, q.having, q, root_only=False)
         base = Guard("contributors", (formulas.persons().name,))       # the cell's own persons, first
         guards = (base,) + tuple(g for g in formulas.guards.values() if g != base)
