@@ -145,8 +145,8 @@ class _Evil2:
 
 def test_unpickler_rejects_code(tmp_path):
     from sqlmpc.mpc import unpickle
-    from sqlmpc.mpc.session import _import_mpyc
-    runtime_mod = _import_mpyc()
+    from sqlmpc.mpc import runtime
+    runtime_mod = runtime.module("runtime")
     unpickle.install()
     for evil in (_Evil(tmp_path / "pwned"), _Evil2(tmp_path / "pwned2")):
         payload = pickle.dumps(evil)

@@ -23,6 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from sqlmpc.mpc import runtime
+from sqlmpc.mpc.reveal import reveal
+from sqlmpc.mpc.runtime import uniform_below
+
 
 def token_bits(n_total: int) -> int:
     """Bits such that P[any collision among n_total distinct keys] <= C(n,2)·2^-bits < 2^-20."""
@@ -54,7 +58,7 @@ _ROOTS: dict | None = None
 
 def token_field():
     """The secure prime field of join keys: p ≡ 1 (mod 2^16), 128 bits (keys are 64-bit hashes)."""
-    from mpyc.runtime import mpc
+    mpc = runtime.current()
     global _TOKEN_PRIME
     if _TOKEN_PRIME is None:
         _TOKEN_PRIME = _token_prime()
@@ -83,11 +87,7 @@ async def residue_tokens(keys: list, *, bits: int,
                          why: str = "join on pseudonymous keys: match tokens in the clear") -> list[np.ndarray]:
     """64-bit-or-more tokens of secret keys (arrays of `token_field()`), one PRF key for all."""
     import gmpy2
-    from mpyc import thresha
-    from mpyc.runtime import mpc
-
-    from sqlmpc.mpc.randomness import uniform_below
-    from sqlmpc.mpc.reveal import reveal
+    mpc = runtime.current()
 
     lengths = [a.shape[0] for a in keys]
     n = sum(lengths)
@@ -100,9 +100,9 @@ async def residue_tokens(keys: list, *, bits: int,
     d = 1 << RESIDUE_BITS
     N = n * digits
     k = keys[0] if len(keys) == 1 else mpc.np_concatenate(keys)
-    s = mpc._np_randoms(sectype, digits)                                 # the PRF key, unknown to all
+    s = runtime.np_randoms(sectype, digits)                                 # the PRF key, unknown to all
     y = mpc.np_add(mpc.np_reshape(k, (n, 1)), mpc.np_reshape(s, (1, digits)))
-    t, m = mpc.threshold, len(mpc.parties)
+    t = mpc.threshold
     # Masks: parties 0..t each input ρ_i = r_i^d; their product is a random d-th power.
     masks = []
     for i in range(t + 1):
@@ -117,7 +117,7 @@ async def residue_tokens(keys: list, *, bits: int,
     if t > 0 and not mpc.options.no_prss:
         # The last product is opened as a degree-2t sharing, re-randomised by a PRZS.
         y_sh, last_sh = await mpc.gather(y, masks[-1])
-        z = thresha.np_pseudorandom_share_0(field, m, mpc.pid, mpc.prfs(field.order), mpc._prss_uci(), N)
+        z = runtime.pseudorandom_zero_shares(field, N)
         opened = await reveal(sectype.array(y_sh * last_sh + z.reshape((n, digits))), what="join tokens",
                               why=why, raw=True, _threshold=2 * t)
     else:

@@ -91,7 +91,9 @@ def _write_share(path: Path, *, exclusive: bool) -> None:
 
 def record_key_type():
     """The fixed secure type of the PRF: its field must not change between queries."""
-    from mpyc.runtime import mpc
+    from sqlmpc.mpc.runtime import current
+
+    mpc = current()
     sectype = mpc.SecInt(FIELD_BITS)
     assert int(sectype.field.modulus) % 4 == 3, "the record-key field needs p ≡ 3 (mod 4)"
     return sectype
@@ -100,10 +102,11 @@ def record_key_type():
 async def record_keys(x, share: list[int]):
     """Secret 16-bit record keys (an array of ``record_key_type()``) of the secret person keys x."""
     import gmpy2
-    from mpyc.runtime import mpc
 
-    from sqlmpc.mpc.randomness import uniform_below
     from sqlmpc.mpc.reveal import reveal
+    from sqlmpc.mpc.runtime import current, uniform_below
+
+    mpc = current()
 
     sectype = record_key_type()
     p = int(sectype.field.modulus)

@@ -20,6 +20,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from sqlmpc.mpc import runtime
+
 
 @dataclass(frozen=True)
 class Opening:
@@ -82,7 +84,7 @@ async def reveal(x, *, what: str, why: str, receivers=None, _threshold: int | No
         raise UnrecordedOpening(f"opening {what!r} outside a ledger scope")
     if not what or not why:
         raise ValueError("reveal needs a 'what' and a 'why'")
-    from mpyc.runtime import mpc  # the session installs its runtime here
+    mpc = runtime.current()
     items = x if isinstance(x, list) else [x]
     count = sum(_count(a) for a in items)
     ledger.record(what, count, why)
@@ -123,7 +125,7 @@ async def reveal_ratio(num, den, *, what: str, why: str, bound: int) -> list[Fra
     nothing else), and num/den is recovered by field division and rational
     reconstruction.  den = 0 gives None.  Ledger: one entry of 2·n values.
     """
-    from mpyc.runtime import mpc
+    mpc = runtime.current()
     sectype = type(num).sectype if hasattr(type(num), "sectype") else type(num)
     field_ = sectype.field
     p = int(field_.modulus)
@@ -138,7 +140,7 @@ async def reveal_ratio(num, den, *, what: str, why: str, bound: int) -> list[Fra
     n = num.shape[0]
     if n == 0:
         return []
-    r = mpc._np_randoms(sectype, n)
+    r = runtime.np_randoms(sectype, n)
     # Nonzero r: P[r = 0] = n/p (< 2^-60 for the fields in use); a zero r would show
     # up as den·r = 0 and is detected below by num·r = den·r = 0 only if both are 0.
     masked = mpc.np_multiply(mpc.np_stack([num, den]), mpc.np_stack([r, r]))

@@ -3,10 +3,8 @@
     async with MpcSession(pid, [(host, port), ...], timeout=30) as mpc:
         ...  # mpc is an mpyc.runtime.Runtime, installed as the global runtime
 
-MPyC keeps one *global* runtime (``mpyc.runtime.mpc``; the modules sectypes,
-asyncoro, random, ... hold their own reference).  A session builds a fresh
-``Runtime`` for the given party and address list, installs it in all those
-places, installs the restricted unpickler (``sqlmpc.mpc.unpickle``), connects
+MPyC keeps one *global* runtime (see :mod:`sqlmpc.mpc.runtime`).  A session
+builds a fresh ``Runtime`` for the given party and address list, installs it, installs the restricted unpickler (``sqlmpc.mpc.unpickle``), connects
 to the peers (optionally with TLS from explicit files, not MPyC's fixed
 ``.config/party_i.*`` paths) and on exit shuts the runtime down with a barrier.
 
@@ -21,29 +19,13 @@ same order (MPyC's program counter keeps the parties in step).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import sys
 import time
 from dataclasses import dataclass, field
 
-_RUNTIME_MODULES = ("sectypes", "asyncoro", "mpctools", "seclists", "secpols",
-                    "secgroups", "random", "statistics")
-
-
-def _import_mpyc():
-    """Import mpyc.runtime without letting its import-time setup() parse our argv."""
-    if "mpyc.runtime" not in sys.modules:
-        saved = sys.argv
-        sys.argv = [saved[0] if saved else "sqlmpc", "--no-log"]
-        try:
-            import mpyc.runtime  # noqa: F401  (runs setup() once on a 1-party runtime)
-        finally:
-            sys.argv = saved
-    import mpyc.runtime
-    return mpyc.runtime
-
+from sqlmpc.mpc import runtime, unpickle
+from sqlmpc.mpc.runtime import make_options
 
 @dataclass(frozen=True)
 class TlsFiles:
@@ -63,33 +45,6 @@ _active = None  # the one open session in this process
 # MPyC stops the event loop on such an exception (asyncoro._reconcile), so the awaiting
 # code only sees "Event loop stopped before Future completed"; the cause is kept here.
 errors: list[BaseException] = []
-
-
-def make_options(m: int, *, threshold: int | None = None, sec_param: int = 30,
-                 bit_length: int = 32, no_prss: bool = False, log: bool = False):
-    """The option namespace MPyC's Runtime reads (what setup() would build from argv)."""
-    if threshold is None:
-        threshold = (m - 1) // 2
-    if not 0 <= 2 * threshold < m:
-        raise ValueError(f"threshold {threshold} too large for {m} parties")
-    return argparse.Namespace(
-        VERSION=False, HELP=False, help=False, config=None, parties=None, M=m, index=None,
-        threshold=threshold, base_port=None, ssl=False, workers=0, bit_length=bit_length,
-        sec_param=sec_param, log_level="info", no_log=not log, no_async=(m == 1),
-        no_barrier=False, no_gmpy2=False, no_numpy=False, no_uvloop=False, no_prss=no_prss,
-        mix32_64bit=False, output_windows=False, output_file=False, f="")
-
-
-def install_runtime(rt) -> None:
-    """Make rt the global MPyC runtime (as mpyc.runtime.setup() does)."""
-    runtime_mod = _import_mpyc()
-    import mpyc
-    runtime_mod.mpc = rt
-    for name in _RUNTIME_MODULES:
-        mod = getattr(mpyc, name, None) or sys.modules.get(f"mpyc.{name}")
-        if mod is None:
-            mod = __import__(f"mpyc.{name}", fromlist=["runtime"])
-        mod.runtime = rt
 
 
 @dataclass
@@ -140,15 +95,12 @@ class MpcSession:
         global _active
         if _active is not None:
             raise SessionError("an MPC session is already open in this process")
-        runtime_mod = _import_mpyc()
-        from sqlmpc.mpc import randomness, unpickle
         unpickle.install()
-        randomness.install()
-        parties = [runtime_mod.Party(i, h, p) for i, (h, p) in enumerate(self.addresses)]
-        rt = runtime_mod.Runtime(self.pid, parties, self.options)
+        runtime.install_bulk_randomness()
+        rt = runtime.new_runtime(self.pid, self.addresses, self.options)
         # Runtime.__init__ caches asyncio.get_event_loop(); make sure it is *this* loop.
         rt._loop = asyncio.get_running_loop()
-        mpyc_handler = runtime_mod.asyncoro.exception_handler
+        mpyc_handler = runtime.exception_handler()
 
         def handler(loop, context, _pid=self.pid):
             exc = context.get("exception")
@@ -156,7 +108,7 @@ class MpcSession:
                 errors.append(exc)
             mpyc_handler(loop, context)
         rt._loop.set_exception_handler(handler)
-        install_runtime(rt)
+        runtime.install_runtime(rt)
         self.mpc = rt
         _active = self
         t0 = time.perf_counter()
@@ -164,7 +116,7 @@ class MpcSession:
             await asyncio.wait_for(self._connect(rt), self.timeout)
         except asyncio.TimeoutError:
             self.abort()
-            raise SessionError(f"party {self.pid}: could not connect to all {len(parties)} parties "
+            raise SessionError(f"party {self.pid}: could not connect to all {len(self.addresses)} parties "
                                f"within {self.timeout} s") from None
         except BaseException:
             self.abort()
@@ -240,7 +192,7 @@ class MpcSession:
         return ctx
 
     async def _connect(self, rt):
-        from mpyc import asyncoro
+        exchanger = runtime.message_exchanger()
         m = len(rt.parties)
         if m == 1:
             rt.start_time = time.time()
@@ -251,14 +203,14 @@ class MpcSession:
         self._server = None
         if rt.pid:  # listen for all parties < pid
             port = rt.parties[rt.pid].port
-            self._server = await loop.create_server(lambda: asyncoro.MessageExchanger(rt),
+            self._server = await loop.create_server(lambda: exchanger(rt),
                                                     host=self.listen_host, port=port,
                                                     ssl=self._ssl_context(True), reuse_address=True)
         for peer in rt.parties[rt.pid + 1:]:  # connect to all parties > pid
             while True:
                 try:
                     await loop.create_connection(
-                        lambda peer=peer: asyncoro.MessageExchanger(rt, peer.pid), peer.host, peer.port,
+                        lambda peer=peer: exchanger(rt, peer.pid), peer.host, peer.port,
                         ssl=self._ssl_context(False),
                         server_hostname=(f"MPyC party {peer.pid}" if self.tls else None))
                     break

@@ -1,7 +1,7 @@
 """Oblivious shuffle by resharing (docs/mpc-primitives.md), O(n) per subset per column.
 
 For every subset S of m−t parties (in itertools.combinations order) — exactly the
-subsets MPyC's PRSS keys ``mpc._prss_keys[S]`` are shared by, so the members of S
+subsets MPyC's PRSS keys ``runtime.prss_keys()[S]`` are shared by, so the members of S
 already hold a common 128-bit key no party outside S knows:
 
 1. each member i ∈ S turns its Shamir share s_i into an additive share
@@ -27,6 +27,8 @@ import itertools
 
 import numpy as np
 
+from sqlmpc.mpc import runtime
+
 _TAG = b"sqlmpc/shuffle/v1"
 
 
@@ -42,8 +44,7 @@ def subset_permutation(key: bytes, uci: bytes, subset: tuple[int, ...], n: int) 
 
 
 def lagrange_at_zero(field, subset: tuple[int, ...]) -> list[int]:
-    from mpyc import thresha
-    return thresha._recombination_vector(field, tuple(j + 1 for j in subset), 0)
+    return runtime.recombination_vector(field, tuple(j + 1 for j in subset), 0)
 
 
 def compose(perms: list[np.ndarray]) -> np.ndarray:
@@ -62,7 +63,7 @@ async def shuffle(columns: list, *, _trace: dict | None = None) -> list:
     the same order.  `_trace` (tests only) receives this party's π_S per subset
     (None where it is not a member).
     """
-    from mpyc.runtime import mpc
+    mpc = runtime.current()
 
     if not columns:
         return []
@@ -75,7 +76,7 @@ async def shuffle(columns: list, *, _trace: dict | None = None) -> list:
         return list(columns)
     if t == 0 or mpc.options.no_prss:
         raise ValueError("shuffle needs t >= 1 and PRSS keys (m >= 3)")
-    uci = mpc._prss_uci()  # same at all parties, fresh per call (program counter)
+    uci = runtime.prss_uci()  # same at all parties, fresh per call (program counter)
 
     # group columns by secure type; one stacked (k, n) block per type
     groups: dict[type, list[int]] = {}
@@ -86,7 +87,7 @@ async def shuffle(columns: list, *, _trace: dict | None = None) -> list:
 
     for S in subsets(m, t):
         member = pid in S
-        perm = subset_permutation(mpc._prss_keys[S], uci, S, n) if member else None
+        perm = subset_permutation(runtime.prss_keys()[S], uci, S, n) if member else None
         if _trace is not None:
             _trace[S] = perm
         new_blocks = {}

@@ -21,6 +21,8 @@ import io
 import pickle
 import types
 
+from sqlmpc.mpc import runtime
+
 # (module, name) pairs a legitimate MPyC message may reference.
 ALLOWED: frozenset[tuple[str, str]] = frozenset({
     ("numpy._core.multiarray", "_reconstruct"),
@@ -73,16 +75,15 @@ _shim = types.SimpleNamespace(dumps=pickle.dumps, loads=loads, HIGHEST_PROTOCOL=
                               DEFAULT_PROTOCOL=pickle.DEFAULT_PROTOCOL,
                               UnpicklingError=pickle.UnpicklingError, __name__="sqlmpc.mpc.unpickle.shim")
 
-# Every MPyC module that references pickle (checked against mpyc 0.11 by installed_everywhere()).
-_MPYC_MODULES = ("mpyc.runtime",)
-
-
 def install() -> None:
-    """Route every pickle.loads in MPyC through RestrictedUnpickler (idempotent)."""
-    import importlib
-    for name in _MPYC_MODULES:
-        mod = importlib.import_module(name)
-        mod.pickle = _shim
+    """Route every pickle.loads in MPyC through RestrictedUnpickler (idempotent; MPyC's runtime
+    is the only module of mpyc 0.11 that unpickles: installed_everywhere() checks it)."""
+    runtime.install_pickle(_shim)
+
+
+def installed() -> bool:
+    """Whether MPyC unpickles peers' messages through the allow-list."""
+    return runtime.pickle_in_use() is _shim
 
 
 def installed_everywhere() -> list[str]:

@@ -331,15 +331,12 @@ class NodeServer:
     # -- peer actions -----------------------------------------------------------------
 
     def on_hello(self, msg: dict) -> list:
-        import mpyc.runtime
-
-        from sqlmpc.mpc import unpickle
+        from sqlmpc.mpc import runtime, unpickle
         from sqlmpc.mpc.session import session_open
         return results({"party": self.party, "version": version(), "fingerprint": self.federation.fingerprint,
                         "busy": self._slot is not None, "sessions_open": int(session_open()),
                         "sessions_opened": self.sessions_opened, "tls": self.tls is not None,
-                        "restricted_unpickler": getattr(mpyc.runtime, "pickle", None) is unpickle._shim
-                        if "mpyc.runtime" in __import__("sys").modules else None})
+                        "restricted_unpickler": unpickle.installed() if runtime.loaded() else None})
 
     def on_propose(self, msg: dict) -> list:
         qid = msg["qid"]

@@ -21,6 +21,7 @@ import asyncio
 import time
 
 from sqlmpc import errors
+from sqlmpc.mpc import runtime
 
 _last: dict[int, float] = {}      # peer pid -> monotonic time of its last message
 _lost: dict[int, str] = {}        # peer pid -> why its connection ended (during a guarded computation)
@@ -30,9 +31,7 @@ _guarding = False
 
 def install() -> None:
     """Hook MPyC's MessageExchanger (idempotent; affects only this process)."""
-    from mpyc import asyncoro
-
-    cls = asyncoro.MessageExchanger
+    cls = runtime.message_exchanger()
     if getattr(cls, "_sqlmpc_watchdog", False):
         return
     data_received, connection_lost = cls.data_received, cls.connection_lost

@@ -1,0 +1,189 @@
+"""The one door to MPyC's internals: its global runtime, private helpers and patches.
+
+MPyC keeps one *global* runtime (``mpyc.runtime.mpc``; the modules sectypes,
+asyncoro, random, ... hold their own reference).  Everything in sqlmpc that
+needs more than MPyC's public API — building and installing a runtime for a
+session, the PRSS keys and program counter behind pseudorandom sharing, fresh
+secret randoms, the message exchanger the watchdog hooks, the ``pickle`` name the
+restricted unpickler replaces, bulk randomness for secret sharing — goes through
+this module.  ``INTERNALS`` lists what is relied on; a test checks it against the
+installed MPyC, whose version pyproject.toml pins to the tested minor release.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+import numpy as np
+
+RUNTIME_MODULES = ("sectypes", "asyncoro", "mpctools", "seclists", "secpols",
+                   "secgroups", "random", "statistics")
+
+# (module, attribute) pairs of MPyC that are not its public API.
+INTERNALS = (
+    ("mpyc.runtime", "Runtime._np_randoms"), ("mpyc.runtime", "Runtime._prss_uci"),
+    ("mpyc.runtime", "Runtime.prfs"), ("mpyc.runtime", "Party"), ("mpyc.runtime", "pickle"),
+    ("mpyc.thresha", "np_pseudorandom_share_0"), ("mpyc.thresha", "np_random_split"),
+    ("mpyc.thresha", "_recombination_vector"),
+    ("mpyc.asyncoro", "MessageExchanger.data_received"), ("mpyc.asyncoro", "MessageExchanger.connection_lost"),
+    ("mpyc.asyncoro", "exception_handler"),
+)
+
+
+def module(name: str):
+    """An MPyC module (``"runtime"``, ``"thresha"``, ``"asyncoro"``, ...), imported without
+    letting ``mpyc.runtime``'s import-time setup() parse our argv."""
+    if "mpyc.runtime" not in sys.modules:
+        saved = sys.argv
+        sys.argv = [saved[0] if saved else "sqlmpc", "--no-log"]
+        try:
+            importlib.import_module("mpyc.runtime")   # runs setup() once, on a 1-party runtime
+        finally:
+            sys.argv = saved
+    return importlib.import_module(f"mpyc.{name}")
+
+
+def loaded() -> bool:
+    """Whether MPyC has been imported in this process (a party before its first query has not)."""
+    return "mpyc.runtime" in sys.modules
+
+
+def current():
+    """The runtime of the session under way (the global one MPyC's secure types use)."""
+    return module("runtime").mpc
+
+
+def missing_internals() -> list[str]:
+    """The entries of INTERNALS the installed MPyC lacks (should be [])."""
+    missing = []
+    for mod_name, path in INTERNALS:
+        obj = importlib.import_module(mod_name)
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if obj is None:
+            missing.append(f"{mod_name}.{path}")
+    return missing
+
+
+# -- sessions ----------------------------------------------------------------------
+
+
+def make_options(m: int, *, threshold: int | None = None, sec_param: int = 30,
+                 bit_length: int = 32, no_prss: bool = False, log: bool = False):
+    """The option namespace MPyC's Runtime reads (what setup() would build from argv)."""
+    if threshold is None:
+        threshold = (m - 1) // 2
+    if not 0 <= 2 * threshold < m:
+        raise ValueError(f"threshold {threshold} too large for {m} parties")
+    return argparse.Namespace(
+        VERSION=False, HELP=False, help=False, config=None, parties=None, M=m, index=None,
+        threshold=threshold, base_port=None, ssl=False, workers=0, bit_length=bit_length,
+        sec_param=sec_param, log_level="info", no_log=not log, no_async=(m == 1),
+        no_barrier=False, no_gmpy2=False, no_numpy=False, no_uvloop=False, no_prss=no_prss,
+        mix32_64bit=False, output_windows=False, output_file=False, f="")
+
+
+def new_runtime(pid: int, addresses: list[tuple[str, int]], options):
+    """A fresh Runtime for party ``pid`` of the parties at ``addresses`` (not yet installed)."""
+    runtime_mod = module("runtime")
+    parties = [runtime_mod.Party(i, h, p) for i, (h, p) in enumerate(addresses)]
+    return runtime_mod.Runtime(pid, parties, options)
+
+
+def install_runtime(rt) -> None:
+    """Make rt the global MPyC runtime (as mpyc.runtime.setup() does)."""
+    module("runtime").mpc = rt
+    for name in RUNTIME_MODULES:
+        module(name).runtime = rt
+
+
+def exception_handler():
+    """MPyC's asyncio exception handler (it stops the loop on an exception in a callback)."""
+    return module("asyncoro").exception_handler
+
+
+def message_exchanger():
+    """MPyC's protocol class for a peer connection."""
+    return module("asyncoro").MessageExchanger
+
+
+# -- private helpers of the running runtime -------------------------------------------
+
+
+def np_randoms(sectype, n: int):
+    """n secret uniformly random elements of sectype, unknown to every party."""
+    return current()._np_randoms(sectype, n)
+
+
+def prss_uci():
+    """The PRSS counter: the same at all parties, fresh per call (MPyC's program counter)."""
+    return current()._prss_uci()
+
+
+def prss_keys() -> dict:
+    """This party's PRSS keys, by the subset of parties sharing each."""
+    return current()._prss_keys
+
+
+def pseudorandom_zero_shares(field, N: int):
+    """Shares of N zeros from the PRSS keys, without communication."""
+    mpc = current()
+    return module("thresha").np_pseudorandom_share_0(field, len(mpc.parties), mpc.pid, mpc.prfs(field.order),
+                                                      mpc._prss_uci(), N)
+
+
+def recombination_vector(field, ids: tuple[int, ...], x: int = 0):
+    """Lagrange coefficients to recombine shares held by parties ``ids`` (1-based) at x."""
+    return module("thresha")._recombination_vector(field, ids, x)
+
+
+# -- patches ------------------------------------------------------------------------
+
+_EXTRA_BYTES = 8    # 64 bits beyond the modulus: each value is within 2^-64 of uniform
+
+
+def uniform_below(order: int, count: int) -> np.ndarray:
+    """``count`` independent uniform integers in [0, order) (object array)."""
+    width = (int(order).bit_length() + 7) // 8 + _EXTRA_BYTES
+    buf = os.urandom(width * count)
+    from_bytes = int.from_bytes
+    return np.fromiter((from_bytes(buf[i:i + width], "little") % order for i in range(0, width * count, width)),
+                       dtype=object, count=count)
+
+
+def _np_random_split(field, s, t, m):
+    """MPyC's ``thresha.np_random_split`` with bulk randomness (same shares, same distribution)."""
+    p = field.modulus
+    tp = type(p)
+    if isinstance(s, field.array):
+        s = s.value
+    n = len(s)
+    C = uniform_below(field.order, t * n).reshape(t, n)
+    V = np.vander(np.array([tp(i) for i in range(1, m + 1)], dtype="O"), N=t + 1, increasing=True)
+    return (V @ np.concatenate((s.reshape(1, n), C))) % p
+
+
+def install_bulk_randomness() -> None:
+    """Use one urandom call per array for MPyC's secret sharing of arrays (prime fields only)."""
+    thresha = module("thresha")
+    original = getattr(thresha, "_sqlmpc_original_np_random_split", thresha.np_random_split)
+    thresha._sqlmpc_original_np_random_split = original
+
+    def np_random_split(field, s, t, m):
+        if isinstance(field.modulus, int):
+            return _np_random_split(field, s, t, m)
+        return original(field, s, t, m)            # extension fields keep MPyC's own code
+    thresha.np_random_split = np_random_split
+
+
+def install_pickle(shim) -> None:
+    """Replace the ``pickle`` name MPyC unpickles peers' messages with (checked against mpyc 0.11)."""
+    module("runtime").pickle = shim
+
+
+def pickle_in_use():
+    """What MPyC's runtime unpickles peers' messages with."""
+    return module("runtime").pickle
