@@ -65,6 +65,16 @@ class PartyNode:
         engine = Engine(mpc, plan, self.index, self.party, local, progress)
         return await engine.run(), engine.timings
 
+    async def check_local_stages(self, mpc, failed: errors.Error | None) -> None:
+        """Every party tells whether its local stage ran; a party whose database failed (or whose
+        table no longer fits the catalog) fails the query on every party at once, with its error."""
+        from sqlmpc.party.wire import rebuild
+
+        reports = await mpc.transfer(None if failed is None else (type(failed).__name__, str(failed)))
+        for name, report in zip(self.index, reports):
+            if report is not None:
+                raise failed if name == self.party else rebuild({"error": report[0], "message": report[1]}, name)
+
     def execute_plan(self, plan: Plan, addresses: list[tuple[str, int]], *, progress=None, timeout: float = 30.0,
                      session=None, guard=None, ledger: Ledger | None = None) -> Outcome:
         """Run an admitted plan: local parts, then the secure part in a fresh MPC session.
@@ -80,7 +90,10 @@ class PartyNode:
         started = time.perf_counter()
         if progress is not None:
             progress("local")
-        local = self.run_local(plan)
+        try:
+            local, failed = self.run_local(plan), None
+        except (errors.SourceError, errors.DataFileError) as exc:
+            local, failed = {}, exc         # still meet the peers: they learn it at once instead of timing out
         local_seconds = time.perf_counter() - started
         session = session or MpcSession(self.index[self.party], addresses, timeout=timeout)
         ledger = Ledger() if ledger is None else ledger
@@ -88,6 +101,7 @@ class PartyNode:
         async def main():
             with ledger_scope(faults.armed(ledger)):
                 async with session as mpc:
+                    await self.check_local_stages(mpc, failed)
                     secure = self.run_secure(mpc, plan, local, progress)
                     cells, timings = await (guard(secure) if guard is not None else secure)
                 return cells, list(ledger.entries), timings

@@ -66,7 +66,7 @@ class FileSource:
         """Files are validated when they are loaded (sqlmpc.local.data)."""
 
     def run(self, sql: str, keys: set[str], tables=None) -> Iterator[pa.RecordBatch]:
-        reader = self.con.execute(sql).to_arrow_reader(BATCH_ROWS)
+        reader = self.con.sql(sql).to_arrow_reader(BATCH_ROWS)
         produced = False
         for batch in reader:
             produced = True
@@ -92,6 +92,7 @@ class LocalData:
     tables: dict[tuple[str, str], Table]
     sources: dict[str, object]
     transfers: list[Transfer] = field(default_factory=list)
+    validated: set = field(default_factory=set)
 
     @classmethod
     def open(cls, federation: Federation, party: str) -> LocalData:
@@ -127,14 +128,18 @@ class LocalData:
         return self.source_of(sql).prepare(sql, self.tables)
 
     def run_parts(self, parts) -> dict[tuple[str, int], pa.Table]:
-        """Run a plan's local parts at this party: each database table read is validated first
-        (its data may have changed since the last query), then each part runs where its tables live."""
+        """Run a plan's local parts at this party, each where its tables live.
+
+        A database table is validated by its engine the first time a query reads it (files:
+        when they are loaded); a party re-validates its tables when it is reloaded.
+        """
         self.transfers = []
         read = {name for p in parts for name in _tables_read(p.sql)} & set(self.tables)
-        for name in sorted(read):
+        for name in sorted(read - self.validated):
             table = self.tables[name]
             if table.kind != "file":
                 self.sources[table.kind].validate(table)
+            self.validated.add(name)
         return {(p.relation, p.part): self.run(p.sql, {c.name for c in p.columns if c.kind == "key"})
                 for p in parts}
 

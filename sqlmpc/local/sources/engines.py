@@ -258,7 +258,8 @@ class SparkSource(EngineSource):
         from pyspark.sql import SparkSession
 
         builder = (SparkSession.builder.master(self.connection.master).appName(f"sqlmpc-{self.party}")
-                   .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "2")
+                   .config("spark.ui.enabled", "false")
+                   .config("spark.ui.showConsoleProgress", "false").config("spark.sql.shuffle.partitions", "2")
                    .config("spark.sql.ansi.enabled", "true"))
         for key, value in self.connection.conf:
             builder = builder.config(key, value)
