@@ -14,7 +14,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from sqlmpc.mpc.testing import PartyFailure, run_parties
+from mpc_parties import PartyFailure, run_parties
 
 pytestmark = pytest.mark.mpc
 

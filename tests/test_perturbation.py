@@ -23,7 +23,7 @@ from compare import assert_same_result
 from sqlmpc import errors
 from sqlmpc.catalog import load_federation
 from sqlmpc.demo import generate
-from sqlmpc.mpc.testing import run_parties
+from mpc_parties import run_parties
 from sqlmpc.oracle import run_oracle
 from sqlmpc.plan.compile import compile
 from sqlmpc.plan.perturbation import (KEY_RANGE, CellKeyPolicy, PerturbationSpec, Target, magnitude_noise,
@@ -290,3 +290,16 @@ def test_perturbed_columns_are_marked_for_the_analyst(embedded, perturbed):
     assert "~ perturbed" in summary(result)
     exact = embedded.query((Path(__file__).parent.parent / "queries" / "income_gradient.sql").read_text())
     assert exact.perturbed == [] and "perturbed" not in summary(exact)
+
+
+@pytest.mark.mpc
+def test_rephrased_equivalents_give_identical_outputs(embedded):
+    """The same persons give the same noise, whatever the wording or the order of the select list."""
+    a = embedded.query(f"SELECT b.region, COUNT(*) AS claims, SUM(c.cost_eur) AS cost, AVG(c.cost_eur) AS avg {JOIN} "
+                       "AND p.diagnosis IN ('HF', 'CKD') GROUP BY b.region ORDER BY b.region").rows()
+    b = embedded.query("SELECT AVG(cc.cost_eur) AS avg, SUM(cc.cost_eur) AS cost, bb.region, COUNT(*) AS claims "
+                       "FROM hospital.patients pp JOIN bureau.persons bb ON bb.pid = pp.pid "
+                       "JOIN insurer.claims cc ON pp.pid = cc.pid "
+                       "WHERE (pp.diagnosis = 'CKD' OR pp.diagnosis = 'HF') AND cc.year = 2024 "
+                       "GROUP BY bb.region ORDER BY bb.region").rows()
+    assert a == [(r[2], r[3], r[1], r[0]) for r in b]

@@ -1,4 +1,4 @@
-"""Run an SPMD coroutine in m real MPyC parties on loopback (for tests and benchmarks).
+"""Run an SPMD coroutine in m real MPyC parties on loopback (a test helper).
 
     def f(mpc, pid, n):  # async, defined at module level (it is pickled to 'spawn' children)
         ...
