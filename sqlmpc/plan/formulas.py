@@ -88,13 +88,10 @@ class Formulas:
 
     def guard(self, node: exp.Expression, weight: exp.Expression) -> None:
         """Register what the aggregate's value rests on (sqlmpc.plan.release): contributors and dominance."""
-        sets = []
         for cond in contributor_conditions(node, self.q):
             tests = [flag(c) for c in conjuncts(cond) if c != exp.true()]
             m = self.moment(times(weight, *tests), "persons")
             self.guards.setdefault(("contributors", m.name), Guard("contributors", (m.name,)))
-            sets.append(m.name)
-        self.contributors = tuple(dict.fromkeys(sets))
         if self.dominance is None or isinstance(node, (exp.Count, exp.Min, exp.Max)):
             return
         args = [a for a in (node.this, node.args.get("expression")) if isinstance(a, exp.Expression)]
@@ -106,15 +103,27 @@ class Formulas:
                 self.guards.setdefault(("dominance", s1.name), Guard("dominance", (s1.name, s2.name),
                                                                       self.dominance.constant))
 
-    def perturbed(self, m: exp.Column, expr: exp.Expression | None, count: bool) -> None:
-        """Record a released moment of a perturbed plan: counts by the table, sums by magnitude.
+    def perturbed(self, m: exp.Column, weight: exp.Expression, factors: tuple) -> None:
+        """Record a released moment Σ weight·Π factors of a perturbed plan (sqlmpc.plan.perturbation).
 
-        Its cell key is over the aggregate's contributor sets (the first aggregate to use it).
+        A product of flags is a count: its cell key is over the persons it counts.  Otherwise a
+        sum: its cell key is over the contributor sets of the product of its value factors (the
+        persons whose term is not zero, as the release rules count them), its noise is scaled by
+        its S2.  Both depend on the moment's own expression only, so a rephrased or reordered
+        query gets the same noise for the same moment.
         """
         if not self.perturb or m.name in self.targets:
             return
-        s2 = None if count else self.moment(expr, "sum2").name
-        self.targets[m.name] = ("count" if count else "magnitude", self.contributors, s2)
+        flags = [f for f in factors if is_flag(f) or f is ONE]
+        values = [f for f in factors if not (is_flag(f) or f is ONE)]
+        if not values:
+            self.targets[m.name] = ("count", (self.moment(times(weight, *flags), "cellkey").name,), None)
+            return
+        sets = [self.moment(times(weight, *flags, *[flag(c) for c in conjuncts(cond) if c != exp.true()]),
+                            "cellkey").name
+                for cond in contributor_conditions(exp.Sum(this=times(*values)), self.q)]
+        s2 = self.moment(times(weight, *factors), "sum2").name
+        self.targets[m.name] = ("magnitude", tuple(dict.fromkeys(sets)), s2)
 
     def aggregate(self, node: exp.Expression) -> exp.Expression:
         weight = ONE
@@ -125,7 +134,7 @@ class Formulas:
 
         def total(*factors, scale: int = 0) -> exp.Expression:
             m = self.moment(times(weight, *factors))
-            self.perturbed(m, times(weight, *factors), all(is_flag(f) or f is ONE for f in factors))
+            self.perturbed(m, weight, factors)
             return over(m, exp.Literal.number(10 ** scale)) if scale else m
 
         if isinstance(node, exp.Count):
@@ -135,7 +144,7 @@ class Formulas:
                 col = node.this.expressions[0]
                 present = self.presence(col) if col.table in self.q.nullable_relations else ONE
                 m = self.moment(times(weight, present), "persons")
-                self.perturbed(m, None, True)
+                self.perturbed(m, weight, (present,))
                 return m
             return total(self.presence(node.this))
 

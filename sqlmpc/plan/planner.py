@@ -112,7 +112,7 @@ class Planner:
             check_releasable(having, q.having, q, root_only=False)
         base = Guard("contributors", (formulas.persons().name,))       # the cell's own persons, first
         guards = (base,) + tuple(g for g in formulas.guards.values() if g != base)
-        perturbation = self.perturbation(formulas, moments) if self.perturb else None
+        perturbation = self.perturbation(formulas) if self.perturb else None
 
         # One relation whose parts cannot share persons: each owner pre-aggregates per cell.
         root = q.root
@@ -143,19 +143,11 @@ class Planner:
             per_key=per_key, guards=guards, query=q, perturbation=perturbation,
         )
 
-    def perturbation(self, formulas: Formulas, moments: dict[str, Moment]) -> PerturbationSpec:
-        """The released moments' perturbation, and a ``cellkey`` moment per contributor set it uses."""
+    def perturbation(self, formulas: Formulas) -> PerturbationSpec:
+        """The released moments' perturbation (Formulas.perturbed lists them, with their cell keys)."""
         policy = self.q.federation.policy
-        targets = []
-        for name, (kind, sets, s2) in formulas.targets.items():
-            keys = []
-            for persons in sets or (formulas.persons().name,):
-                key = f"{persons}_key"
-                moments.setdefault(key, Moment(key, moments[persons].expr, "cellkey"))
-                keys.append(key)
-            targets.append(Target(name, kind, tuple(keys), s2))
-        table = perturbation_table(policy.cell_key, policy.min_cell_size)
-        return PerturbationSpec(policy.cell_key, table, tuple(targets))
+        targets = tuple(Target(name, kind, keys, s2) for name, (kind, keys, s2) in formulas.targets.items())
+        return PerturbationSpec(policy.cell_key, perturbation_table(policy.cell_key, policy.min_cell_size), targets)
 
     def secure_joins(self) -> tuple[Join, ...]:
         """The joins between groups, as ((group, member alias), (group, member alias)) key pairs."""
