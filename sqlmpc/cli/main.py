@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from sqlmpc import errors
+from sqlmpc.cli.connect import open_connection, token_of
 
 
 def _version() -> str:
@@ -75,32 +76,6 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def open_connection(args):
-    """The connection the command line asks for: a node (--connect), a federation file, or the demo."""
-    import sqlmpc
-
-    kwargs = {"token": _token(args), "ca": args.ca} if args.connect else {}
-    try:
-        return sqlmpc.connect(args.connect or args.federation, oracle=args.oracle, persons=args.persons, **kwargs)
-    except errors.OperationalError as exc:
-        if args.connect and PEER_PORT_REPLY in str(exc):
-            raise PeerPortError(args.connect) from None
-        raise
-
-
-PEER_PORT_REPLY = "unknown peer action"     # what a node's peer endpoint answers to an analyst's request
-
-
-class PeerPortError(errors.OperationalError):
-    """--connect names a node's peer port; analysts use its analyst port."""
-
-    def __init__(self, url: str):
-        head, _, port = url.rpartition(":")
-        hint = f" ({head}:{int(port) + 1})" if port.isdigit() else ""
-        super().__init__(f"{url} is a party node's peer port (for the other parties); analysts connect to its "
-                         f"analyst port, by default the federation address port + 1{hint}")
-
-
 DRY_RUN = ("DRY RUN: --oracle computes in the clear on all parties' data in one process. "
            "No privacy: use it on synthetic data only.")
 
@@ -132,12 +107,6 @@ def _script(name: str) -> str:
         return Path(name).read_text()
     except OSError as exc:
         raise ScriptFileError(f"cannot read {name}: {exc.strerror}") from None
-
-
-def _token(args) -> str | None:
-    if getattr(args, "token_file", None):
-        return Path(args.token_file).read_text().strip()
-    return getattr(args, "token", None)
 
 
 def cmd_serve(args) -> int:
@@ -186,7 +155,7 @@ def cmd_status(args) -> int:
 
     if not args.connect:
         raise errors.InterfaceError("sqlmpc status needs --connect URL")
-    remote = RemoteConnection(args.connect, token=_token(args), ca=args.ca)
+    remote = RemoteConnection(args.connect, token=token_of(args), ca=args.ca)
     try:
         status = remote.status()
     finally:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from sqlmpc import errors
+from sqlmpc.cli.connect import open_connection
 from sqlmpc.cli.progress import StageProgress
 from sqlmpc.sql.script import split_script, statements
 
@@ -241,7 +242,6 @@ def repl(args) -> int:
     from pygments.lexers.sql import SqlLexer
 
     from sqlmpc.cli.history import StatementHistory
-    from sqlmpc.cli.main import open_connection
 
     print("sqlmpc — federated SQL over MPC. Starting the parties ...", flush=True)
     with open_connection(args) as con:

@@ -1,32 +1,8 @@
-"""EXPLAIN: the plan as text for people, and as canonical text for hashing."""
+"""EXPLAIN: the plan as text for people (its hashed text is :meth:`Plan.canonical`)."""
 
 from __future__ import annotations
 
-import json
-
 from sqlmpc.plan.plan import Plan
-
-
-def canonical(plan: Plan) -> str:
-    """A deterministic text of everything that decides what the parties compute and open."""
-    return json.dumps({
-        "sql": plan.sql, "catalog": plan.fingerprint, "mode": plan.mode,
-        "relations": plan.relations, "nullable": plan.nullable,
-        "joins": [[j.relation, j.kind, [list(map(list, p)) for p in j.pairs]] for j in plan.joins],
-        "parts": [[p.relation, p.party, p.part, p.sql, [c.__dict__ for c in p.columns], p.cells]
-                  for p in plan.parts],
-        "row_filter": plan.row_filter.sql() if plan.row_filter is not None else None,
-        "grid": [[g.name, g.relation, [repr(v) for v in g.domain]] for g in plan.grid.groups],
-        "cell_relations": plan.cell_relations,
-        "moments": [[m.name, m.kind, m.expr.sql()]
-                    for m in plan.moments],
-        "outputs": [o.sql() for o in plan.outputs],
-        "having": plan.having.sql() if plan.having is not None else None,
-        "k": plan.min_cell_size, "per_key": plan.per_key,
-        "guards": [[g.kind, list(g.moments), str(g.constant)] for g in plan.guards],
-        "leakage": [l.__dict__ for l in plan.leakage],
-        **({"perturbation": plan.perturbation.canonical()} if plan.perturbation is not None else {}),
-    }, sort_keys=True, default=str)
 
 
 def explain(plan: Plan) -> str:

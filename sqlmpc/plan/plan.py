@@ -9,6 +9,7 @@ threshold, outputs) and what that will open (the leakage declaration).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -125,8 +126,28 @@ class Plan:
     def parts_at(self, party: str) -> tuple[LocalPart, ...]:
         return tuple(p for p in self.parts if p.party == party)
 
+    def canonical(self) -> str:
+        """A deterministic text of everything that decides what the parties compute and open."""
+        return json.dumps({
+            "sql": self.sql, "catalog": self.fingerprint, "mode": self.mode,
+            "relations": self.relations, "nullable": self.nullable,
+            "joins": [[j.relation, j.kind, [list(map(list, p)) for p in j.pairs]] for j in self.joins],
+            "parts": [[p.relation, p.party, p.part, p.sql, [c.__dict__ for c in p.columns], p.cells]
+                      for p in self.parts],
+            "row_filter": self.row_filter.sql() if self.row_filter is not None else None,
+            "grid": [[g.name, g.relation, [repr(v) for v in g.domain]] for g in self.grid.groups],
+            "cell_relations": self.cell_relations,
+            "moments": [[m.name, m.kind, m.expr.sql()]
+                        for m in self.moments],
+            "outputs": [o.sql() for o in self.outputs],
+            "having": self.having.sql() if self.having is not None else None,
+            "k": self.min_cell_size, "per_key": self.per_key,
+            "guards": [[g.kind, list(g.moments), str(g.constant)] for g in self.guards],
+            "leakage": [l.__dict__ for l in self.leakage],
+            **({"perturbation": self.perturbation.canonical()} if self.perturbation is not None else {}),
+        }, sort_keys=True, default=str)
+
     @property
     def digest(self) -> str:
         """A hash every party computes independently and compares before any share is sent."""
-        from sqlmpc.plan.explain import canonical
-        return hashlib.sha256(canonical(self).encode()).hexdigest()
+        return hashlib.sha256(self.canonical().encode()).hexdigest()
