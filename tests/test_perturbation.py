@@ -107,23 +107,26 @@ def test_policy_values_fingerprint_and_local_policy(tmp_path):
 
 
 async def _record_keys_party(mpc, pid, keys, shares):
-    from sqlmpc.mpc.record_keys import record_key_type, record_keys
-    sectype = record_key_type()
+    from sqlmpc.mpc.prf import token_field
+    from sqlmpc.mpc.record_keys import record_keys
+    keytype = token_field()
     data = np.array(keys, dtype=object) if pid == 0 else np.zeros(len(keys), dtype=object)
-    out = await record_keys(mpc.input(sectype.array(data), senders=0), shares[pid])
-    return [int(v) for v in await mpc.output(out)]
+    x = mpc.input(keytype.array(keytype.field.array(data)), senders=0)
+    out = await record_keys(x, shares[pid], mpc.SecInt(64))
+    return [int(v) for v in await mpc.output(out)], int(keytype.field.modulus)
 
 
 @pytest.mark.mpc
-def test_record_keys_are_the_legendre_prf_under_the_summed_key():
-    from mpyc.runtime import mpc
+def test_record_keys_are_the_power_residue_prf_under_the_summed_key():
+    from sqlmpc.mpc.prf import _root_index
     keys = [secrets.randbits(64) for _ in range(300)]
     shares = [[secrets.randbits(320) for _ in range(16)] for _ in range(3)]
-    got = run_parties(_record_keys_party, 3, args=(keys, shares))[0]
-    p = int(mpc.SecInt(128).field.modulus)
-    K = [sum(s[j] for s in shares) % p for j in range(16)]
-    assert got == [sum(1 << j for j in range(16) if gmpy2.legendre(K[j] + x, p) == 1) for x in keys]
-    assert len(set(got)) > 250                                   # 16 bits per person: few collisions
+    got, p = run_parties(_record_keys_party, 3, args=(keys, shares))[0]
+    K = sum(s[0] % p for s in shares) % p
+    roots = _root_index(p)
+    assert [v % KEY_RANGE for v in got] == [roots[int(gmpy2.powmod(K + x, (p - 1) >> 16, p))] for x in keys]
+    assert all(0 <= v < 3 * KEY_RANGE for v in got)               # ≡ the key mod 2^16, below (t+2)·2^16
+    assert len({v % KEY_RANGE for v in got}) > 250                # 16 bits per person: few collisions
 
 
 def _spec(policy):

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from sqlmpc.mpc.cells import CellPhase
 from sqlmpc.mpc.join import JoinMode, expr_bound, padded_size
+from sqlmpc.mpc.record_keys import key_bound
 from sqlmpc.mpc.reveal import current_ledger
 from sqlmpc.plan.plan import LocalPart, Plan
 from sqlmpc.plan.planner import ROWS_PER_KEY
@@ -149,8 +150,8 @@ class Engine(JoinMode, CellPhase):
         out = {}
         for m in self.plan.moments:
             e = expr_bound(m.expr, locals_)
-            if m.kind == "cellkey":
-                out[m.name] = rows * e * (1 << 16)           # Σ of 16-bit record keys
+            if m.kind == "cellkey":                          # Σ of record keys (sqlmpc.mpc.record_keys)
+                out[m.name] = rows * e * key_bound(len(self.index))
             elif m.kind != "sum2":
                 out[m.name] = rows * e
             elif self.plan.mode == "join" and self.one_row_per_person_and_cell():

@@ -20,15 +20,16 @@ from sqlglot import exp
 
 from sqlmpc import errors
 from sqlmpc.mpc.prf import residue_tokens, token_bits, token_field
-from sqlmpc.mpc.record_keys import load_share, party_state, record_key_type, record_keys
+from sqlmpc.mpc.record_keys import load_share, party_state, record_keys
 from sqlmpc.mpc.shuffle import shuffle
 from sqlmpc.plan.plan import LocalColumn, LocalPart
+from sqlmpc.sql.functions import arguments, scalar_of
 
 MAX_VALUE = 10 ** 18   # bound of a column whose bound the plan does not state
 PAD_FLOOR = 128        # every local result in join mode has at least this many rows ...
 PAD_GROWTH = (5, 4)    # ... and otherwise the next size of the series ×1.25 above it
 REAL = LocalColumn("real_", "flag", 0, 1, 0)   # 1 on a party's real rows, 0 on its padding
-RECORD_KEY = LocalColumn("record_key_", "value", 0, 1 << 16, 0)   # the person's secret record key (perturbation)
+RECORD_KEY = "record_key_"     # the column of each root row's secret record key (perturbed plans)
 
 
 class JoinMode:
@@ -43,24 +44,18 @@ class JoinMode:
             parts = plan.parts_of(rel)
             layout = self.layout(parts[0])
             layouts[rel] = layout
-            blocks, keyblocks, persons = [], [], []
+            blocks, keyblocks = [], []
             for part in parts:
                 n = sizes[(rel, part.part)]
                 keys, values = self.encode(part, layout) if part.party == self.me else (None, None)
                 x = self.input_matrix(part, n, layout["width"], values)
                 kx = self.input_matrix(part, n, len(layout["keys"]), keys, keyfield)
-                if RECORD_KEY.name in layout["columns"]:        # the person's key once more, in the PRF's field
-                    j = layout["keys"].index(f"key_{rel}")
-                    persons.append(self.input_matrix(part, n, 1, None if keys is None else keys[:, j:j + 1],
-                                                     record_key_type()))
                 if x is not None:
                     blocks.append(x)
                 if kx is not None:
                     keyblocks.append(kx)
             matrices[rel] = _stack(blocks)
             keymats[rel] = _stack(keyblocks)
-            if persons:
-                matrices[rel] = await self.with_record_keys(matrices[rel], _stack(persons), layout)
 
         self.progress("shuffle")
         for rel, k in keymats.items():
@@ -73,6 +68,7 @@ class JoinMode:
                     matrices[rel] = self.stack_columns(cols[k.shape[1]:])
 
         self.progress("join")
+        record_keys_ = await self.record_keys(keymats, layouts) if plan.perturbation is not None else None
         total = sum(k.shape[0] * k.shape[1] for k in keymats.values() if k is not None)
         bits = token_bits(max(total, 2))
         # One PRF key for every key column, so that tokens compare across relations.
@@ -105,6 +101,8 @@ class JoinMode:
                 else:
                     columns[(rel, name)] = rows[:, j] * hit.astype(object) + absent.astype(object) \
                         if not hit.all() else rows[:, j]
+            if rel == plan.relations[0] and record_keys_ is not None:
+                columns[(rel, RECORD_KEY)] = record_keys_[idx]       # the root is never NULL
             if layout["cells"] > 1:
                 width = layout["cells"]
                 lo = layout["onehot"]
@@ -152,7 +150,7 @@ class JoinMode:
         keyed = [m for m in plan.moments if m.kind == "cellkey"]
         if keyed:                         # Σ of the record keys of each set's persons (perturbation)
             X = weighted(keyed)
-            R = columns[(plan.relations[0], RECORD_KEY.name)]
+            R = columns[(plan.relations[0], RECORD_KEY)]
             if rows_of is None:
                 totals = R @ X
             else:                         # each person once: present in a column if any row is
@@ -169,15 +167,13 @@ class JoinMode:
                 moments[m.name] = totals[j * G:(j + 1) * G]
         return moments, n
 
-    async def with_record_keys(self, x, persons, layout: dict):
-        """The relation's matrix with each row's record key in its column (sqlmpc.mpc.record_keys)."""
+    async def record_keys(self, keymats, layouts):
+        """Each shuffled root row's record key, from its key hash (sqlmpc.mpc.record_keys)."""
+        root = self.plan.relations[0]
         federation = getattr(getattr(self.plan, "query", None), "federation", None)
         state = party_state(getattr(federation, "path", None), self.me)
-        keys = await record_keys(persons[:, 0], load_share(state))
-        keys = self.convert(keys, self.secint)
-        column = np.zeros(x.shape[1], dtype=object)
-        column[layout["columns"][RECORD_KEY.name][0]] = 1
-        return x + keys.reshape(-1, 1) * column
+        column = layouts[root]["keys"].index(f"key_{root}")
+        return await record_keys(keymats[root][:, column], load_share(state), self.secint)
 
     def one_row_per_person_and_cell(self) -> bool:
         """Pre-aggregated per key and cell by one owner each: no person repeats within a cell."""
@@ -191,8 +187,6 @@ class JoinMode:
         local = [c for c in part.columns if c.kind in ("value", "flag")]
         if part.relation == self.plan.relations[0] and cells.bound <= 1 and self.dummies_reach_cells():
             local.append(REAL)          # no one-hot to zero the padding's rows: a flag does
-        if part.relation == self.plan.relations[0] and self.plan.perturbation is not None:
-            local.append(RECORD_KEY)    # filled in MPC (with_record_keys): the owner never learns it
         for c in local:
             columns[c.name] = (pos, c)
             pos += 1
@@ -219,8 +213,7 @@ class JoinMode:
             inside = codes >= 0
             out[np.nonzero(inside)[0], layout["onehot"] + codes[inside]] = 1
         for name, (j, _) in layout["columns"].items():
-            if name != RECORD_KEY.name:
-                out[:real, j] = 1 if name == REAL.name else [int(v) for v in t.column(name).to_pylist()]
+            out[:real, j] = 1 if name == REAL.name else [int(v) for v in t.column(name).to_pylist()]
         return keys, out
 
     def dummies_reach_cells(self) -> bool:
@@ -313,6 +306,9 @@ class JoinMode:
             return -self.row_expr(node.this, columns, n)
         if isinstance(node, exp.Not):
             return 1 - self.row_expr(node.this, columns, n)
+        function = scalar_of(node)
+        if function is not None and function.secure is not None:
+            return function.secure(mpc, [self.row_expr(a, columns, n) for a in arguments(node)])
         a = self.row_expr(node.this, columns, n)
         b = self.row_expr(node.expression, columns, n)
         if isinstance(node, exp.Add):
@@ -385,4 +381,6 @@ def expr_bound(node, locals_) -> int:
         return expr_bound(node.this, locals_) * expr_bound(node.expression, locals_)
     if isinstance(node, (exp.Add, exp.Sub)):
         return expr_bound(node.this, locals_) + expr_bound(node.expression, locals_)
+    if scalar_of(node) is not None:                 # GREATEST, LEAST: one of the arguments
+        return max(expr_bound(a, locals_) for a in arguments(node))
     return 1

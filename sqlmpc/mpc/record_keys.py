@@ -1,9 +1,10 @@
 """Record keys: a long-lived secret 16-bit key per person, computed inside MPC.
 
-A person's record key is 16 bits of the Legendre PRF of the person's key x (the 64-bit hash
-the planner computes) under a *federation key* K_1..K_16 that no party knows:
+A person's record key is the power-residue PRF of the person's key x (the 64-bit hash the
+planner computes, in the join tokens' field, p ≡ 1 mod 2^16, sqlmpc/mpc/prf.py) under a
+*federation key* K that no party knows:
 
-    bit_j(x) = [ χ(K_j + x) = 1 ],   χ the quadratic character of a fixed 128-bit prime field.
+    record key(x) = log χ(K + x),   χ(y) = y^((p−1)/2^16), a 2^16-th root of unity: 16 bits.
 
 **The federation key** is the sum of one random share per party, K = Σ_i k_i: each party keeps
 its own share k_i in its state directory (``record-key-share.json``, created on first use) and
@@ -11,14 +12,13 @@ inputs it to every perturbed query, so K is secret-shared and the same in every 
 no party alone, nor any t of them, knows it.  Rotating any one party's share
 (``sqlmpc keys rotate-record-key``) gives every person a new, unrelated record key.
 
-**One bit, only its secret opened.**  For y = K_j + x the parties form a secret uniformly random
-nonzero mask ρ together with its character s = χ(ρ) = ±1: parties 0..t each input a random
-nonzero ρ_i and σ_i = χ(ρ_i), and ρ = Π ρ_i, s = Π σ_i (no t parties know ρ or s).  They open
-c = y·ρ, a uniformly random nonzero element whatever y is.  Since χ is multiplicative,
-χ(y) = χ(c)·s, and the secret bit is (1 + χ(c)·s)/2 — linear in s, no further multiplication.
-Per bit: 2(t+1) inputs, 2t + 1 multiplications, one opening; all persons' 16 bits at once.
-(The brief's variant, a random sign times a random square, needs p ≡ 3 (mod 4) so that −1 is a
-non-residue; this one works in any odd prime field and skips the secure random bits.)
+**Sixteen bits, only a masked input opened.**  Parties 0..t each input a random nonzero ρ_i and,
+as an integer, e_i = log χ(ρ_i); ρ = Π ρ_i is uniformly random and nonzero, and no t parties
+know it or e = Σ e_i.  The parties open c = (K + x)·ρ, a uniformly random nonzero element
+whatever x is, and since χ is multiplicative the record key is log χ(c) − e (mod 2^16): a
+public number minus a secret sum, no further multiplication.  Per person: t+1 inputs of two
+values, t + 1 multiplications, one opening (the Legendre PRF would need 16 of each); the
+result is born in the engine's own secure integer type.
 """
 
 from __future__ import annotations
@@ -31,9 +31,8 @@ from pathlib import Path
 import numpy as np
 
 BITS = 16
-FIELD_BITS = 128
 SHARE_FILE = "record-key-share.json"
-_SHARE_BYTES = 40          # each share word: 320 random bits, reduced mod p (bias below 2^-190)
+_SHARE_BYTES = 40          # a share: 320 random bits, reduced mod p (bias below 2^-190)
 
 
 # -- each party's share of the federation key (its state directory) ---------------
@@ -73,7 +72,7 @@ def rotate_share(state: str | Path) -> Path:
 
 def _write_share(path: Path, *, exclusive: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    words = [secrets.token_bytes(_SHARE_BYTES).hex() for _ in range(BITS)]
+    words = [secrets.token_bytes(_SHARE_BYTES).hex()]
     text = json.dumps({"version": 1, "share": words}, indent=1) + "\n"
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -89,55 +88,54 @@ def _write_share(path: Path, *, exclusive: bool) -> None:
 # -- the PRF inside MPC -------------------------------------------------------------
 
 
-def record_key_type():
-    """The fixed secure type of the PRF: its field must not change between queries."""
-    from sqlmpc.mpc.runtime import current
-
-    mpc = current()
-    sectype = mpc.SecInt(FIELD_BITS)
-    assert int(sectype.field.modulus) % 4 == 3, "the record-key field needs p ≡ 3 (mod 4)"
-    return sectype
+def key_bound(m: int) -> int:
+    """|a record key as the engine holds it| (see :func:`record_keys`): below (t + 2)·2^16, t < m/2."""
+    return ((m - 1) // 2 + 2) << BITS
 
 
-async def record_keys(x, share: list[int]):
-    """Secret 16-bit record keys (an array of ``record_key_type()``) of the secret person keys x."""
+async def record_keys(x, share: list[int], sectype):
+    """Each person's record key, as an array of the engine's secure integer type ``sectype``.
+
+    x: the persons' secret key hashes, an array of :func:`sqlmpc.mpc.prf.token_field`.  The value
+    returned is e_c + (t+1)·2^16 − Σ e_i, which is ≡ the record key (mod 2^16) and non-negative:
+    cell keys are taken mod 2^16, so the reduction is left to them.
+    """
     import gmpy2
 
+    from sqlmpc.mpc.prf import _root_index
     from sqlmpc.mpc.reveal import reveal
     from sqlmpc.mpc.runtime import current, uniform_below
 
     mpc = current()
-
-    sectype = record_key_type()
-    p = int(sectype.field.modulus)
+    keytype = type(x).sectype
+    field = keytype.field
+    p = int(field.modulus)
     n = x.shape[0]
     if n == 0:
-        return x
+        return sectype.array(np.zeros(0, dtype=object))
     K = None
     for i in range(len(mpc.parties)):          # K = Σ of every party's share
-        mine = np.array([w % p for w in share], dtype=object) if mpc.pid == i else np.zeros(BITS, dtype=object)
-        k_i = mpc.input(sectype.array(mine), senders=i)
+        mine = np.array([share[0] % p if mpc.pid == i else 0], dtype=object)
+        k_i = mpc.input(keytype.array(field.array(mine)), senders=i)
         K = k_i if K is None else K + k_i
-    N = n * BITS
-    y = mpc.np_reshape(mpc.np_reshape(x, (n, 1)) + mpc.np_reshape(K, (1, BITS)), (N,))
-    # The mask: parties 0..t each input a random nonzero ρ_i and its character σ_i = χ(ρ_i); no t
-    # parties know ρ = Π ρ_i (uniform on the nonzero elements) nor s = Π σ_i = χ(ρ).
-    rho = signs = None
+    y = x + K
+    roots, exponent = _root_index(p), (p - 1) >> BITS
+    # The mask: parties 0..t each input a random nonzero ρ_i, and (as an integer) the discrete log
+    # e_i of its symbol χ(ρ_i); no t parties know ρ = Π ρ_i (uniform on the nonzero elements)
+    # nor e = Σ e_i, the log of χ(ρ).
+    rho = logs = None
     for i in range(mpc.threshold + 1):
-        mine_rho = mine_sign = np.zeros(N, dtype=object)
+        mine_rho = mine_log = np.zeros(n, dtype=object)
         if mpc.pid == i:
-            mine_rho = uniform_below(p - 1, N) + 1
-            mine_sign = np.fromiter((int(gmpy2.legendre(int(v), p)) % p for v in mine_rho), dtype=object, count=N)
-        r_i = mpc.input(sectype.array(sectype.field.array(mine_rho)), senders=i)
-        s_i = mpc.input(sectype.array(sectype.field.array(mine_sign)), senders=i)
+            mine_rho = uniform_below(p - 1, n) + 1
+            mine_log = np.fromiter((roots[int(gmpy2.powmod(v, exponent, p))] for v in mine_rho), dtype=object, count=n)
+        r_i = mpc.input(keytype.array(field.array(mine_rho)), senders=i)
+        e_i = mpc.input(sectype.array(mine_log), senders=i)
         rho = r_i if rho is None else rho * r_i
-        signs = s_i if signs is None else signs * s_i
-    c = y * rho
-    opened = await reveal(c, what="record keys", raw=True,
-                          why="Legendre PRF inputs masked by a random nonzero element: uniformly random "
+        logs = e_i if logs is None else logs + e_i
+    opened = await reveal(y * rho, what="record keys", raw=True,
+                          why="power-residue PRF inputs masked by a random nonzero element: uniformly random "
                               "nonzero field elements, which tell nothing")
-    chi = np.fromiter((int(gmpy2.legendre(int(v), p)) for v in opened.value), dtype=object, count=N)
-    inverse_two = (p + 1) // 2
-    bits = (signs * chi + 1) * inverse_two                       # (1 + χ(y)) / 2
-    weights = np.array([1 << j for j in range(BITS)], dtype=object)
-    return mpc.np_reshape(bits, (n, BITS)) @ weights
+    symbols = np.fromiter((roots.get(int(gmpy2.powmod(int(v), exponent, p)), 0) for v in opened.value),
+                          dtype=object, count=n)
+    return sectype.array(symbols + ((mpc.threshold + 1) << BITS)) - logs

@@ -387,8 +387,8 @@ def exact_digest(q: BoundQuery) -> str:
 
 
 def record_key_leak() -> tuple[Leak, ...]:
-    return (Leak("record keys", "16 × padded rows of the root relation",
-                 "Legendre PRF inputs masked by a random square and a random sign: uniformly random "
+    return (Leak("record keys", "padded rows of the root relation",
+                 "power-residue PRF inputs masked by a random nonzero element: uniformly random "
                  "nonzero field elements (they tell nothing; the record keys stay secret)"),
             Leak("released values", "perturbed", "counts and sums of released cells carry cell-key noise "
                  "(docs/disclosure.md): the exact values are never opened"))
