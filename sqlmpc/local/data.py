@@ -108,6 +108,9 @@ class _Source:
 
 def register_table(con: duckdb.DuckDBPyConnection, table: Table, *, validate: bool = True) -> None:
     """Create the view ``"party"."table"`` over the table's data file (checked first if ``validate``)."""
+    if table.kind != "file":
+        raise DataFileError(f"the table lives in {table.kind}, not in a file: only its party's node reads it "
+                            "(sqlmpc.local.sources)", table=table.qualified_name, source=table.source_table)
     if not table.source.is_file():
         raise DataFileError("data file not found", path=str(table.source), table=table.qualified_name)
     source = _Source(con, table)

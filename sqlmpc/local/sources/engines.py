@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -124,8 +125,10 @@ class EngineSource:
 
     def _columns(self, table: Table) -> dict[str, str]:
         """Catalog column (lower-case) -> the engine's column; checks presence and type. Extra columns are fine."""
-        schema, _ = self._guarded(self._batches, f"SELECT * FROM {self._table(table).sql(DIALECTS[self.kind])} "
-                                                 "WHERE 1 = 0")
+        schema, batches = self._guarded(self._batches, f"SELECT * FROM {self._table(table).sql(DIALECTS[self.kind])} "
+                                                       "WHERE 1 = 0")
+        for _ in self._stream(batches):      # nothing: read to the end, which closes the connection
+            pass
         by_name = {f.name.lower(): f for f in schema}
         found = {}
         for column in table.columns:
@@ -245,14 +248,30 @@ class PostgresSource(EngineSource):
 
 
 class SparkSource(EngineSource):
-    """The party's SparkSession, started once per process (the JVM's start-up is the slow part)."""
+    """The party's SparkSession, one per process.  The JVM's start-up is the slow part (10-60 s):
+    it starts in the background when the party starts, and the first query waits for it."""
 
     kind = "spark"
 
     def __init__(self, party: str, connection: Connection):
         super().__init__(party, connection)
         self.label = f"spark {connection.master}"
-        self.session = self._guarded(self._start)
+        self._session = None
+        self._starting = threading.Thread(target=self._start_in_background, name=f"spark-{party}", daemon=True)
+        self._starting.start()
+
+    def _start_in_background(self) -> None:
+        try:
+            self._session = self._start()
+        except Exception:   # noqa: BLE001 - retried (and reported) when a query needs the session
+            pass
+
+    @property
+    def session(self):
+        self._starting.join()
+        if self._session is None:
+            self._session = self._guarded(self._start)
+        return self._session
 
     def _start(self):
         from pyspark.sql import SparkSession
