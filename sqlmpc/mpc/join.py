@@ -57,9 +57,12 @@ class JoinMode:
             matrices[rel] = _stack(blocks)
             keymats[rel] = _stack(keyblocks)
 
+        # One relation of one owner, one row per person and cell (a perturbed query on one table):
+        # nothing to join and no person to tell apart, so neither shuffle nor tokens are needed.
+        alone = len(plan.relations) == 1 and self.one_row_per_person_and_cell()
         self.progress("shuffle")
         for rel, k in keymats.items():
-            if k is not None and k.shape[0] > 1:
+            if k is not None and k.shape[0] > 1 and not alone:
                 x = matrices[rel]
                 width = 0 if x is None else x.shape[1]
                 cols = await shuffle([k[:, j] for j in range(k.shape[1])] + [x[:, j] for j in range(width)])
@@ -69,6 +72,10 @@ class JoinMode:
 
         self.progress("join")
         record_keys_ = await self.record_keys(keymats, layouts) if plan.perturbation is not None else None
+        if alone:
+            rows = keymats[plan.relations[0]].shape[0]
+            return self.aggregate_rows(matrices, layouts, {plan.relations[0]: list(range(rows))},
+                                             {plan.relations[0]: [True] * rows}, None, record_keys_)
         total = sum(k.shape[0] * k.shape[1] for k in keymats.values() if k is not None)
         bits = token_bits(max(total, 2))
         # One PRF key for every key column, so that tokens compare across relations.
@@ -79,6 +86,12 @@ class JoinMode:
         for (rel, name, _), toks in zip(columns_, opened):
             tokens[(rel, name)] = [int(t) for t in toks]
         index, matched = self.join_in_clear(tokens, {r: 0 if k is None else k.shape[0] for r, k in keymats.items()})
+        person_keys = tokens[(plan.relations[0], f"key_{plan.relations[0]}")]
+        return self.aggregate_rows(matrices, layouts, index, matched, person_keys, record_keys_)
+
+    def aggregate_rows(self, matrices, layouts, index, matched, person_keys, record_keys_):
+        """Gather the joined rows, then the moments per cell (person_keys: the root's public tokens)."""
+        plan = self.plan
         n = len(next(iter(index.values()))) if index else 0
         if n == 0:
             return self.empty_moments(), 1
@@ -131,10 +144,9 @@ class JoinMode:
             S = np.transpose(E) @ V                        # G x A: the only wide step, one reshare per output
             for j, m in enumerate(sums):
                 moments[m.name] = S[:, j]
-        person_keys = tokens[(plan.relations[0], f"key_{plan.relations[0]}")]
-        root_rows = [person_keys[i] for i in index[plan.relations[0]]]   # the root is never NULL
         # Pre-aggregated per key and cell, a person has at most one row in a cell.
-        rows_of = None if self.one_row_per_person_and_cell() else person_rows(root_rows)
+        rows_of = None if self.one_row_per_person_and_cell() else \
+            person_rows([person_keys[i] for i in index[plan.relations[0]]])   # the root is never NULL
         G = E.shape[1]
 
         def weighted(ms):
