@@ -41,9 +41,13 @@ from sqlmpc.oracle import run_oracle
 from sqlmpc.party.embedded import EmbeddedFederation
 from sqlmpc.plan.compile import compile
 from sqlmpc.sql import Explain, Query, parse
+from sqlmpc.sql.functions import AGGREGATES
 from sqlmpc.sql.limits import MAX_DEPTH, MAX_IN_ITEMS, MAX_SELECT_ITEMS, MAX_STATEMENT_CHARS
 from sqlmpc.sql.params import bind_parameters
-from sqlmpc.sql.parser import AGGREGATES_1, AGGREGATES_2, keywords
+from sqlmpc.sql.parser import keywords
+
+ONE_ARGUMENT = [a.name for a in AGGREGATES.values() if a.arity == 1 and a.name != "COUNT"]
+TWO_ARGUMENTS = [a.name for a in AGGREGATES.values() if a.arity == 2]
 
 ROOT = Path(__file__).resolve().parent.parent
 SAVED = sorted((ROOT / "queries").glob("*.sql"))
@@ -242,10 +246,10 @@ class Generator:
         key = self.column(table, alias, Role.KEY)
         if m is None:
             return rng.choice(["COUNT(*)", f"COUNT(DISTINCT {key})"])
-        fn1 = rng.choice(list(AGGREGATES_1))
+        fn1 = rng.choice(ONE_ARGUMENT)
         others = [self.column(t, a, Role.MEASURE) for t, a in tables]
         m2 = rng.choice([o for o in others if o] or [m])
-        base = rng.choice([f"{fn1}({m})", f"{rng.choice(list(AGGREGATES_2))}({m}, {m2})", "COUNT(*)",
+        base = rng.choice([f"{fn1}({m})", f"{rng.choice(TWO_ARGUMENTS)}({m}, {m2})", "COUNT(*)",
                            f"COUNT(DISTINCT {key})", f"SUM({m}) FILTER (WHERE {self.predicate(table, alias)})",
                            f"SUM(CASE WHEN {m} > 10 THEN {m} ELSE 0 END)", f"AVG({m} * 2 + 1)"])
         if rng.random() < 0.3:       # arithmetic over aggregate outputs

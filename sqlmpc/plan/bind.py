@@ -16,13 +16,10 @@ from sqlglot import exp
 from sqlmpc import errors
 from sqlmpc.catalog import Column, Federation, Role, Table
 from sqlmpc.plan.typecheck import check_types
+from sqlmpc.sql.functions import AGGREGATES as AGGREGATE_FUNCTIONS
 from sqlmpc.sql.positions import node_position
 
-AGGREGATES: tuple[type[exp.Expression], ...] = (
-    exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max,
-    exp.Stddev, exp.StddevSamp, exp.StddevPop, exp.Variance, exp.VariancePop,
-    exp.Corr, exp.CovarPop, exp.CovarSamp, exp.RegrSlope, exp.RegrIntercept, exp.RegrR2,
-)
+AGGREGATES: tuple[type[exp.Expression], ...] = tuple(dict.fromkeys(a.node for a in AGGREGATE_FUNCTIONS.values()))
 MAX_ROWS = 2**63 - 1        # LIMIT and OFFSET: DuckDB's BIGINT
 
 # Functions whose output domain is the set of their literal results: they bin a measure.

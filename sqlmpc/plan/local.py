@@ -16,6 +16,7 @@ from sqlglot import exp
 from sqlmpc import errors
 from sqlmpc.plan.bind import BoundQuery, Join
 from sqlmpc.plan.plan import LocalColumn
+from sqlmpc.sql.functions import arguments, scalar_of
 from sqlmpc.sql.positions import node_position
 
 BOOLEAN = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.And, exp.Or, exp.Not, exp.Is,
@@ -110,7 +111,10 @@ def interval(node, q) -> tuple[float, float, int]:
             return a0 - b1, a1 - b0, max(sa, sb)
         products = [a0 * b0, a0 * b1, a1 * b0, a1 * b1]
         return min(products), max(products), sa + sb
-    if isinstance(node, (exp.Case, exp.If, exp.Coalesce, exp.Greatest, exp.Least)):
+    function = scalar_of(node)
+    if function is not None and function.bound is not None:
+        return function.bound([interval(a, q) for a in arguments(node) if not isinstance(a, exp.Null)])
+    if isinstance(node, (exp.Case, exp.If)):
         branches = [b for b in node.find_all(exp.Expression) if b.parent is node and not isinstance(b, BOOLEAN)]
         branches += [i.args["true"] for i in node.args.get("ifs", [])]
         vals = [interval(b, q) for b in branches if not isinstance(b, (exp.If,)) and b is not None
@@ -118,9 +122,6 @@ def interval(node, q) -> tuple[float, float, int]:
         if not vals:
             return 0, 0, 0
         return min(v[0] for v in vals), max(v[1] for v in vals), max(v[2] for v in vals)
-    if isinstance(node, (exp.Abs,)):
-        lo, hi, s = interval(node.this, q)
-        return 0, max(abs(lo), abs(hi)), s
     if isinstance(node, exp.Div):
         a0, a1, sa = interval(node.this, q)
         b0, b1, _ = interval(node.expression, q)

@@ -24,6 +24,7 @@ from sqlmpc.plan.local import (COMPARISONS, SECURE_OPS, LocalColumns, constant, 
 from sqlmpc.plan.plan import Guard, Leak, LocalColumn, LocalPart, Moment, Plan, opened_per_cell
 from sqlmpc.plan.release import margin_lines
 from sqlmpc.result import aggregate_items
+from sqlmpc.sql.functions import arguments, scalar_of
 from sqlmpc.sql.params import literal
 from sqlmpc.sql.positions import node_position
 
@@ -65,6 +66,9 @@ class Planner:
         if isinstance(node, exp.Between):
             return self.localize(exp.and_(exp.GTE(this=node.this.copy(), expression=node.args["low"].copy()),
                                           exp.LTE(this=node.this.copy(), expression=node.args["high"].copy())))
+        function = scalar_of(node)
+        if function is not None and function.secure is not None:
+            return self.localize_function(node)
         if not isinstance(node, SECURE_OPS):
             raise errors.UnsupportedExpressionError(
                 f"{node.sql('duckdb')} combines several parties' columns in a way sqlmpc cannot compute "
@@ -84,6 +88,23 @@ class Planner:
         else:
             scale = 0                                         # comparisons and logic give 0/1 flags
         out.meta["scale"] = scale
+        return out
+
+    def localize_function(self, node: exp.Expression) -> exp.Expression:
+        """A registry function over several parties' columns (e.g. GREATEST): its arguments at one scale."""
+        args = arguments(node)
+        q = self.q
+        nullable = [c for a in args for c in a.find_all(exp.Column)
+                    if c.table in q.nullable_relations or q.column_of(c).nullable]
+        if nullable:      # MPC holds no NULLs: an absent value would count as a value
+            raise errors.UnsupportedExpressionError(
+                f"{node.sql('duckdb')} combines several parties' columns, and {nullable[0].sql()} may be NULL",
+                sql=q.sql, **node_position(node),
+                hint=f"give it a value first, e.g. COALESCE({nullable[0].sql()}, 0), at its own party")
+        children = [self.localize(a) for a in args]
+        target = max(scale_of(c) for c in children)
+        out = type(node)(this=rescale(children[0], target), expressions=[rescale(c, target) for c in children[1:]])
+        out.meta["scale"] = target
         return out
 
     # -- the plan ----------------------------------------------------------

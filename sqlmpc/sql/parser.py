@@ -25,7 +25,7 @@ from sqlglot import exp
 
 from sqlmpc.errors import SqlSyntaxError, UnsupportedSqlError
 from sqlmpc.sql import limits
-from sqlmpc.sql.binning import MAX_BUCKETS, literal_number, width_bucket_case
+from sqlmpc.sql.functions import AGGREGATES, DATE_PARTS, SCALARS, FunctionUseError
 from sqlmpc.sql.positions import error_at, line_col
 from sqlmpc.sql.statements import Describe, Explain, Query, ShowPolicy, ShowTables, Statement
 
@@ -60,22 +60,10 @@ DML_WORDS = {"INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "UPSERT", "REPLACE"}
 
 # ---------------------------------------------------------------- functions
 
-AGGREGATES_1 = {
-    "SUM": exp.Sum, "AVG": exp.Avg, "MIN": exp.Min, "MAX": exp.Max,
-    "STDDEV": exp.Stddev, "STDDEV_SAMP": exp.StddevSamp, "STDDEV_POP": exp.StddevPop,
-    # sqlglot (duckdb) reads VAR_SAMP as Variance, like VARIANCE.
-    "VARIANCE": exp.Variance, "VAR_SAMP": exp.Variance, "VAR_POP": exp.VariancePop,
-}
-AGGREGATES_2 = {
-    "CORR": exp.Corr, "COVAR_POP": exp.CovarPop, "COVAR_SAMP": exp.CovarSamp,
-    "REGR_SLOPE": exp.RegrSlope, "REGR_INTERCEPT": exp.RegrIntercept, "REGR_R2": exp.RegrR2,
-}
-AGGREGATE_NAMES = ["COUNT", *AGGREGATES_1, *AGGREGATES_2]
-SCALAR_NAMES = ["ABS", "ROUND", "COALESCE", "LEAST", "GREATEST", "WIDTH_BUCKET",
-                "YEAR", "MONTH", "DATE_PART"]
+AGGREGATE_NAMES = list(AGGREGATES)
+SCALAR_NAMES = list(SCALARS)
 FUNCTION_HINT = (f"aggregates: {', '.join(AGGREGATE_NAMES)} (optionally FILTER (WHERE ...)); "
                  f"functions: {', '.join(SCALAR_NAMES)}, EXTRACT(YEAR|MONTH|DAY FROM d)")
-DATE_PARTS = ("YEAR", "MONTH", "DAY")
 
 # CAST target types, as sqlglot's duckdb dialect names them.
 CAST_TYPES = {
@@ -458,71 +446,31 @@ class _ToSqlglot(Transformer):
         _placed(node, name.start_pos, close, self.sql)
         return exp.Filter(this=node, expression=filter_)
 
-    def _width_bucket(self, name: Token, value, low, high, buckets) -> exp.Expression:
-        """WIDTH_BUCKET, translated for DuckDB (which has none) into a binning CASE."""
-        bounds = [literal_number(low), literal_number(high), literal_number(buckets)]
-        example = "e.g. WIDTH_BUCKET(c.cost_eur, 0, 10000, 10)"
-        if None in bounds:
-            raise self._fail(UnsupportedSqlError, "WIDTH_BUCKET needs literal numbers as bounds and bucket count",
-                             name, f"the buckets must be public: {example}")
-        lo, hi, n = bounds
-        if n.denominator != 1 or not 1 <= n <= MAX_BUCKETS:
-            raise self._fail(SqlSyntaxError, f"WIDTH_BUCKET's bucket count must be a whole number from 1 to "
-                             f"{MAX_BUCKETS}, not {float(n):g}", name, example)
-        if not lo < hi:
-            raise self._fail(SqlSyntaxError, f"WIDTH_BUCKET's lower bound ({float(lo):g}) must be below its upper "
-                             f"bound ({float(hi):g})", name, example)
-        return width_bucket_case(value, lo, hi, int(n))
-
     def _function(self, name: Token, args: list, filter_):
         upper = name.upper()
-
-        def arity(*allowed):
-            if len(args) not in allowed:
-                wanted = " or ".join(str(n) for n in allowed)
-                raise self._fail(SqlSyntaxError, f"{upper} takes {wanted} argument{'s' if allowed != (1,) else ''}, "
-                                 f"got {len(args)}", name, f"e.g. {upper}({', '.join(['x', 'y', 'lo', 'hi'][:allowed[0]])})")
-
-        if upper == "COUNT":
-            arity(1)
-            return self._with_filter(name, exp.Count(this=args[0], big_int=True), filter_)
-        if upper in AGGREGATES_1:
-            arity(1)
-            return self._with_filter(name, AGGREGATES_1[upper](this=args[0]), filter_)
-        if upper in AGGREGATES_2:
-            arity(2)
-            return self._with_filter(name, AGGREGATES_2[upper](this=args[0], expression=args[1]), filter_)
-        if upper not in SCALAR_NAMES:
+        aggregate = AGGREGATES.get(upper)
+        function = SCALARS.get(upper)
+        fewest, most = (aggregate.arity, aggregate.arity) if aggregate else function.arity if function else (0, None)
+        if aggregate is None and function is None:
             raise self._fail(UnsupportedSqlError, f"unknown function {name}", name, FUNCTION_HINT)
+        if len(args) < fewest or (most is not None and len(args) > most):
+            if most is None:
+                raise self._fail(SqlSyntaxError, f"{upper} needs at least one argument", name, f"e.g. {upper}(x, 0)")
+            wanted = " or ".join(str(n) for n in range(fewest, most + 1))
+            raise self._fail(SqlSyntaxError, f"{upper} takes {wanted} argument{'s' if (fewest, most) != (1, 1) else ''}, "
+                             f"got {len(args)}", name, f"e.g. {upper}({', '.join(['x', 'y', 'lo', 'hi'][:fewest])})")
+        if aggregate is not None:
+            if upper == "COUNT":
+                return self._with_filter(name, exp.Count(this=args[0], big_int=True), filter_)
+            two = {"expression": args[1]} if aggregate.arity == 2 else {}
+            return self._with_filter(name, aggregate.node(this=args[0], **two), filter_)
         if filter_ is not None:
             raise self._fail(SqlSyntaxError, f"FILTER applies only to aggregates, not to {upper}", name,
                              "write e.g. SUM(x) FILTER (WHERE ...)")
-        if upper == "ABS":
-            arity(1)
-            return exp.Abs(this=args[0])
-        if upper == "ROUND":
-            arity(1, 2)
-            return exp.Round(this=args[0], **({"decimals": args[1]} if len(args) == 2 else {}))
-        if upper in ("YEAR", "MONTH"):
-            arity(1)
-            return (exp.Year if upper == "YEAR" else exp.Month)(this=args[0])
-        if upper == "WIDTH_BUCKET":
-            arity(4)
-            return self._width_bucket(name, *args)
-        if upper == "DATE_PART":
-            arity(2)
-            part = args[0]
-            if not (isinstance(part, exp.Literal) and part.is_string and part.this.upper() in DATE_PARTS):
-                raise self._fail(UnsupportedSqlError, "DATE_PART needs 'year', 'month' or 'day' as its first argument",
-                                 name, "e.g. DATE_PART('year', admitted)")
-            # sqlglot keeps DATE_PART as an anonymous function under the name as written.
-            return exp.Anonymous(this=name.value, expressions=args)
-        if not args:
-            raise self._fail(SqlSyntaxError, f"{upper} needs at least one argument", name, f"e.g. {upper}(x, 0)")
-        if upper == "COALESCE":
-            return exp.Coalesce(this=args[0], expressions=args[1:])
-        cls = exp.Least if upper == "LEAST" else exp.Greatest
-        return cls(this=args[0], expressions=args[1:], ignore_nulls=True)
+        try:
+            return function.build(name.value, args)
+        except FunctionUseError as err:
+            raise self._fail(err.cls, err.message, name, err.hint) from None
 
 
 # ---------------------------------------------------------------- lark errors -> our errors
