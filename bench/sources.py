@@ -48,7 +48,7 @@ def load_into_postgres(pg: dict, demo: Path) -> None:
     with adbc.connect(f"host={pg['host']} port={pg['port']} user={pg['user']} password={pg['password']} "
                       f"dbname={pg['db']}") as con, con.cursor() as cur:
         for file in sorted(demo.parent.glob("*/*.parquet")):
-            cur.adbc_ingest(f"{file.parent.name}_{file.stem}", pq.read_table(file), mode="replace")
+            cur.adbc_ingest(f"bench_{file.parent.name}_{file.stem}", pq.read_table(file), mode="replace")
         con.commit()
 
 
@@ -58,7 +58,7 @@ def federation_in(kind: str, demo: Path, out: Path, master: str) -> Path:
         party, name = match.group(1), match.group(2)
         head = f"[parties.{party}.tables.{name}]\n"
         if kind == "postgresql":
-            return head + f'source = "postgresql"\ntable = "{party}_{name}"'
+            return head + f'source = "postgresql"\ntable = "bench_{party}_{name}"'
         if kind == "spark":
             return head + f'source = "spark"\ntable = "parquet.`{demo.parent / party / name}.parquet`"'
         return head + f'source = "{demo.parent / party / name}.parquet"'

@@ -45,7 +45,8 @@ def _duckdb_type(t: pa.DataType) -> str:
 class EngineSource:
     """What PostgreSQL and Spark share: transpiling, validation by SQL, error wrapping."""
 
-    kind = ""
+    kind = ""       # "postgresql" | "spark"
+    label = ""      # names the source in messages: kind and where (never a password)
 
     def __init__(self, party: str, connection: Connection):
         self.party = party
@@ -53,9 +54,8 @@ class EngineSource:
         self.found: dict[str, dict[str, str]] = {}      # table -> catalog column (lower) -> engine column
 
     # -- engine-specific --------------------------------------------------------
-    label = ""
-
     def _batches(self, sql: str) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """Run SQL in the engine's dialect: the result's schema and its batches."""
         raise NotImplementedError
 
     def _secrets(self) -> list[str]:
@@ -63,6 +63,7 @@ class EngineSource:
 
     # -- the interface ---------------------------------------------------------------
     def prepare(self, sql: str, tables: dict[tuple[str, str], Table] | None = None) -> str:
+        """The local part's DuckDB SQL in the engine's dialect, reading the engine's tables."""
         tables = tables or {}
         relations = {name: table_relation(t, self.found.get(t.qualified_name) or
                                           {c.name.lower(): c.name.lower() for c in t.columns}, self.kind)
