@@ -78,3 +78,34 @@ def test_having_beyond_comparisons_of_arithmetic_is_refused_at_plan_time(having,
 def test_arithmetic_and_comparisons_over_aggregates_still_plan(federation):
     plan("SELECT c.category, (AVG(c.cost_eur) * 2 + SUM(c.cost_eur) / COUNT(*)) - 1 AS v, -COUNT(*) AS m "
          "FROM insurer.claims c GROUP BY 1 HAVING NOT (COUNT(*) < 3 OR SUM(c.cost_eur) / 2 >= 10.5)", federation)
+
+
+NULL_CONDITIONS = [
+    "SELECT COUNT(*) AS n FROM b.p t0 JOIN h.t t1 ON t1.pid = t0.pid WHERE t1.x + t0.age > 18",
+    "SELECT COUNT(*) AS n FROM b.p t0 JOIN h.t t1 ON t1.pid = t0.pid WHERE NOT (t1.x + t0.age > 18)",
+    "SELECT COUNT(*) AS n, AVG(t2.v) AS v FROM b.p t0 JOIN i.t2 t1 ON t1.pid = t0.pid "
+    "JOIN i.c t2 ON t2.pid = t0.pid WHERE t1.x + t2.v > 18",
+    "SELECT COUNT(*) AS n FROM b.p t0 LEFT JOIN i.c t1 ON t1.pid = t0.pid WHERE t1.v + t0.age > 18 OR t0.r = 'n'",
+    "SELECT COUNT(*) AS n FROM b.p t0 LEFT JOIN h.t t1 ON t1.pid = t0.pid "
+    "WHERE NOT (t1.x * 2 BETWEEN t0.age AND 60 AND t1.g <> 'a')",
+]
+
+
+@pytest.mark.mpc
+def test_where_across_parties_keeps_sqls_null_semantics(tmp_path):
+    """Was: a NULL measure entered MPC as 0, so t1.x + t0.age > 18 kept rows with t1.x NULL
+    (secure 103 rows where SQL and the oracle count 95)."""
+    import differential
+    from compare import assert_same_result
+    from sqlmpc.catalog import load_federation
+    from sqlmpc.oracle import run_oracle
+    from sqlmpc.party.embedded import EmbeddedFederation
+
+    world = differential.make_world(tmp_path / "w", 7000)
+    world.path.write_text(world.path.read_text().replace(f"min_cell_size = {world.k}", "min_cell_size = 1"))
+    federation = load_federation(world.path)
+    with EmbeddedFederation(federation) as secure:
+        for sql in NULL_CONDITIONS:
+            oracle = run_oracle(sql, federation)
+            assert oracle.rows()[0][0] == world.con.execute(sql).fetchone()[0], sql    # plain SQL's count
+            assert_same_result(secure.query(sql), oracle, sql)

@@ -19,6 +19,7 @@ from sqlmpc.plan.build import ONE, is_flag, times
 from sqlmpc.plan.cells import CellGrid, cell_grid
 from sqlmpc.plan.formulas import Formulas, check_computable, check_releasable, parenthesize
 from sqlmpc.plan.perturbation import PerturbationSpec, Target, perturbation_table
+from sqlmpc.plan.nulls import sql_true
 from sqlmpc.plan.local import (COMPARISONS, SECURE_OPS, LocalColumns, constant, local_groups, rescale,
                                scale_of)
 from sqlmpc.plan.plan import Guard, Leak, LocalColumn, LocalPart, Moment, Plan, opened_per_cell
@@ -117,7 +118,7 @@ class Planner:
             if len(groups) == 1 and not self.groups[next(iter(groups))].nullable:
                 self.pushed[next(iter(groups))].append(cond)
             else:
-                secure_where.append(self.localize(cond))
+                secure_where.append(self.localize(sql_true(cond, q, self.groups_of)))
         row_filter = exp.and_(*secure_where) if secure_where else None
 
         cell_relations = tuple(dict.fromkeys(self.group_of[g.relation].name for g in self.grid.groups))
