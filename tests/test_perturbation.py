@@ -138,7 +138,8 @@ async def _perturb_party(mpc, pid, data, policy):
     from sqlmpc.mpc.perturb import perturb_moments
     sectype = mpc.SecInt(200)
     moments = {k: sectype.array(np.array(v, dtype=object)) for k, v in data.items()}
-    out = await perturb_moments(mpc, _spec(policy), moments, {"s2": 2 ** 100})
+    bounds = {"s2": 2 ** 100, "k1": 500 * KEY_RANGE, "k2": 500 * KEY_RANGE, "c": 1000, "s": 10 ** 12}
+    out = await perturb_moments(mpc, _spec(policy), moments, bounds)
     return {k: [int(x) for x in await mpc.output(out[k])] for k in ("c", "s")}
 
 

@@ -38,24 +38,38 @@ async def perturb_moments(mpc, spec: PerturbationSpec, moments: dict, bounds: di
     if G == 0:
         return moments
     sectype = type(any_moment).sectype
-    raw = mpc.np_stack([_sum(moments[k] for k in t.keys) for t in targets])         # T × G
-    bits = mpc.np_to_bits(mpc.np_reshape(raw, (len(targets) * G,)), KEY_BITS)        # T·G × 16
-    bits = mpc.np_reshape(bits, (len(targets), G, KEY_BITS))
-    out = dict(moments)
     counts = [i for i, t in enumerate(targets) if t.kind == "count"]
     sums = [i for i, t in enumerate(targets) if t.kind == "magnitude"]
+    # All the noise arithmetic in a type just wide enough: the cell type of exact ratios can be
+    # several times wider, and a bit decomposition costs a secure random bit per bit of the type.
+    widest = max([sum(bounds[k] for k in t.keys) for t in targets]
+                 + [bounds[targets[i].moment] for i in counts] + [bounds[targets[i].s2] for i in sums])
+    small = mpc.SecInt(max(_COMPARE_BITS, widest.bit_length()) + 2)
+    small = sectype if small.bit_length >= sectype.bit_length else small
+    raw = _convert(mpc, mpc.np_concatenate([_sum(moments[k] for k in t.keys) for t in targets]), small)
+    bits = mpc.np_reshape(mpc.np_to_bits(raw, KEY_BITS), (len(targets), G, KEY_BITS))      # T × G × 16
+    out = dict(moments)
+    noise = {}
     if counts:
-        noise = _count_noise(mpc, sectype, spec, [bits[i] for i in counts],
-                             [moments[targets[i].moment] for i in counts])
-        for j, i in enumerate(counts):
-            out[targets[i].moment] = moments[targets[i].moment] + noise[j]
+        values = [_convert(mpc, moments[targets[i].moment], small) for i in counts] if len(spec.table.rows) > 1 \
+            else None
+        noise.update(zip(counts, _count_noise(mpc, small, spec, [bits[i] for i in counts], values)))
     if sums:
-        noise = _magnitude_noise(mpc, sectype, spec, [bits[i] for i in sums],
-                                 [moments[targets[i].s2] for i in sums],
-                                 [bounds[targets[i].s2] for i in sums])
-        for j, i in enumerate(sums):
-            out[targets[i].moment] = moments[targets[i].moment] + noise[j]
+        s2 = _convert(mpc, mpc.np_concatenate([moments[targets[i].s2] for i in sums]), small)
+        noise.update(zip(sums, _magnitude_noise(mpc, small, spec, [bits[i] for i in sums],
+                                                [s2[j * G:(j + 1) * G] for j in range(len(sums))],
+                                                [bounds[targets[i].s2] for i in sums])))
+    back = _convert(mpc, mpc.np_concatenate([noise[i] for i in range(len(targets))]), sectype)
+    for i, t in enumerate(targets):
+        out[t.moment] = moments[t.moment] + back[i * G:(i + 1) * G]
     return out
+
+
+def _convert(mpc, x, sectype):
+    """A secure array in another secure integer type (its values fit)."""
+    if type(x).sectype is sectype:
+        return x
+    return mpc.np_fromlist(mpc.convert([x[i] for i in range(x.shape[0])], sectype))
 
 
 def _sum(arrays):
