@@ -307,3 +307,17 @@ def test_rephrased_equivalents_give_identical_outputs(embedded):
                        "WHERE (pp.diagnosis = 'CKD' OR pp.diagnosis = 'HF') AND cc.year = 2024 "
                        "GROUP BY bb.region ORDER BY bb.region").rows()
     assert a == [(r[2], r[3], r[1], r[0]) for r in b]
+
+
+def test_each_party_checks_approvals_itself(perturbed, tmp_path):
+    """A party whose local policy approves fewer plans plans the query perturbed: the hashes differ,
+    so the parties refuse to run it together rather than release it exactly."""
+    sql = (Path(__file__).parent.parent / "queries" / "income_gradient.sql").read_text()
+    local = tmp_path / "local.toml"
+    local.write_text("[policy]\napproved_plans = []\n")
+    strict = load_federation(perturbed.path, local_policy=local)
+    exact, noisy = compile(sql, perturbed), compile(sql, strict)
+    assert exact.perturbation is None and noisy.perturbation is not None
+    assert exact.digest != noisy.digest
+    from sqlmpc.cli.approve import approvals
+    assert exact.digest in approvals(Path(__file__).parent.parent / "queries" / "income_gradient.sql", strict)
