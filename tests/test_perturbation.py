@@ -321,3 +321,21 @@ def test_each_party_checks_approvals_itself(perturbed, tmp_path):
     assert exact.digest != noisy.digest
     from sqlmpc.cli.approve import approvals
     assert exact.digest in approvals(Path(__file__).parent.parent / "queries" / "income_gradient.sql", strict)
+
+
+def test_record_key_share_persists_and_rotates(tmp_path, capsys):
+    from sqlmpc.cli.main import main
+    from sqlmpc.mpc.record_keys import load_share, party_state
+    fed = load_federation(policy_file(tmp_path, 'perturbation = "cell_key"'))
+    state = party_state(fed.path, "a")
+    first = load_share(state)
+    assert load_share(state) == first                              # kept across restarts
+    assert main(["keys", "rotate-record-key", "--federation", str(fed.path)]) == 0
+    assert "every person's record key" in capsys.readouterr().out
+    assert load_share(state) != first
+    assert oct(share_mode(state))[-3:] == "600"
+
+
+def share_mode(state):
+    from sqlmpc.mpc.record_keys import share_path
+    return share_path(state).stat().st_mode
