@@ -52,7 +52,8 @@ def test_demo_engine(tmp_path, monkeypatch):
     try:
         with engine.connect() as con:
             rows = con.execute(text("SELECT b.region, COUNT(*) AS n FROM bureau.persons b GROUP BY b.region")).all()
-        assert sum(n for _, n in rows) == 2000
+        # The default demo perturbs ad-hoc counts (docs/disclosure.md): each by at most max_deviation.
+        assert abs(sum(n for _, n in rows) - 2000) <= 2 * len(rows)
         assert (tmp_path / f"demo-v{DEMO_VERSION}-2000" / "federation.toml").exists()
     finally:
         engine.dispose()
