@@ -109,3 +109,15 @@ def test_where_across_parties_keeps_sqls_null_semantics(tmp_path):
             oracle = run_oracle(sql, federation)
             assert oracle.rows()[0][0] == world.con.execute(sql).fetchone()[0], sql    # plain SQL's count
             assert_same_result(secure.query(sql), oracle, sql)
+
+
+@pytest.mark.parametrize("item", ["REGR_R2(c.cost_eur, c.year) / (VAR_SAMP(c.cost_eur) + 1)",
+                                  "REGR_SLOPE(c.cost_eur, c.year) * 100"])
+def test_arithmetic_over_regr_slope_and_r2_is_refused_at_plan_time(item, federation):
+    """Was an AttributeError ('str' object has no attribute 'this') at every party: their value where
+    x is constant (NaN, 1) is defined apart and cannot enter a formula."""
+    sql = f"SELECT c.category, {item} AS v FROM insurer.claims c GROUP BY 1"
+    with pytest.raises(errors.UnsupportedSqlError, match="REGR_SLOPE and REGR_R2"):
+        plan(sql, federation)
+    plan("SELECT c.category, REGR_SLOPE(c.cost_eur, c.year) AS s, REGR_R2(c.cost_eur, c.year) AS r "
+         "FROM insurer.claims c GROUP BY 1 HAVING COUNT(*) > 1", federation)

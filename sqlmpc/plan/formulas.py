@@ -203,25 +203,28 @@ class Formulas:
                                                 **_pos(node))
 
 
-ROOT_ONLY = "the square root behind STDDEV, CORR and the like, or MIN/MAX"
+ROOT_ONLY = ("the square root behind STDDEV, CORR and the like, REGR_SLOPE and REGR_R2 (defined apart where x "
+             "is constant), or MIN/MAX")
 
 
 def check_releasable(formula: exp.Expression, item: exp.Expression, q, root_only: bool = True) -> None:
     """STDDEV/CORR (a square root) and MIN/MAX are released as they are: refuse arithmetic over them."""
     def special(node):
-        return isinstance(node, exp.Sqrt) or (isinstance(node, exp.Anonymous) and node.name == "FIRST_HELD")
+        return isinstance(node, exp.Sqrt) or (isinstance(node, exp.Anonymous)
+                                              and node.name in ("FIRST_HELD", "IF_UNDEFINED"))
     top = formula.args["expressions"][0] if (isinstance(formula, exp.Anonymous)
                                              and formula.name == "IF_UNDEFINED") else formula
     allowed = set()
     if root_only:
-        allowed.add(id(top))
+        allowed |= {id(top), id(formula)}
         if isinstance(top, exp.Div) and isinstance(top.expression, exp.Sqrt):
             allowed.add(id(top.expression))               # CORR: cov / √(varx·vary)
     if any(special(n) and id(n) not in allowed for n in formula.walk()):
         raise errors.UnsupportedSqlError(
             f"{item.sql()}: sqlmpc releases {ROOT_ONLY} only as a column of its own"
             + ("" if root_only else ", not in HAVING"), sql=q.sql, **_pos(item),
-            hint="select STDDEV_SAMP(x) (or CORR, MIN, MAX) by itself and compute with it afterwards")
+            hint="select STDDEV_SAMP(x) (or CORR, REGR_SLOPE, REGR_R2, MIN, MAX) by itself and compute with it "
+                 "afterwards")
 
 
 ARITHMETIC = (exp.Paren, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Neg)
