@@ -312,3 +312,55 @@ def test_failing_postgresql_source_fails_the_query_then_the_next_runs(fault, emb
     embedded.reload(load_federation(good))
     result = embedded.query(QUERY)
     assert differences(result_csv_like(result, EXPECTED), EXPECTED) == []
+
+
+def test_spark_missing_table_is_a_source_error_naming_party_and_source(spark, tmp_path):
+    source = SparkSource("insurer", Connection("spark", master="local[1]"))
+    table = Table("insurer", "claims", None, "spark", PATIENT_COLUMNS,
+                  source_table=f"parquet.`{tmp_path}/absent.parquet`")
+    with pytest.raises(errors.SourceError, match=r"party 'insurer': source spark local\[1\]: .*absent\.parquet"):
+        source.validate(table)
+
+
+# -- the federation file ---------------------------------------------------------------------------
+
+def federation_text(hospital: str) -> str:
+    return f"""
+[federation]
+name = "sources"
+[parties.hospital]
+address = "127.0.0.1:7001"
+{hospital}
+[parties.hospital.tables.patients.columns]
+pid = {{ type = "VARCHAR", role = "key", key_space = "p" }}
+[parties.insurer]
+address = "127.0.0.1:7002"
+[parties.bureau]
+address = "127.0.0.1:7003"
+"""
+
+
+def test_federation_file_names_the_source_kind_and_keeps_passwords_out(tmp_path):
+    path = tmp_path / "federation.toml"
+    path.write_text(federation_text('[parties.hospital.postgresql]\ndsn_env = "PG_DSN"\npassword_env = "PG_PW"\n'
+                                    '[parties.hospital.tables.patients]\nsource = "postgresql"\ntable = "clinic.patients"'))
+    fed = load_federation(path)
+    table = fed.table("hospital", "patients")
+    assert (table.kind, table.source, table.source_table) == ("postgresql", None, "clinic.patients")
+    assert fed.party("hospital").connection("postgresql") == Connection("postgresql", dsn_env="PG_DSN",
+                                                                        password_env="PG_PW")
+    # The connection is the owner's business: not part of the fingerprint.
+    path.write_text(federation_text('[parties.hospital.tables.patients]\nsource = "postgresql"\n'
+                                    'table = "clinic.patients"'))
+    assert load_federation(path).fingerprint == fed.fingerprint
+    for hospital, message in [
+        ('[parties.hospital.postgresql]\ndsn = "postgresql://u:secret@db/clinic"\n', "holds a password"),
+        ('[parties.hospital.postgresql]\ndsn = "host=db password=secret"\n', "holds a password"),
+        ('[parties.hospital.tables.patients]\nsource = "postgresql"', "needs 'table'"),
+        ('[parties.hospital.tables.patients]\nsource = "mysql"', "must end in .parquet"),
+    ]:
+        if "tables.patients" not in hospital:
+            hospital += '[parties.hospital.tables.patients]\nsource = "postgresql"\ntable = "t"'
+        path.write_text(federation_text(hospital))
+        with pytest.raises(errors.ConfigError, match=message):
+            load_federation(path)
