@@ -20,6 +20,7 @@ import pytest
 import sqlmpc
 from sqlmpc import errors
 from sqlmpc.oracle import run_oracle
+from sqlmpc.party.faults import PAUSE_AFTER_OPENINGS, PAUSE_FILE
 from sqlmpc.result import Result
 
 pytestmark = pytest.mark.mpc
@@ -78,7 +79,7 @@ class Federation:
         path = self.state(party) / "audit.jsonl"
         return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
 
-    def start(self, *parties, extra=(), per_party=None, wait=True):
+    def start(self, *parties, extra=(), per_party=None, wait=True, env=None):
         started = {}
         for p in parties or PARTIES:
             fed = self.tampered if (self.tampered and p == "bureau") else self.path
@@ -89,7 +90,8 @@ class Federation:
                     *((per_party or {}).get(p, ()))]
             self.workdir.mkdir(parents=True, exist_ok=True)
             log = open(self.workdir / f"{p}.log", "a")
-            started[p] = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True)
+            started[p] = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True,
+                                          env={**os.environ, **(env or {})})
         if wait:
             for p, proc in started.items():
                 self.wait_ready(p, proc)
@@ -272,26 +274,45 @@ def query_in_background(loopback, sql):
         except Exception as exc:
             box["error"] = exc
         box["seconds"] = time.perf_counter() - t0
+        box["ended"] = time.monotonic()
 
     t = threading.Thread(target=run)
     t.start()
     return t, box
 
 
-def test_killed_party_fails_the_query_then_recovers(loopback, federation, union_db):
+def stall(loopback, party, tmp_path) -> Path:
+    """Restart ``party`` so that it stalls inside the MPC of its next query (before its second
+    opening) until the returned file is removed; the file appears when it stalls."""
+    flag = tmp_path / f"{party}-stalled"
+    loopback.kill(party, signal.SIGTERM)
+    loopback.start(party, env={PAUSE_AFTER_OPENINGS: "1", PAUSE_FILE: str(flag)})
+    return flag
+
+
+def wait_for(flag: Path, box: dict) -> float:
+    """Until the stalled party's file appears (the query is under way there; a bound, not a guess)."""
+    deadline = time.monotonic() + 120
+    while not flag.exists():
+        assert "seconds" not in box, f"the query ended before the party stalled: {box}"
+        assert time.monotonic() < deadline, f"the party never reached its stall point ({flag})"
+        time.sleep(0.05)
+    return time.monotonic()
+
+
+def test_killed_party_fails_the_query_then_recovers(loopback, federation, union_db, tmp_path):
     sql = (QUERIES / "app_effectiveness.sql").read_text()
+    flag = stall(loopback, "insurer", tmp_path)
     t, box = query_in_background(loopback, sql)
-    time.sleep(0.6)           # inside the MPC (planning + proposal take ~0.1 s)
+    wait_for(flag, box)         # the insurer is inside the MPC
     loopback.kill("insurer")
+    killed = time.monotonic()
     t.join(TIMEOUT + 20)
     assert not t.is_alive()
-    if box.get("ok"):
-        loopback.start("insurer")                            # later tests need every party
-        pytest.skip("the query finished before the party was killed")
     exc = box["error"]
     assert isinstance(exc, errors.OperationalError), exc
     assert "insurer" in str(exc)
-    assert box["seconds"] < TIMEOUT + 5
+    assert box["ended"] - killed < TIMEOUT + 5
     coord = loopback.audit("hospital")[-1]
     assert coord["outcome"] == "failed" and "insurer" in coord["error"]
     # Restart the party on the same ports: the next query succeeds, nothing was left behind.
@@ -303,21 +324,20 @@ def test_killed_party_fails_the_query_then_recovers(loopback, federation, union_
     assert_idle_soon(loopback)
 
 
-def test_stopped_node_audits_the_query_it_leaves(loopback):
+def test_stopped_node_audits_the_query_it_leaves(loopback, tmp_path):
     """SIGTERM in the middle of a query: the node writes that query's record before it exits."""
     sql = (QUERIES / "app_effectiveness.sql").read_text()
+    flag = stall(loopback, "insurer", tmp_path)
     t, box = query_in_background(loopback, sql)
-    time.sleep(1.0)           # inside the MPC
+    wait_for(flag, box)         # the insurer is inside the MPC, one opening done
     loopback.kill("insurer", signal.SIGTERM)
     t.join(TIMEOUT + 20)
     assert not t.is_alive()
-    if box.get("ok"):
-        loopback.start("insurer")                            # later tests need every party
-        assert_idle_soon(loopback)
-        pytest.skip("the query finished before the party was stopped")
+    assert "error" in box, box
     stopped, coord = loopback.audit("insurer")[-1], loopback.audit("hospital")[-1]
     assert stopped["qid"] == coord["qid"] and coord["sql"] == sql and coord["outcome"] == "failed"
     assert stopped["outcome"] == "failed" and stopped["error"] == "the node was stopped during the query", stopped
+    assert len(stopped["ledger"]) == 1                   # it stopped where it stalled
     longest = max(stopped["ledger"], coord["ledger"], key=len)
     assert all(line["ledger"] == longest[:len(line["ledger"])] for line in (stopped, coord))
     loopback.start("insurer")
@@ -336,23 +356,21 @@ def assert_idle_soon(loopback) -> None:
         time.sleep(0.5)
 
 
-def test_stalled_party_fails_within_the_timeout(loopback):
+def test_stalled_party_fails_within_the_timeout(loopback, tmp_path):
     sql = (QUERIES / "app_effectiveness.sql").read_text()
+    flag = stall(loopback, "bureau", tmp_path)
     t, box = query_in_background(loopback, sql)
-    time.sleep(0.6)
-    loopback.procs["bureau"].send_signal(signal.SIGSTOP)
-    try:
-        t.join(TIMEOUT + 20)
-    finally:
-        loopback.procs["bureau"].send_signal(signal.SIGCONT)
+    stalled = wait_for(flag, box)   # the bureau holds up the MPC from here on
+    t.join(TIMEOUT + 20)
     assert not t.is_alive()
-    if box.get("ok"):
-        pytest.skip("the query finished before the party was stopped")
-    assert isinstance(box["error"], errors.OperationalError), box["error"]
+    assert isinstance(box.get("error"), errors.OperationalError), box
     assert "bureau" in str(box["error"])
-    assert box["seconds"] < TIMEOUT + 6
-    assert_idle_soon(loopback)                           # the resumed party winds its failed query down
-    with sqlmpc.connect(loopback.url()) as con:          # and serves the next query
+    assert box["ended"] - stalled < TIMEOUT + 6
+    flag.unlink()                                        # the bureau resumes
+    assert_idle_soon(loopback)                           # and winds its failed query down
+    loopback.kill("bureau", signal.SIGTERM)              # a bureau that does not stall again
+    loopback.start("bureau")
+    with sqlmpc.connect(loopback.url()) as con:          # the federation serves the next query
         assert con.execute((QUERIES / "claim_categories.sql").read_text()).fetchall()
 
 

@@ -216,7 +216,7 @@ SELECT COUNT(*) AS n FROM hospital.patients p;
     out = done.stdout.splitlines()
     assert "bureau.persons" in out                            # .tables
     assert "n,_suppressed" in out                             # .mode csv applied to the query
-    assert "| East | 495 |" in out or any(line.startswith("| East |") for line in out)   # .read, .mode markdown
+    assert any(line.startswith("| East |") for line in out)             # .read, .mode markdown
 
 
 def test_unknown_dot_command_in_a_script_fails(demo_path):

@@ -57,7 +57,8 @@ def test_gateway_opens_no_suppressed_value_and_ledger_matches_declaration(name, 
     if "having" in declared:
         assert opened["having"] == sum(ok)
     assert opened["released values"] == declared["released values"].per_cell * released
-    assert released < plan.grid.size or name != "small_cells_suppressed"
+    if name == "small_cells_suppressed":
+        assert released < plan.grid.size
     # A suppressed cell's outputs stay NULL in the released cell table itself.
     for j in range(len(plan.outputs)):
         values = cells.column(f"a{j}").to_pylist()

@@ -7,17 +7,28 @@ the MPC, the next does not.  Set it for every party of a federation (the
 embedded federation's party processes inherit the environment of the process
 that starts them), or the others wait for the failed party until their
 timeout.  Unset in production; it never opens anything itself.
+
+``SQLMPC_PAUSE_AFTER_OPENINGS=n`` with ``SQLMPC_PAUSE_FILE=path`` makes a party
+stall instead, just before its (n+1)-th opening: it creates the file and waits,
+holding up the MPC, until the file is removed (at most 120 s).  A test sets it for
+one party, waits for the file, and then knows the query is under way at that
+point — to kill or stop the party there, not after a guessed delay.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlmpc import errors
 from sqlmpc.mpc.reveal import Ledger
 
 FAIL_AFTER_OPENINGS = "SQLMPC_FAIL_AFTER_OPENINGS"
+PAUSE_AFTER_OPENINGS = "SQLMPC_PAUSE_AFTER_OPENINGS"
+PAUSE_FILE = "SQLMPC_PAUSE_FILE"
+LONGEST_PAUSE = 120.0
 
 
 class InjectedFailure(errors.OperationalError):
@@ -35,14 +46,36 @@ class _Tripwire(Ledger):
         return super().record(what, count, why)
 
 
+@dataclass
+class _Pause(Ledger):
+    limit: int = 0
+    flag: Path | None = None
+
+    def record(self, what: str, count: int, why: str):
+        if len(self.entries) == self.limit and self.flag is not None:
+            self.flag.touch()
+            deadline = time.monotonic() + LONGEST_PAUSE
+            while self.flag.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return super().record(what, count, why)
+
+
+def _limit(name: str) -> int | None:
+    value = os.environ.get(name)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise errors.ConfigError(f"{name}={value!r}: expected a number of openings") from None
+
+
 def armed(ledger: Ledger) -> Ledger:
     """``ledger`` itself, or (with the variable set) a ledger that fails at the limit and
     records into the same entry list, so the caller still sees what was opened."""
-    value = os.environ.get(FAIL_AFTER_OPENINGS)
-    if not value:
-        return ledger
-    try:
-        limit = int(value)
-    except ValueError:
-        raise errors.ConfigError(f"{FAIL_AFTER_OPENINGS}={value!r}: expected a number of openings") from None
-    return _Tripwire(entries=ledger.entries, limit=limit)
+    fail, pause = _limit(FAIL_AFTER_OPENINGS), _limit(PAUSE_AFTER_OPENINGS)
+    if fail is not None:
+        return _Tripwire(entries=ledger.entries, limit=fail)
+    if pause is not None and os.environ.get(PAUSE_FILE):
+        return _Pause(entries=ledger.entries, limit=pause, flag=Path(os.environ[PAUSE_FILE]))
+    return ledger
