@@ -6,8 +6,8 @@ first rewrites the few constructs whose meaning differs between engines, so that
 every engine returns the same numbers:
 
 * ``md5_number_lower(s)`` (the 64-bit key hash): bytes 8-15 of MD5(s), read
-  little-endian.  Other engines build it from the hexadecimal MD5 (the result is
-  the same 64 bits, as a signed BIGINT; ``normalize`` reads it back unsigned).
+  little-endian.  Other engines build it from the hexadecimal MD5, bytes reversed
+  (the same 64 bits, as a signed BIGINT; ``normalize`` reads it back unsigned).
 * ``list_position([...], x)`` (a cell code): a CASE over the public domain, NULL
   when the value is outside it (Spark's ``array_position`` answers 0).
 * ``round(x)``: DuckDB rounds halves away from zero, PostgreSQL's ``round(double)``
@@ -31,7 +31,7 @@ from sqlmpc.errors import NotSupportedError
 ENGINE_NAMES = {"postgresql": "PostgreSQL", "spark": "Spark"}
 DIALECTS = {"postgresql": "postgres", "spark": "spark"}
 # Plain calls (unknown to sqlglot) that this module writes itself; any other is refused.
-_PASSED_THROUGH = {"postgresql": set(), "spark": {"conv"}}
+_PASSED_THROUGH = {"postgresql": {"reverse", "regexp_replace"}, "spark": {"conv"}}
 # Functions whose meaning sqlglot carries over to PostgreSQL and Spark alike; any other is refused.
 _PORTABLE = {getattr(exp, name) for name in (
     "Sum", "Count", "Max", "Min", "Avg", "Coalesce", "Cast", "Case", "If", "Abs", "Floor", "Ceil", "Sign",
@@ -48,12 +48,18 @@ def _md5_lower_hex(text: exp.Expression) -> exp.Expression:
 
 
 def _key_hash(text: exp.Expression, engine: str) -> exp.Expression:
-    hexed = _md5_lower_hex(text)
     if engine == "postgresql":
+        # The MD5 once (PostgreSQL does not share repeated calls): its hex digits 17-32, reversed
+        # (which reverses the nibbles too), then each pair swapped back: the bytes in reverse.
+        reversed_ = exp.Anonymous(this="reverse", expressions=[exp.Substring(
+            this=exp.func("md5", text), start=exp.Literal.number(17), length=exp.Literal.number(16))])
+        hexed = exp.Anonymous(this="regexp_replace", expressions=[
+            reversed_, exp.Literal.string("(.)(.)"), exp.Literal.string("\\2\\1"), exp.Literal.string("g")])
         bits = exp.Cast(this=exp.DPipe(this=exp.Literal.string("x"), expression=hexed),
                         to=exp.DataType.build("BIT(64)", dialect="postgres"))
         return exp.cast(bits, "BIGINT")
     # Spark: conv to base -10 reads the 64 bits as a signed number.
+    hexed = _md5_lower_hex(text)
     return exp.cast(exp.func("conv", hexed, exp.Literal.number(16), exp.Literal.number(-10)), "BIGINT")
 
 
