@@ -29,15 +29,11 @@ and then it binds 127.0.0.1 only.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import socket
-import random
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +43,9 @@ import pyarrow.flight as flight
 from sqlmpc import errors
 from sqlmpc.mpc.reveal import Ledger
 from sqlmpc.party.audit import AuditLog, audited, auth_failure, opened, query_record
-from sqlmpc.party.wire import error_reply, from_ipc, rebuild, to_ipc
+from sqlmpc.party.coordinator import Coordination
+from sqlmpc.party.endpoints import TokenAuth, call, results, split_address
+from sqlmpc.party.wire import error_reply, to_ipc
 
 BUSY_WAIT = 2.0        # how long a peer waits for its slot before answering "busy"
 
@@ -55,28 +53,6 @@ BUSY_WAIT = 2.0        # how long a peer waits for its slot before answering "bu
 def version() -> str:
     import sqlmpc
     return getattr(sqlmpc, "__version__", "unknown")
-
-
-# -- wire helpers ----------------------------------------------------------------
-
-def results(*items) -> list[flight.Result]:
-    out = []
-    for item in items:
-        data = item if isinstance(item, (bytes, bytearray)) else json.dumps(item, default=str).encode()
-        out.append(flight.Result(pa.py_buffer(data)))
-    return out
-
-
-def call(client: flight.FlightClient, action: str, body: dict, *, timeout: float | None = None,
-         headers: list | None = None) -> list[bytes]:
-    options = flight.FlightCallOptions(timeout=timeout, headers=headers or [])
-    return [r.body.to_pybytes() for r in client.do_action(flight.Action(action, json.dumps(body).encode()),
-                                                          options=options)]
-
-
-def _split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 MPC_PORTS = 16          # MPC ports a node rotates through, from --mpc-port on
@@ -92,7 +68,7 @@ class Tls:
 
 # -- the node ----------------------------------------------------------------------
 
-class NodeServer:
+class NodeServer(Coordination):
     def __init__(self, federation_path: str | Path, party: str, *, local_policy: str | Path | None = None,
                  keys: str | Path | None = None, tokens: str | Path | None = None,
                  insecure_loopback: bool = False, bind: str = "0.0.0.0", analyst_port: int | None = None,
@@ -132,12 +108,12 @@ class NodeServer:
             raise errors.ConfigError("TLS without analyst tokens: give --tokens tokens.json")
         self.insecure = self.tls is None
         self.bind = "127.0.0.1" if self.insecure else bind
-        host, port = _split(self.federation.party(self.party).address)
+        host, port = split_address(self.federation.party(self.party).address)
         self.port = port
         self.analyst_port = analyst_port or port + 1
         self.mpc_port = mpc_port or port + 2       # first of MPC_PORTS ports, one per query in turn
         self._mpc_turn = -1
-        self.peers = {p.name: _split(p.address) for p in self.federation.parties if p.name != self.party}
+        self.peers = {p.name: split_address(p.address) for p in self.federation.parties if p.name != self.party}
         state = Path(state_dir) if state_dir else Path("sqlmpc-state") / self.party
         self.audit = AuditLog(state / "audit.jsonl")
         self._clients: dict[str, flight.FlightClient] = {}
@@ -168,7 +144,7 @@ class NodeServer:
             peer_args.update(verify_client=True, root_certificates=self.tls.ca)
         self._peer_server = _Endpoint(self._location(self.port), self, "peer", **peer_args)
         self._analyst_server = _Endpoint(self._location(self.analyst_port), self, "analyst",
-                                         middleware={"auth": _TokenAuth(self.tokens, self.auth_failed)},
+                                         middleware={"auth": TokenAuth(self.tokens, self.auth_failed)},
                                          **tls_args)
         for s in (self._peer_server, self._analyst_server):
             threading.Thread(target=s.serve, daemon=True).start()
@@ -405,223 +381,9 @@ class NodeServer:
             return results(error_reply(exc, self.party))
         return results({"ok": True, "ledger": record["ledger"]}, ipc)
 
-    # -- analyst actions ----------------------------------------------------------------
-
-    def on_status(self, analyst: str) -> list:
-        peers = {}
-        futures = {name: self._pool.submit(self._peer_call, name, "hello", {}, 3.0) for name in self.peers}
-        for name, fut in futures.items():
-            try:
-                peers[name] = {"reachable": True, **json.loads(fut.result()[0])}
-            except Exception as exc:
-                peers[name] = {"reachable": False, "error": str(exc)}
-        me = json.loads(self.on_hello({})[0].body.to_pybytes())
-        return results({"coordinator": self.party, "analyst": analyst,
-                        "parties": {self.party: {"reachable": True, **me}, **peers}})
-
-    def on_query(self, msg: dict, analyst: str, peer: str | None = None) -> list:
-        try:
-            meta, table = self.coordinate(msg["sql"], analyst, peer)
-        except Exception as exc:
-            return results(error_reply(exc, self.party))
-        return results(meta, to_ipc(table))
-
-    def coordinate(self, sql: str, analyst: str, peer: str | None = None) -> tuple[dict, pa.Table]:
-        from sqlmpc.plan.compile import compile
-        from sqlmpc.result import finish
-
-        qid = uuid.uuid4().hex
-        started = time.monotonic()
-        record = {**query_record(qid, "coordinator", self.party, analyst, sql), "peer": peer}
-        ledger = Ledger()
-        try:
-            with audited(self.audit, record, since=started):
-                try:
-                    self._check_analyst(analyst)
-                    plan = compile(sql, self.federation)
-                except errors.Error:
-                    record["decision"] = "refused"
-                    raise
-                record["plan_hash"] = plan.digest
-                proposal = {"qid": qid, "from": self.party, "analyst": analyst, "sql": plan.sql, "digest": plan.digest,
-                            "fingerprint": self.federation.fingerprint, "min_cell_size": plan.min_cell_size}
-                ports, qid = self._propose_all(proposal, started, record)
-                record.update(qid=qid, decision="accepted")     # the attempt the peers run (and log)
-                self._running[qid] = (record, ledger)
-                try:
-                    addresses = [(self.peers[p.name][0] if p.name != self.party else _split(p.address)[0],
-                                  ports[p.name]) for p in self.federation.parties]
-                    if self.insecure:
-                        addresses = [("127.0.0.1", port) for _, port in addresses]
-                    cells = self._execute_all(qid, plan, addresses, ledger)
-                finally:
-                    self._running.pop(qid, None)
-                    record["ledger"] = opened(ledger.entries)    # after a failure: what was opened before it
-                    self._release(qid)
-                result = finish(plan.query, plan.grid, cells)
-                ipc = to_ipc(result.table)
-                record.update(outcome="ok", released_cells=sum(not s for s in result.suppressed),
-                              suppressed_cells=sum(result.suppressed),
-                              result_sha256=hashlib.sha256(ipc).hexdigest())
-                meta = {"qid": qid, "suppressed": result.suppressed, "leakage": record["ledger"],
-                        "min_cell_size": result.min_cell_size, "seconds": time.monotonic() - started}
-                return meta, result.table
-        except errors.OperationalError as exc:
-            self._forget(getattr(exc, "party", None))
-            raise
-
-    def _propose_all(self, proposal: dict, started: float, record: dict) -> tuple[dict[str, int], str]:
-        """Hold our slot and get every peer's acceptance; retry while a peer is busy.
-
-        Returns the MPC ports and the id of the accepted attempt: a retry is a new
-        attempt, since peers drop any attempt they were told to abort.
-        """
-        deadline = started + self.timeout
-        for attempt in itertools.count():
-            qid = proposal["qid"] if attempt == 0 else f"{proposal['qid']}.{attempt}"
-            proposal = dict(proposal, qid=qid)
-            if not self._acquire(qid, max(0.0, deadline - time.monotonic())):
-                raise errors.OperationalError(f"party '{self.party}' stayed busy for {self.timeout:g} s")
-            futures = {name: self._pool.submit(self._peer_call, name, "propose", proposal, self.timeout)
-                       for name in self.peers}
-            replies, failure, busy = {}, None, False
-            for name in self.peers:     # federation order: the first refusal is reported
-                try:
-                    reply = json.loads(futures[name].result()[0])
-                except errors.Error as exc:
-                    failure = failure or exc
-                    continue
-                replies[name] = reply
-                if reply.get("busy"):
-                    busy = True
-                elif "error" in reply and failure is None:
-                    failure = rebuild(reply, name)
-            if failure is None and not busy:
-                ports = {name: int(r["mpc_port"]) for name, r in replies.items()}
-                ports[self.party] = self.take_mpc_port()
-                return ports, qid
-            for name in self.peers:     # also those that did not answer: a late proposal is dropped
-                self._pool.submit(self._peer_call, name, "abort",
-                                  {"qid": qid, "reason": str(failure) if failure else "a peer was busy"}, 5.0)
-            self._release(qid)
-            if failure is not None:
-                if isinstance(failure, errors.QueryRefusedError) or isinstance(failure, errors.ProgrammingError):
-                    record.update(decision="refused", reason=str(failure))
-                raise failure
-            if time.monotonic() > deadline:
-                raise errors.OperationalError(f"the federation stayed busy for {self.timeout:g} s")
-            time.sleep(random.uniform(0.05, 0.5))
-
-    def _execute_all(self, qid: str, plan, addresses, ledger: Ledger) -> pa.Table:
-        """Run the plan here and at every peer; this party's openings go to ``ledger``."""
-        body = {"qid": qid, "addresses": [list(a) for a in addresses]}
-        futures = {name: self._pool.submit(self._peer_call, name, "execute", body, None) for name in self.peers}
-        own_error = None
-        try:
-            cells = self.run_mpc(plan, addresses, ledger)
-        except Exception as exc:
-            own_error, cells = exc, None
-            for name in self.peers:
-                self._pool.submit(self._peer_call, name, "abort", {"qid": qid, "reason": str(exc)}, 5.0)
-        tables, peer_errors, transport_errors, answered = {}, [], [], set()
-        deadline = time.monotonic() + (1.5 if own_error is not None else self.timeout)
-        for name, fut in futures.items():
-            try:
-                out = fut.result(timeout=max(0.0, deadline - time.monotonic()))
-            except FutureTimeout:
-                transport_errors.append(errors.PartyError("no answer on the control channel", party=name))
-                continue
-            except errors.Error as exc:
-                transport_errors.append(exc)
-                continue
-            answered.add(name)
-            reply = json.loads(out[0])
-            if "error" in reply:
-                peer_errors.append(rebuild(reply, name))
-            else:
-                tables[name] = from_ipc(out[1])
-        # The most specific error first.  A peer we saw close its MPC connection but that
-        # answered with its own error is not the culprit (it gave up on someone else).
-        blamed = getattr(own_error, "party", None)
-        if own_error is not None and blamed not in (None, self.party) and blamed not in answered:
-            raise own_error
-        if transport_errors:
-            raise transport_errors[0]
-        named = [e for e in peer_errors if getattr(e, "party", None) and "party '" in str(e)]
-        for exc in peer_errors:
-            # A peer's report that names a third party (e.g. "party 'bureau': no MPC message ...").
-            text = str(exc)
-            for p in self.federation.party_names:
-                if p not in answered and p != self.party and f"party '{p}'" in text:
-                    raise exc
-        if own_error is not None:
-            raise own_error
-        if named:
-            raise named[0]
-        if peer_errors:
-            raise peer_errors[0]
-        if any(not t.equals(cells) for t in tables.values()):
-            raise errors.InternalError("parties computed different results")
-        return cells
-
-
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-# -- Flight plumbing ----------------------------------------------------------------
-
-class _Analyst(flight.ServerMiddleware):
-    """The caller on the analyst endpoint: its name, or why its authentication failed."""
-
-    def __init__(self, name: str | None, failure: str | None = None, client: str | None = None):
-        self.name = name
-        self.failure = failure
-        self.client = client
-
-
-class _TokenAuth(flight.ServerMiddlewareFactory):
-    """Bearer tokens: sha256(token) -> analyst name; None = no tokens (loopback development only).
-
-    A failed authentication is audited (``on_failure``), never with the token.  Only
-    ``do_action`` calls get through with a failure, so that ``_Endpoint.do_action``
-    can log the caller's address before refusing; every other call is refused here.
-    """
-
-    def __init__(self, tokens: dict[str, str] | None, on_failure):
-        self.tokens = tokens
-        self.on_failure = on_failure
-
-    def start_call(self, info, headers):
-        if self.tokens is None:
-            return _Analyst("anonymous")
-        name, failure = self.authenticate(headers)
-        if failure is None:
-            return _Analyst(name)
-        client = _header(headers, "user-agent")
-        if info.method == flight.FlightMethod.DO_ACTION:
-            return _Analyst(None, failure, client)
-        self.on_failure(failure, str(info.method), None, client)
-        raise flight.FlightUnauthenticatedError(failure)
-
-    def authenticate(self, headers) -> tuple[str | None, str | None]:
-        """(analyst, None) for a known token, else (None, why not)."""
-        import hmac
-        value = _header(headers, "authorization") or ""
-        if not value.startswith("Bearer "):
-            return None, "missing bearer token"
-        digest = hashlib.sha256(value[len("Bearer "):].strip().encode()).hexdigest()
-        for known, name in self.tokens.items():
-            if hmac.compare_digest(known, digest):
-                return name, None
-        return None, "invalid analyst token"
-
-
-def _header(headers: dict, name: str) -> str | None:
-    values = headers.get(name) or headers.get(name.title()) or []
-    value = values[0] if values else None
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 class _Endpoint(flight.FlightServerBase):
