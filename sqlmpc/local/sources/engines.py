@@ -25,7 +25,7 @@ from sqlglot import exp
 from sqlmpc.catalog import Connection, Role, Table
 from sqlmpc.errors import DataFileError, SourceError
 from sqlmpc.local.data import COMPATIBLE_TYPES, _checks, _col, _ident, _rows, _show
-from sqlmpc.local.sources.pushdown import DIALECTS, ENGINE_NAMES, normalize, table_relation, transpile
+from sqlmpc.local.sources.pushdown import DIALECTS, normalize, table_relation, transpile
 
 CONNECT_TIMEOUT = 5          # seconds: an unreachable database fails the query quickly
 
