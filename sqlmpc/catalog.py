@@ -13,13 +13,11 @@ import hashlib
 import json
 import os
 import re
-import tomllib
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sqlmpc.errors import ConfigError
-from sqlmpc.plan.perturbation import CellKeyPolicy, validate as validate_cell_key
+from sqlmpc.policy import Dominance, Policy, PolicyDraft, policy_draft, policy_of, with_local_policy  # noqa: F401 (re-exported)
+from sqlmpc.tomlfile import Node, check_name, describe, find_duplicate, read_toml
 
 
 class Role(enum.Enum):
@@ -103,35 +101,6 @@ class Party:
 
 
 @dataclass(frozen=True)
-class Dominance:
-    """A dominance rule on the persons' contributions to a sum.
-
-    ``kind = "n-largest"``: (n, p) rule, a cell is suppressed if its n largest contributions
-    make up more than p % of its sum.  ``kind = "p-percent"``: p % rule, suppressed if the sum
-    less the two largest contributions is below p % of the largest (the second largest
-    contributor could estimate the largest too closely).
-    """
-
-    n: int
-    percent: float
-    kind: str = "n-largest"
-
-
-@dataclass(frozen=True)
-class Policy:
-    min_cell_size: int = 10
-    joins: frozenset[frozenset[str]] | None = None   # allowed party pairs; None = every pair
-    dominance: Dominance | None = None
-    analysts: frozenset[str] | None = None           # who may ask; None = anyone authenticated
-    perturbation: str = "none"                       # "cell_key" (docs/disclosure.md) or "none": exact release
-    cell_key: CellKeyPolicy = field(default_factory=CellKeyPolicy)
-    approved_plans: frozenset[str] = frozenset()     # plan hashes released exactly (all release rules apply)
-
-    def may_join(self, a: str, b: str) -> bool:
-        return a == b or self.joins is None or frozenset((a, b)) in self.joins
-
-
-@dataclass(frozen=True)
 class Federation:
     name: str
     parties: tuple[Party, ...]
@@ -167,122 +136,6 @@ SOURCE_KINDS = ("postgresql", "spark")           # databases the party's local S
 MIN_SECURE_PARTIES = 3
 # Party names become DuckDB schema names; these are taken by DuckDB itself.
 RESERVED_PARTY_NAMES = frozenset({"main", "temp", "system", "memory", "information_schema", "pg_catalog"})
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
-
-
-class _TomlText:
-    """The text of one TOML file: turns a key path into an error with a line number."""
-
-    def __init__(self, path: Path, text: str):
-        self.path = path
-        self.text = text
-
-    def line_of(self, keypath: tuple[str, ...]) -> int | None:
-        """The line of the deepest component of ``keypath`` found in order in the text.
-
-        A scan, not a parser: each key is searched after the previous one, which
-        finds ``[a.b]`` headers, dotted keys and inline tables alike.
-        """
-        pos, line = 0, None
-        for key in keypath:
-            pattern = rf'(?<![\w-])(?:"{re.escape(key)}"|\'{re.escape(key)}\'|{re.escape(key)})(?=\s*[=.\]])'
-            match = re.compile(pattern, re.MULTILINE).search(self.text, pos)
-            if match is None:
-                break
-            pos = match.end()
-            line = self.text.count("\n", 0, match.start()) + 1
-        return line
-
-    def error(self, message: str, keypath: tuple[str, ...], *, missing: bool = False) -> ConfigError:
-        """``missing``: the last key is absent, so point at the line of the table that should hold it."""
-        return ConfigError(message, path=str(self.path), location=".".join(keypath) or None,
-                           line=self.line_of(keypath[:-1] if missing else keypath))
-
-
-def _read_toml(path: Path) -> tuple[dict, _TomlText]:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read the federation file: {exc.strerror or exc}", path=str(path)) from None
-    try:
-        return tomllib.loads(text), _TomlText(path, text)
-    except tomllib.TOMLDecodeError as exc:
-        message = str(exc)
-        found = _TOML_POSITION.search(message)
-        line = int(found.group(1)) if found else None
-        raise ConfigError(f"TOML syntax error: {message}", path=str(path), line=line) from None
-
-
-class _Node:
-    """One TOML table being read, with its key path, so every mistake points at its place."""
-
-    def __init__(self, source: _TomlText, value: object, keypath: tuple[str, ...]):
-        self.source = source
-        self.keypath = keypath
-        if not isinstance(value, dict):
-            raise self.error(f"expected a table, found {_describe(value)}")
-        self.value: dict = value
-
-    def error(self, message: str, key: str | None = None, *, missing: bool = False) -> ConfigError:
-        return self.source.error(message, self.keypath + ((key,) if key is not None else ()), missing=missing)
-
-    def allow(self, keys: Iterable[str]) -> None:
-        keys = tuple(keys)
-        for key in self.value:
-            if key not in keys:
-                close = difflib.get_close_matches(key, keys, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else f" (allowed: {', '.join(keys)})"
-                raise self.error(f"unknown key '{key}'{hint}", key)
-
-    def has(self, key: str) -> bool:
-        return key in self.value
-
-    def require(self, key: str, kind: type | tuple[type, ...], what: str) -> object:
-        if key not in self.value:
-            raise self.error(f"missing required key '{key}' ({what})", key, missing=True)
-        return self.get(key, kind, what)
-
-    def get(self, key: str, kind: type | tuple[type, ...], what: str, default: object = None) -> object:
-        if key not in self.value:
-            return default
-        value = self.value[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        # bool is an int in Python; a TOML `true` must not pass for a number.
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            raise self.error(f"'{key}' must be {what}, found {_describe(value)}", key)
-        return value
-
-    def child(self, key: str) -> _Node:
-        return _Node(self.source, self.value[key], self.keypath + (key,))
-
-    def children(self) -> Iterable[tuple[str, _Node]]:
-        for key in self.value:
-            yield key, self.child(key)
-
-
-def _describe(value: object) -> str:
-    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
-    return f"{kind} ({value!r})" if not isinstance(value, (dict, list)) else kind
-
-
-def _check_name(node: _Node, name: str, what: str) -> None:
-    if not _IDENTIFIER.match(name):
-        raise node.error(f"{what} name '{name}' must be a plain SQL identifier (letters, digits, _)")
-
-
-def _find_duplicate(names: Iterable[str]) -> str | None:
-    """SQL names are case-insensitive: 'pid' and 'PID' would be the same column."""
-    seen: set[str] = set()
-    for name in names:
-        if name.lower() in seen:
-            return name
-        seen.add(name.lower())
-    return None
-
-
 # -- columns ------------------------------------------------------------------
 
 _COLUMN_KEYS = ("type", "role", "domain", "range", "scale", "key_space", "unique", "nullable", "description")
@@ -291,8 +144,8 @@ _KEYS_OF_ROLE = {Role.KEY: ("key_space", "unique"), Role.DIMENSION: ("domain",),
 _ROLE_SPECIFIC = frozenset(k for keys in _KEYS_OF_ROLE.values() for k in keys)
 
 
-def _column(node: _Node, name: str) -> Column:
-    _check_name(node, name, "column")
+def _column(node: Node, name: str) -> Column:
+    check_name(node, name, "column")
     node.allow(_COLUMN_KEYS)
     type_ = str(node.require("type", str, "a DuckDB type name")).upper()
     if type_ not in COLUMN_TYPES:
@@ -321,7 +174,7 @@ def _column(node: _Node, name: str) -> Column:
     return Column(name, type_, role, nullable=nullable)
 
 
-def _key_column(node: _Node, name: str, type_: str, nullable: bool) -> Column:
+def _key_column(node: Node, name: str, type_: str, nullable: bool) -> Column:
     if nullable:
         raise node.error("a key column cannot be nullable: rows without a key cannot be joined or counted",
                          "nullable")
@@ -332,7 +185,7 @@ def _key_column(node: _Node, name: str, type_: str, nullable: bool) -> Column:
     return Column(name, type_, Role.KEY, key_space=key_space, unique=unique, nullable=False)
 
 
-def _measure_column(node: _Node, name: str, type_: str, nullable: bool) -> Column:
+def _measure_column(node: Node, name: str, type_: str, nullable: bool) -> Column:
     if type_ not in NUMERIC_TYPES:
         raise node.error(f"a measure must be numeric ({', '.join(NUMERIC_TYPES)}), not {type_}", "type")
     bounds = node.require("range", list, "[lo, hi]")
@@ -351,7 +204,7 @@ def _measure_column(node: _Node, name: str, type_: str, nullable: bool) -> Colum
     return Column(name, type_, Role.MEASURE, range=(lo, hi), scale=scale, nullable=nullable)
 
 
-def _domain(node: _Node, type_: str) -> tuple:
+def _domain(node: Node, type_: str) -> tuple:
     if not node.has("domain"):
         raise node.error("a dimension needs a public 'domain': a list of values or { from = a, to = b }",
                          "domain", missing=True)
@@ -369,7 +222,7 @@ def _domain(node: _Node, type_: str) -> tuple:
     elif isinstance(raw, list):
         values = tuple(raw)
     else:
-        raise node.error(f"'domain' must be a list of values or {{ from = a, to = b }}, found {_describe(raw)}",
+        raise node.error(f"'domain' must be a list of values or {{ from = a, to = b }}, found {describe(raw)}",
                          "domain")
     if not values:
         raise node.error("'domain' must not be empty", "domain")
@@ -384,8 +237,8 @@ def _domain(node: _Node, type_: str) -> tuple:
 
 # -- tables, parties, policy ---------------------------------------------------
 
-def _table(node: _Node, party: str, name: str, base_dir: Path) -> Table:
-    _check_name(node, name, "table")
+def _table(node: Node, party: str, name: str, base_dir: Path) -> Table:
+    check_name(node, name, "table")
     node.allow(("source", "table", "columns", "description"))
     source = str(node.require("source", str, "the data file, relative to the federation file, or "
                                              f"one of {', '.join(SOURCE_KINDS)}"))
@@ -403,7 +256,7 @@ def _table(node: _Node, party: str, name: str, base_dir: Path) -> Table:
         raise node.error("missing required key 'columns' (the table's columns)", "columns", missing=True)
     columns_node = node.child("columns")
     columns = tuple(_column(col, col_name) for col_name, col in columns_node.children())
-    duplicate = _find_duplicate(c.name for c in columns)
+    duplicate = find_duplicate(c.name for c in columns)
     if duplicate:
         raise columns_node.error(f"duplicate column name '{duplicate}' (names are case-insensitive)", duplicate)
     keys = [c.name for c in columns if c.role is Role.KEY]
@@ -414,7 +267,7 @@ def _table(node: _Node, party: str, name: str, base_dir: Path) -> Table:
     return Table(party, name, path, format_, columns, source_table=source_table)
 
 
-def _connection(node: _Node, kind: str) -> Connection:
+def _connection(node: Node, kind: str) -> Connection:
     """A party's [parties.<name>.postgresql] or [parties.<name>.spark] table."""
     if kind == "spark":
         node.allow(("master", "conf"))
@@ -437,7 +290,7 @@ def _connection(node: _Node, kind: str) -> Connection:
                       password_file=node.get("password_file", str, "the path of a file holding the password"))
 
 
-def _address(node: _Node) -> str:
+def _address(node: Node) -> str:
     address = str(node.require("address", str, '"host:port"'))
     host, sep, port = address.rpartition(":")
     bracketed = host.startswith("[") and host.endswith("]")
@@ -447,8 +300,8 @@ def _address(node: _Node) -> str:
     return address
 
 
-def _party(node: _Node, name: str, base_dir: Path) -> Party:
-    _check_name(node, name, "party")
+def _party(node: Node, name: str, base_dir: Path) -> Party:
+    check_name(node, name, "party")
     if name.lower() in RESERVED_PARTY_NAMES:
         raise node.error(f"'{name}' is reserved by DuckDB and cannot name a party")
     node.allow(("address", "tables", "description", *SOURCE_KINDS))
@@ -458,162 +311,12 @@ def _party(node: _Node, name: str, base_dir: Path) -> Party:
     if node.has("tables"):
         tables_node = node.child("tables")
         tables = tuple(_table(t, name, t_name, base_dir) for t_name, t in tables_node.children())
-        duplicate = _find_duplicate(t.name for t in tables)
+        duplicate = find_duplicate(t.name for t in tables)
         if duplicate:
             raise tables_node.error(f"duplicate table name '{duplicate}' (names are case-insensitive)", duplicate)
     # Connections are the owner's business: they are not in the fingerprint, and another
     # party's copy of the file may leave them out (sqlmpc.local.sources checks the owner's).
     return Party(name, address, tables, connections)
-
-
-_POLICY_KEYS = ("min_cell_size", "joins", "dominance", "analysts", "perturbation", "cell_key", "approved_plans")
-PERTURBATIONS = ("cell_key", "none")
-_PLAN_HASH = re.compile(r"[0-9a-f]{64}\Z")
-
-
-@dataclass(frozen=True)
-class _PolicyDraft:
-    """The keys a [policy] table sets; None = not given (so a local policy can leave it)."""
-
-    min_cell_size: int | None
-    joins: frozenset[frozenset[str]] | None
-    dominance: Dominance | None
-    analysts: frozenset[str] | None
-    perturbation: str | None = None
-    cell_key: CellKeyPolicy | None = None
-    approved_plans: frozenset[str] | None = None
-
-
-def _policy_draft(node: _Node, party_names: tuple[str, ...]) -> _PolicyDraft:
-    node.allow(_POLICY_KEYS)
-    k = node.get("min_cell_size", int, "an integer")
-    if k is not None and k < 1:
-        raise node.error(f"'min_cell_size' must be at least 1, not {k}", "min_cell_size")
-    joins = None
-    if node.has("joins"):
-        pairs = node.get("joins", list, 'a list of party pairs, e.g. [["hospital", "insurer"]]')
-        joins = frozenset(_join_pair(node, pair, party_names) for pair in pairs)
-    dominance = None
-    if node.has("dominance"):
-        dom = node.child("dominance")
-        dom.allow(("rule", "n", "percent"))
-        kind = dom.get("rule", str, '"n-largest" or "p-percent"') or "n-largest"
-        if kind not in ("n-largest", "p-percent"):
-            raise dom.error(f"'rule' must be \"n-largest\" or \"p-percent\", not {kind!r}", "rule")
-        n = dom.require("n", int, "the number of largest contributors") if kind == "n-largest" else 2
-        percent = float(dom.require("percent", (int, float), "a percentage"))
-        if n < 1:
-            raise dom.error(f"'n' must be at least 1, not {n}", "n")
-        if not 0 < percent <= 100:
-            raise dom.error(f"'percent' must be in (0, 100], not {percent}", "percent")
-        dominance = Dominance(n, percent, kind)
-    analysts = None
-    if node.has("analysts"):
-        names = node.get("analysts", list, "a list of analyst names")
-        if not all(isinstance(a, str) and a for a in names):
-            raise node.error("'analysts' must be a list of non-empty names", "analysts")
-        analysts = frozenset(names)
-    perturbation = node.get("perturbation", str, '"cell_key" or "none"')
-    if perturbation is not None and perturbation not in PERTURBATIONS:
-        close = difflib.get_close_matches(perturbation, PERTURBATIONS, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ' (allowed: "cell_key", "none")'
-        raise node.error(f"unknown perturbation '{perturbation}'{hint}", "perturbation")
-    cell_key = _cell_key(node.child("cell_key"), k if k is not None else 10) if node.has("cell_key") else None
-    approved = None
-    if node.has("approved_plans"):
-        hashes = node.get("approved_plans", list, 'a list of plan hashes (as printed by "sqlmpc approve")')
-        for h in hashes:
-            if not isinstance(h, str) or not _PLAN_HASH.match(h):
-                raise node.error(f"approved plan {h!r} is not a plan hash (64 hex digits, as printed by "
-                                 "\"sqlmpc approve FILE.sql\")", "approved_plans")
-        approved = frozenset(hashes)
-    return _PolicyDraft(k, joins, dominance, analysts, perturbation, cell_key, approved)
-
-
-def _cell_key(node: _Node, min_cell_size: int) -> CellKeyPolicy:
-    """[policy.cell_key]: the perturbation table's parameters (defaults in CellKeyPolicy)."""
-    node.allow(("max_deviation", "variance", "min_released_count", "magnitude_deviation"))
-    base = CellKeyPolicy()
-    policy = CellKeyPolicy(
-        max_deviation=node.get("max_deviation", int, "an integer", default=base.max_deviation),
-        variance=float(node.get("variance", (int, float), "a number", default=base.variance)),
-        min_released_count=node.get("min_released_count", int, "an integer", default=base.min_released_count),
-        magnitude_deviation=float(node.get("magnitude_deviation", (int, float), "a number",
-                                           default=base.magnitude_deviation)))
-    problem = validate_cell_key(policy, min_cell_size)
-    if problem:
-        raise node.error(f"cell_key: {problem}", problem.split()[0])
-    return policy
-
-
-def _join_pair(node: _Node, pair: object, party_names: tuple[str, ...]) -> frozenset[str]:
-    if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(p, str) for p in pair):
-        raise node.error(f"each join must be a pair of party names, found {pair!r}", "joins")
-    for name in pair:
-        if name not in party_names:
-            close = difflib.get_close_matches(name, party_names, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f" (parties: {', '.join(party_names)})"
-            raise node.error(f"join names unknown party '{name}'{hint}", "joins")
-    if pair[0] == pair[1]:
-        raise node.error(f"a join pair needs two different parties, found {pair!r}", "joins")
-    return frozenset(pair)
-
-
-def _policy(draft: _PolicyDraft) -> Policy:
-    return Policy(min_cell_size=draft.min_cell_size if draft.min_cell_size is not None else 10,
-                  joins=draft.joins, dominance=draft.dominance, analysts=draft.analysts,
-                  perturbation=draft.perturbation or "none", cell_key=draft.cell_key or CellKeyPolicy(),
-                  approved_plans=draft.approved_plans or frozenset())
-
-
-def _stricter(policy: Policy, local: _PolicyDraft, node: _Node) -> Policy:
-    """Merge a party's local policy, refusing anything looser than the federation's."""
-    merged = policy
-    if local.min_cell_size is not None:
-        if local.min_cell_size < policy.min_cell_size:
-            raise node.error(f"a local policy may only be stricter: min_cell_size {local.min_cell_size} is below "
-                             f"the federation's {policy.min_cell_size}", "min_cell_size")
-        merged = replace(merged, min_cell_size=local.min_cell_size)
-    if local.joins is not None:
-        if policy.joins is not None and not local.joins <= policy.joins:
-            extra = sorted("-".join(sorted(p)) for p in local.joins - policy.joins)
-            raise node.error(f"a local policy may only be stricter: joins {', '.join(extra)} are not allowed by "
-                             "the federation", "joins")
-        merged = replace(merged, joins=local.joins)
-    if local.dominance is not None:
-        fed = policy.dominance
-        loc = local.dominance
-        if fed is not None and loc.kind != fed.kind:
-            raise node.error(f"a local policy may only tighten the federation's dominance rule "
-                             f"({fed.kind}), not replace it with a {loc.kind} rule", "dominance")
-        looser = (loc.percent < fed.percent if loc.kind == "p-percent"
-                  else loc.n < fed.n or loc.percent > fed.percent) if fed is not None else False
-        if looser:
-            raise node.error(f"a local policy may only be stricter: dominance (n = {local.dominance.n}, "
-                             f"percent = {local.dominance.percent}) is looser than the federation's (n = {fed.n}, "
-                             f"percent = {fed.percent})", "dominance")
-        merged = replace(merged, dominance=local.dominance)
-    if local.analysts is not None:
-        if policy.analysts is not None and not local.analysts <= policy.analysts:
-            extra = ", ".join(sorted(local.analysts - policy.analysts))
-            raise node.error(f"a local policy may only be stricter: analysts {extra} are not allowed by the "
-                             "federation", "analysts")
-        merged = replace(merged, analysts=local.analysts)
-    if local.perturbation is not None:
-        if local.perturbation == "none" and policy.perturbation != "none":
-            raise node.error("a local policy may only be stricter: perturbation \"none\" would release exactly "
-                             "what the federation perturbs", "perturbation")
-        merged = replace(merged, perturbation=local.perturbation)
-    if local.cell_key is not None:
-        raise node.error("the perturbation table's parameters belong in the federation file (every party "
-                         "must use the same table)", "cell_key")
-    if local.approved_plans is not None:
-        extra = local.approved_plans - policy.approved_plans
-        if extra:
-            raise node.error(f"a local policy may only be stricter: plans {', '.join(sorted(h[:12] for h in extra))} "
-                             "are not approved by the federation", "approved_plans")
-        merged = replace(merged, approved_plans=local.approved_plans)
-    return merged
 
 
 # -- the whole file -------------------------------------------------------------
@@ -625,8 +328,8 @@ def load_federation(path: str | Path, *, local_policy: str | Path | None = None)
     mistake is a ConfigError naming the file, the TOML key path and the line.
     """
     path = Path(path)
-    data, source = _read_toml(path)
-    root = _Node(source, data, ())
+    data, source = read_toml(path)
+    root = Node(source, data, ())
     root.allow(("federation", "policy", "parties"))
     if not root.has("federation"):
         raise root.error("missing the [federation] table (name = ...)", "federation", missing=True)
@@ -641,7 +344,7 @@ def load_federation(path: str | Path, *, local_policy: str | Path | None = None)
     parties_node = root.child("parties")
     base_dir = path.resolve().parent
     parties = tuple(_party(p, p_name, base_dir) for p_name, p in parties_node.children())
-    duplicate = _find_duplicate(p.name for p in parties)
+    duplicate = find_duplicate(p.name for p in parties)
     if duplicate:
         raise parties_node.error(f"duplicate party name '{duplicate}' (names are case-insensitive)", duplicate)
     if len(parties) < MIN_SECURE_PARTIES and not insecure_demo:
@@ -651,25 +354,15 @@ def load_federation(path: str | Path, *, local_policy: str | Path | None = None)
             "party (it may hold no data) or set insecure_demo = true under [federation] for a demo")
 
     party_names = tuple(p.name for p in parties)
-    draft = _policy_draft(root.child("policy"), party_names) if root.has("policy") else _PolicyDraft(
+    draft = policy_draft(root.child("policy"), party_names) if root.has("policy") else PolicyDraft(
         None, None, None, None)
-    policy = _policy(draft)
+    policy = policy_of(draft)
     federation = Federation(name, parties, policy, insecure_demo, path=path)
     # The fingerprint covers the shared file only, so every party computes the same hash.
     federation = replace(federation, fingerprint=_fingerprint(federation, base_dir))
     if local_policy is not None:
-        federation = replace(federation, policy=_local_policy(Path(local_policy), policy, party_names))
+        federation = replace(federation, policy=with_local_policy(Path(local_policy), policy, party_names))
     return federation
-
-
-def _local_policy(path: Path, policy: Policy, party_names: tuple[str, ...]) -> Policy:
-    data, source = _read_toml(path)
-    root = _Node(source, data, ())
-    root.allow(("policy",))
-    if not root.has("policy"):
-        raise root.error("a local policy file holds one [policy] table", "policy", missing=True)
-    node = root.child("policy")
-    return _stricter(policy, _policy_draft(node, party_names), node)
 
 
 def _fingerprint(federation: Federation, base_dir: Path) -> str:
