@@ -53,7 +53,8 @@ from sqlmpc.plan.bind import bind
 from sqlmpc.plan.planner import plan_query
 from sqlmpc.sql import parse, parse_query
 from sqlmpc.sql.params import bind_parameters
-from sqlmpc.sql.parser import AGGREGATE_NAMES, CAST_TYPES, DATE_PARTS, SCALAR_NAMES, _lark
+from sqlmpc.sql.grammar import lark_parser as _lark
+from sqlmpc.sql.parser import AGGREGATE_NAMES, CAST_TYPES, DATE_PARTS, SCALAR_NAMES
 
 # ------------------------------------------------------------------ the worlds
 

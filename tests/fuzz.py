@@ -44,7 +44,7 @@ from sqlmpc.sql import Explain, Query, parse
 from sqlmpc.sql.functions import AGGREGATES
 from sqlmpc.sql.limits import MAX_DEPTH, MAX_IN_ITEMS, MAX_SELECT_ITEMS, MAX_STATEMENT_CHARS
 from sqlmpc.sql.params import bind_parameters
-from sqlmpc.sql.parser import keywords
+from sqlmpc.sql.grammar import keywords
 
 ONE_ARGUMENT = [a.name for a in AGGREGATES.values() if a.arity == 1 and a.name != "COUNT"]
 TWO_ARGUMENTS = [a.name for a in AGGREGATES.values() if a.arity == 2]
