@@ -138,6 +138,9 @@ def cmd_keys(args) -> int:
     tokens = init_keys(fed, args.out, analysts=args.analyst or None)
     print(f"{args.out}: CA, certificates for {', '.join(fed.party_names)}; tokens for {', '.join(tokens)} "
           f"in {Path(args.out) / 'analysts'}")
+    if fed.policy.perturbation == "none":
+        print('note: this federation releases exactly (perturbation = "none"), which is open to differencing; '
+              'perturbation = "cell_key" under [policy] defends against it (docs/disclosure.md)', file=sys.stderr)
     return 0
 
 
