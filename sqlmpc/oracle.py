@@ -17,7 +17,7 @@ from sqlglot import exp
 from sqlmpc import errors
 from sqlmpc.catalog import Federation
 from sqlmpc.local.data import open_union_database
-from sqlmpc.plan.bind import AGGREGATES, BoundQuery, Relation
+from sqlmpc.plan.query import AGGREGATES, BoundQuery, Relation
 from sqlmpc.plan.cells import CellGrid, cell_grid
 from sqlmpc.plan.local import value_scale
 from sqlmpc.plan.release import (DominanceTest, contributor_conditions, extreme_values, has_measure,

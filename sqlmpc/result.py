@@ -18,7 +18,7 @@ import pyarrow as pa
 from sqlglot import exp
 
 from sqlmpc import errors
-from sqlmpc.plan.bind import AGGREGATES, BoundQuery
+from sqlmpc.plan.query import AGGREGATES, BoundQuery
 from sqlmpc.plan.cells import CellGrid
 from sqlmpc.plan.perturbation import PERTURBED_KEY, perturbed_columns
 

@@ -17,7 +17,7 @@ from sqlglot import exp
 
 from sqlmpc import errors
 from sqlmpc.catalog import Role
-from sqlmpc.plan.bind import BINNING, BoundQuery
+from sqlmpc.plan.query import BINNING, BoundQuery
 from sqlmpc.plan.typecheck import USER_ERRORS
 from sqlmpc.sql.params import literal
 from sqlmpc.sql.positions import node_position

@@ -14,7 +14,8 @@ from typing import Sequence
 
 from sqlmpc.catalog import Federation
 from sqlmpc.errors import SqlSyntaxError
-from sqlmpc.plan.bind import BoundQuery, bind
+from sqlmpc.plan.bind import bind
+from sqlmpc.plan.query import BoundQuery
 from sqlmpc.plan.plan import Plan
 from sqlmpc.plan.planner import plan_query
 from sqlmpc.sql import Query, parse

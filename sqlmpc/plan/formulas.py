@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING
 from sqlglot import exp
 
 from sqlmpc import errors
-from sqlmpc.plan.bind import _pos, conjuncts, is_aggregate
+from sqlmpc.plan.query import conjuncts, is_aggregate
 from sqlmpc.plan.build import ONE, M, flag, is_flag, minus, over, times
 from sqlmpc.plan.local import interval
 from sqlmpc.plan.plan import Guard, Moment
 from sqlmpc.plan.release import DominanceTest, contributor_conditions, extreme_values, has_measure
 from sqlmpc.sql.params import literal
+from sqlmpc.sql.positions import node_position
 
 if TYPE_CHECKING:
     from sqlmpc.plan.planner import Planner
@@ -73,7 +74,7 @@ class Formulas:
             return self.aggregate(node)
         if isinstance(node, exp.Column):
             raise errors.UnsupportedExpressionError(f"{node.sql()} cannot be mixed with aggregates in one output",
-                                                    sql=self.q.sql, **_pos(node))
+                                                    sql=self.q.sql, **node_position(node))
         out = node.copy()
         for key, child in node.args.items():
             if isinstance(child, exp.Expression):
@@ -200,7 +201,7 @@ class Formulas:
         if isinstance(node, exp.RegrR2):
             return if_undefined(over(times(cov, cov), times(varx, vary)), varx, "1")
         raise errors.UnsupportedExpressionError(f"aggregate {node.sql()} is not supported", sql=self.q.sql,
-                                                **_pos(node))
+                                                **node_position(node))
 
 
 ROOT_ONLY = ("the square root behind STDDEV, CORR and the like, REGR_SLOPE and REGR_R2 (defined apart where x "
@@ -222,7 +223,7 @@ def check_releasable(formula: exp.Expression, item: exp.Expression, q, root_only
     if any(special(n) and id(n) not in allowed for n in formula.walk()):
         raise errors.UnsupportedSqlError(
             f"{item.sql()}: sqlmpc releases {ROOT_ONLY} only as a column of its own"
-            + ("" if root_only else ", not in HAVING"), sql=q.sql, **_pos(item),
+            + ("" if root_only else ", not in HAVING"), sql=q.sql, **node_position(item),
             hint="select STDDEV_SAMP(x) (or CORR, REGR_SLOPE, REGR_R2, MIN, MAX) by itself and compute with it "
                  "afterwards")
 
@@ -249,7 +250,7 @@ def check_computable(item: exp.Expression, q, having: bool = False) -> None:
             raise errors.UnsupportedExpressionError(
                 f"{node.sql()}: the secure engine computes over aggregate outputs only + - * / and numbers"
                 + (", compared (< <= = <> >= >) and joined by AND, OR, NOT" if having else ""),
-                sql=q.sql, **_pos(node),
+                sql=q.sql, **node_position(node),
                 hint="select the aggregate itself and round, compare or combine it afterwards")
         for child in node.iter_expressions():
             check(child, condition)

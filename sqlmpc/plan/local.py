@@ -14,7 +14,7 @@ import duckdb
 from sqlglot import exp
 
 from sqlmpc import errors
-from sqlmpc.plan.bind import BoundQuery, Join
+from sqlmpc.plan.query import BoundQuery, Join
 from sqlmpc.plan.plan import LocalColumn
 from sqlmpc.sql.functions import arguments, scalar_of
 from sqlmpc.sql.positions import node_position

@@ -15,7 +15,7 @@ from fractions import Fraction
 
 from sqlglot import exp
 
-from sqlmpc.plan.bind import Join
+from sqlmpc.plan.query import Join
 from sqlmpc.plan.cells import CellGrid
 
 

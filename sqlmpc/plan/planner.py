@@ -14,7 +14,7 @@ from dataclasses import replace
 from sqlglot import exp
 
 from sqlmpc import errors
-from sqlmpc.plan.bind import BoundQuery, Join, Relation, RelationPart
+from sqlmpc.plan.query import BoundQuery, Join, Relation, RelationPart
 from sqlmpc.plan.build import ONE, is_flag, times
 from sqlmpc.plan.cells import CellGrid, cell_grid
 from sqlmpc.plan.formulas import Formulas, check_computable, check_releasable, parenthesize

@@ -30,7 +30,7 @@ from sqlglot import exp
 
 from sqlmpc import errors
 from sqlmpc.catalog import Dominance, Role
-from sqlmpc.plan.bind import _pos
+from sqlmpc.sql.positions import node_position
 
 MAX_TERMS = 32          # contributor sets per aggregate argument (terms × CASE branches)
 LINEAR = (exp.Paren, exp.Add, exp.Sub, exp.Neg, exp.Mul, exp.Div, exp.Case, exp.If, exp.Coalesce,
@@ -158,7 +158,7 @@ def _cap(terms: list, node: exp.Expression, q, product: int = 0) -> list:
     if max(len(terms), product) > MAX_TERMS:
         raise errors.AggregateArgumentPolicyError(
             f"the aggregate argument {node.sql()} splits into more than {MAX_TERMS} terms and branches, "
-            "each of which sqlmpc must count persons for", sql=q.sql, **_pos(node),
+            "each of which sqlmpc must count persons for", sql=q.sql, **node_position(node),
             hint="simplify the expression, or split it into several aggregates")
     return terms
 
@@ -166,7 +166,7 @@ def _cap(terms: list, node: exp.Expression, q, product: int = 0) -> list:
 def _refusal(node: exp.Expression, q) -> errors.PolicyError:
     return errors.AggregateArgumentPolicyError(
         f"{node.sql()} inside an aggregate selects persons by their values in a way sqlmpc cannot count "
-        "contributors for", sql=q.sql, **_pos(node),
+        "contributors for", sql=q.sql, **node_position(node),
         hint="inside aggregates use + - * / and CASE WHEN ... THEN ... (each branch's persons are counted); "
              "functions of columns belong in WHERE, FILTER or CASE conditions")
 
@@ -183,14 +183,14 @@ def extreme_values(node: exp.Expression, q) -> list:
     if measures:
         raise errors.OrderStatisticPolicyError(
             f"{name}({arg.sql()}) would release one person's exact value", sql=q.sql,
-            column_name=measures[0].name, **_pos(node),
+            column_name=measures[0].name, **node_position(node),
             hint=f"ask for AVG({arg.sql()}) or STDDEV_SAMP(...), or for how many persons lie above a "
                  f"threshold: COUNT(*) FILTER (WHERE {arg.sql()} > ...)")
     domain = q.column_of(arg).domain if isinstance(arg, exp.Column) else None
     if not domain:
         raise errors.OrderStatisticPolicyError(
             f"{name}({arg.sql()}) needs a dimension column with a declared domain", sql=q.sql,
-            **_pos(node), hint="take MIN/MAX of a dimension column itself, e.g. MIN(b.income_decile)")
+            **node_position(node), hint="take MIN/MAX of a dimension column itself, e.g. MIN(b.income_decile)")
     values = sorted(v for v in domain if v is not None)
     return values if isinstance(node, exp.Min) else values[::-1]
 

@@ -23,7 +23,7 @@ from sqlmpc.sql.params import literal
 from sqlmpc.sql.positions import node_position
 
 if TYPE_CHECKING:                    # bind calls this module: no import back at run time
-    from sqlmpc.plan.bind import BoundQuery
+    from sqlmpc.plan.query import BoundQuery
 
 SAMPLE_ROWS = 6          # rows per relation (fewer when the query has many relations)
 
