@@ -339,3 +339,14 @@ def test_record_key_share_persists_and_rotates(tmp_path, capsys):
 def share_mode(state):
     from sqlmpc.mpc.record_keys import share_path
     return share_path(state).stat().st_mode
+
+
+@pytest.mark.mpc
+def test_dbapi_cursor_names_the_perturbed_columns(embedded, perturbed):
+    from sqlmpc.dbapi import Connection
+    cursor = Connection(embedded).cursor()          # the module's federation, not closed here
+    cursor.execute("SELECT b.region, COUNT(*) AS persons FROM bureau.persons b GROUP BY b.region")
+    regions = perturbed.table("bureau", "persons").column("region").domain
+    assert cursor.perturbed == ["persons"] and len(cursor.fetchall()) == len(regions)
+    cursor.execute("SELECT b.region FROM bureau.persons b GROUP BY b.region")
+    assert cursor.perturbed == []                   # no aggregate, nothing perturbed
