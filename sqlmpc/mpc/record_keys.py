@@ -28,7 +28,12 @@ import os
 import secrets
 from pathlib import Path
 
+import gmpy2
 import numpy as np
+
+from sqlmpc.mpc.prf import _root_index
+from sqlmpc.mpc.reveal import reveal
+from sqlmpc.mpc.runtime import current, uniform_below
 
 BITS = 16
 SHARE_FILE = "record-key-share.json"
@@ -100,12 +105,6 @@ async def record_keys(x, share: list[int], sectype):
     returned is e_c + (t+1)·2^16 − Σ e_i, which is ≡ the record key (mod 2^16) and non-negative:
     cell keys are taken mod 2^16, so the reduction is left to them.
     """
-    import gmpy2
-
-    from sqlmpc.mpc.prf import _root_index
-    from sqlmpc.mpc.reveal import reveal
-    from sqlmpc.mpc.runtime import current, uniform_below
-
     mpc = current()
     keytype = type(x).sectype
     field = keytype.field
