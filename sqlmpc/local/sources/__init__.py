@@ -30,6 +30,7 @@ from sqlglot import exp
 from sqlmpc.catalog import Federation, Table
 from sqlmpc.errors import ConfigError, NotSupportedError
 from sqlmpc.local.data import open_party_database, seal
+from sqlmpc.local.sources.engines import PostgresSource, SparkSource
 from sqlmpc.local.sources.pushdown import ENGINE_NAMES
 
 BATCH_ROWS = 65_536
@@ -78,12 +79,6 @@ class FileSource:
         self.con.close()
 
 
-def _engine_source(kind: str, party: str, connection):
-    from sqlmpc.local.sources.engines import PostgresSource, SparkSource
-
-    return {"postgresql": PostgresSource, "spark": SparkSource}[kind](party, connection)
-
-
 @dataclass
 class LocalData:
     """A party's tables by source; runs each local part where its tables live."""
@@ -106,7 +101,7 @@ class LocalData:
                 raise ConfigError(f"party '{party}' keeps tables in {ENGINE_NAMES[kind]} but its federation file "
                                   f"has no [parties.{party}.{kind}] table saying how to connect",
                                   path=str(federation.path) if federation.path else None)
-            sources[kind] = _engine_source(kind, party, connection)
+            sources[kind] = {"postgresql": PostgresSource, "spark": SparkSource}[kind](party, connection)
         return cls(party, {(party.lower(), t.name.lower()): t for t in me.tables}, sources)
 
     @property
