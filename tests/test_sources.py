@@ -365,3 +365,19 @@ def test_federation_file_names_the_source_kind_and_keeps_passwords_out(tmp_path)
         path.write_text(federation_text(hospital))
         with pytest.raises(errors.ConfigError, match=message):
             load_federation(path)
+
+
+def test_failing_spark_source_fails_the_query_then_the_next_runs(embedded, databases):
+    """The insurer's table is gone from Spark: every party fails at once, naming the insurer's source."""
+    good = databases / "federation.toml"
+    bad = databases / "federation-bad.toml"
+    bad.write_text(good.read_text().replace("insurer/claims.parquet", "insurer/gone.parquet"))
+    embedded.reload(load_federation(bad))
+    started = time.monotonic()
+    with pytest.raises(errors.SourceError, match=r"party 'insurer': source spark local\[1\]: .*gone\.parquet"):
+        embedded.query((ROOT / "queries" / "claim_categories.sql").read_text())
+    # Nobody waited for the 120 s MPC timeout (a cold JVM's first Spark query alone can take tens of seconds).
+    assert time.monotonic() - started < 60
+    embedded.reload(load_federation(good))
+    result = embedded.query(QUERY)
+    assert differences(result_csv_like(result, EXPECTED), EXPECTED) == []
