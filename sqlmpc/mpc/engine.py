@@ -86,7 +86,6 @@ class Engine(JoinMode, CellPhase):
         G = self.plan.grid.size
         names = [m.name for m in self.plan.moments]
         totals = None
-        self.progress("input")
         for part in self.plan.parts:
             values = None
             if part.party == self.me:
@@ -107,6 +106,7 @@ class Engine(JoinMode, CellPhase):
     # -- driver ------------------------------------------------------------------
 
     async def run(self) -> pa.Table:
+        self.progress("input")           # the input sizes are its first opening
         sizes = await self.sizes()
         # Row phase: the field holds 64-bit key hashes and every moment (a sum over at most
         # `rows` rows).  Cell phase: exact ratios need more room; moments are converted then.

@@ -37,7 +37,6 @@ class JoinMode:
 
     async def run_join_mode(self, sizes) -> dict[str, object]:
         plan = self.plan
-        self.progress("input")
         keyfield = token_field()
         matrices, keymats, layouts = {}, {}, {}
         for rel in plan.relations:

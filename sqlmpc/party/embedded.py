@@ -11,6 +11,7 @@ import getpass
 import hashlib
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ class PartyProcess:
 
 
 STATE_ENV = "SQLMPC_STATE"
+FAIL_GRACE = 1.0    # seconds the other parties get to answer after one failed
 
 
 def state_dir(federation_path: str | Path, state: str | Path | None = None) -> Path:
@@ -78,6 +80,7 @@ class EmbeddedFederation:
         self.coordinator = f"embedded (pid {os.getpid()})"
         self._running = False       # a query was sent and not all parties have answered
         self.last_stats = None
+        self._stale = False         # some parties were stopped after a failure
         self.parties: list[PartyProcess] = []
         self._start()
 
@@ -105,7 +108,7 @@ class EmbeddedFederation:
     def restart(self) -> None:
         """Stop the parties and start them afresh (after a cancelled or failed query)."""
         self.close()
-        self._running = False
+        self._running = self._stale = False
         self._start()
 
     def reload(self, federation: Federation) -> None:
@@ -137,6 +140,8 @@ class EmbeddedFederation:
 
     def query(self, query: str | Query, params=None, progress=None) -> Result:
         """Run a query through every party; ``progress(stage)`` hears the secure stages as they start."""
+        if self._stale:                     # parties stopped after a failure: fresh ones first
+            self.restart()
         text = query if isinstance(query, str) else query.sql
         record = query_record(uuid.uuid4().hex, "coordinator", self.coordinator, local_analyst(), text)
         with audited(self.audit, record):
@@ -149,8 +154,7 @@ class EmbeddedFederation:
             replies, tables = self._run_parties(plan, record, progress)
             failed = [(name, reply) for name, reply in replies if "error" in reply]
             if failed:
-                # The cause first: a party whose peers gave up reports only that its loop stopped.
-                name, reply = min(failed, key=lambda f: "Event loop stopped" in f[1].get("message", ""))
+                name, reply = failed[0]          # in the order they arrived: the first is the cause
                 raise rebuild(reply, name)
             # Byte-for-byte: Arrow's equals() calls NaN unequal to itself (CORR of a constant is NaN).
             if any(t != tables[0] for t in tables[1:]):
@@ -179,19 +183,48 @@ class EmbeddedFederation:
             except OSError:
                 raise errors.PartyError("the party process is not running", party=p.name) from None
         replies, tables = [], []
-        deadline = time.monotonic() + self.timeout + 600
         try:
-            for p in self.parties:
-                reply = self._receive(p, max(1.0, deadline - time.monotonic()), progress)
-                replies.append((p.name, reply))
-                if "error" not in reply:
-                    tables.append(p.conn.recv_bytes())
+            self._gather(replies, tables, progress)
             self._running = False
         finally:
             # What was opened: the longest ledger any party reports (after a failure the
             # parties may have stopped at different openings).
             record["ledger"] = max((r.get("ledger") or [] for _, r in replies), key=len, default=[])
         return replies, tables
+
+    def _gather(self, replies: list, tables: list, progress) -> None:
+        """Every party's answer, in the order they arrive.  When one fails, the others (waiting in
+        the MPC for it) get FAIL_GRACE seconds to answer; then they are stopped, to be restarted
+        before the next query, and answer with who stopped them."""
+        waiting = {p.conn.reader: p for p in self.parties}
+        deadline = time.monotonic() + self.timeout + 600
+        while waiting:
+            ready, _, _ = select.select(list(waiting), [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            for reader in ready:
+                p = waiting[reader]
+                try:
+                    reply = json.loads(p.conn.recv())
+                except EOFError:
+                    reply = {"error": "PartyError", "message": "the party process ended unexpectedly"}
+                if "progress" in reply:
+                    if progress is not None:
+                        progress(reply["progress"])
+                    continue
+                del waiting[reader]
+                replies.append((p.name, reply))
+                if "error" not in reply:
+                    tables.append(p.conn.recv_bytes())
+                elif len(replies) == 1 or all("error" not in r for _, r in replies[:-1]):
+                    deadline = min(deadline, time.monotonic() + FAIL_GRACE)
+        cause = next(((n, r) for n, r in replies if "error" in r), None)
+        for p in waiting.values():          # no answer in time: stop it, restart before the next query
+            p.process.terminate()
+            self._stale = True
+            message = (f"stopped by the coordinator: party '{cause[0]}' failed" if cause
+                       else f"no answer within {self.timeout + 600:.0f} s")
+            replies.append((p.name, {"error": "PartyError", "message": message, "ledger": []}))
 
     def close(self) -> None:
         """Stop the parties: idle ones when told to, busy ones (a cancelled query) at once

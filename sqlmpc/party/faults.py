@@ -5,8 +5,8 @@ query at that party fail with :class:`InjectedFailure` just before the
 (n+1)-th entry of its leakage ledger: the first n openings really happen in
 the MPC, the next does not.  Set it for every party of a federation (the
 embedded federation's party processes inherit the environment of the process
-that starts them), or the others wait for the failed party until their
-timeout.  Unset in production; it never opens anything itself.
+that starts them); ``SQLMPC_FAIL_PARTY=name`` limits it to that party, whose
+peers then learn of the failure from the coordinator.  Unset in production; it never opens anything itself.
 
 ``SQLMPC_PAUSE_AFTER_OPENINGS=n`` with ``SQLMPC_PAUSE_FILE=path`` makes a party
 stall instead, just before its (n+1)-th opening: it creates the file and waits,
@@ -26,6 +26,7 @@ from sqlmpc import errors
 from sqlmpc.mpc.reveal import Ledger
 
 FAIL_AFTER_OPENINGS = "SQLMPC_FAIL_AFTER_OPENINGS"
+FAIL_PARTY = "SQLMPC_FAIL_PARTY"        # with it, only that party fails
 PAUSE_AFTER_OPENINGS = "SQLMPC_PAUSE_AFTER_OPENINGS"
 PAUSE_FILE = "SQLMPC_PAUSE_FILE"
 LONGEST_PAUSE = 120.0
@@ -70,11 +71,11 @@ def _limit(name: str) -> int | None:
         raise errors.ConfigError(f"{name}={value!r}: expected a number of openings") from None
 
 
-def armed(ledger: Ledger) -> Ledger:
+def armed(ledger: Ledger, party: str | None = None) -> Ledger:
     """``ledger`` itself, or (with the variable set) a ledger that fails at the limit and
     records into the same entry list, so the caller still sees what was opened."""
     fail, pause = _limit(FAIL_AFTER_OPENINGS), _limit(PAUSE_AFTER_OPENINGS)
-    if fail is not None:
+    if fail is not None and os.environ.get(FAIL_PARTY, party) == party:
         return _Tripwire(entries=ledger.entries, limit=fail)
     if pause is not None and os.environ.get(PAUSE_FILE):
         return _Pause(entries=ledger.entries, limit=pause, flag=Path(os.environ[PAUSE_FILE]))

@@ -99,7 +99,7 @@ class PartyNode:
         ledger = Ledger() if ledger is None else ledger
 
         async def main():
-            with ledger_scope(faults.armed(ledger)):
+            with ledger_scope(faults.armed(ledger, self.party)):
                 async with session as mpc:
                     await self.check_local_stages(mpc, failed)
                     secure = self.run_secure(mpc, plan, local, progress)

@@ -81,8 +81,12 @@ def _run_query(node, msg: dict, conn: Channel) -> None:
 
     A failed query's answer and record carry the openings made before the failure.
     """
-    def progress(stage: str) -> None:
-        conn.send(json.dumps({"progress": stage}))
+    stage = ["admit"]          # where this party is: an error names it
+
+    def progress(stage_: str) -> None:
+        stage[0] = stage_
+        if msg.get("progress"):
+            conn.send(json.dumps({"progress": stage_}))
 
     global _running
     record = query_record(msg.get("qid"), "participant", msg.get("coordinator"), msg.get("analyst"), msg["sql"])
@@ -97,16 +101,17 @@ def _run_query(node, msg: dict, conn: Channel) -> None:
                 record["decision"] = "refused"
                 raise
             record.update(plan_hash=plan.digest, decision="accepted")
+            progress("local")
             try:
                 out = node.execute_plan(plan, [tuple(a) for a in msg["addresses"]], ledger=ledger,
-                                        timeout=msg.get("timeout", 30.0),
-                                        progress=progress if msg.get("progress") else None)
+                                        timeout=msg.get("timeout", 30.0), progress=progress)
             finally:
                 record["ledger"] = opened(ledger.entries)
             ipc = to_ipc(out.cells)
             record.update(outcome="ok", cells=out.cells.num_rows, cells_sha256=hashlib.sha256(ipc).hexdigest())
     except Exception as exc:
-        conn.send(json.dumps({"error": type(exc).__name__, "message": str(exc), "ledger": opened(ledger.entries)}))
+        conn.send(json.dumps({"error": type(exc).__name__, "message": str(exc), "stage": stage[0],
+                              "party": getattr(exc, "party", None) or node.party, "ledger": opened(ledger.entries)}))
         return
     finally:
         _running = None

@@ -45,10 +45,12 @@ def rebuild(reply: dict, party: str | None = None) -> Exception:
     cls = getattr(errors, str(reply.get("error")), None)
     message = reply.get("message", "unknown error")
     if not (isinstance(cls, type) and issubclass(cls, errors.Error)):
-        return errors.PartyError(f"{reply.get('error')}: {message}", party=party)
-    exc = cls.__new__(cls)
-    Exception.__init__(exc, message)
-    exc.party = party
+        exc = errors.PartyError(f"{reply.get('error')}: {message}", party=party)
+    else:
+        exc = cls.__new__(cls)
+        Exception.__init__(exc, message)
+        exc.party = party
+    exc.stage = reply.get("stage")          # where the party was: local, input, shuffle, join, ...
     return exc
 
 
