@@ -121,3 +121,23 @@ def test_arithmetic_over_regr_slope_and_r2_is_refused_at_plan_time(item, federat
         plan(sql, federation)
     plan("SELECT c.category, REGR_SLOPE(c.cost_eur, c.year) AS s, REGR_R2(c.cost_eur, c.year) AS r "
          "FROM insurer.claims c GROUP BY 1 HAVING COUNT(*) > 1", federation)
+
+
+@pytest.mark.mpc
+def test_a_constant_where_applies_in_the_secure_engine(tmp_path):
+    """Was: a WHERE without columns (FALSE, EXTRACT(DAY FROM DATE '2023-12-31') = 1) was dropped by the
+    secure engine, which released every person's count where the oracle and SQL have none."""
+    import differential
+    from compare import assert_same_result
+    from sqlmpc.catalog import load_federation
+    from sqlmpc.oracle import run_oracle
+    from sqlmpc.party.embedded import EmbeddedFederation
+
+    world = differential.make_world(tmp_path / "w", 1054)
+    federation = load_federation(world.path)
+    with EmbeddedFederation(federation) as secure:
+        for where in ["EXTRACT(DAY FROM DATE '2023-12-31') = 1", "FALSE", "1 = 1 AND t0.r = 'n'"]:
+            sql = f"SELECT COUNT(*) AS n FROM b.p t0 JOIN h.t t1 ON t1.pid = t0.pid WHERE {where}"
+            got, oracle = secure.query(sql), run_oracle(sql, federation)
+            assert_same_result(got, oracle, sql)
+            assert got.rows()[0][0] == (world.con.execute(sql).fetchone()[0] or None), sql

@@ -115,7 +115,9 @@ class Planner:
         secure_where = []
         for cond in q.where:
             groups = self.groups_of(cond)
-            if len(groups) == 1 and not self.groups[next(iter(groups))].nullable:
+            if not groups:          # a constant: the root's owners apply it (every row stems from a root row)
+                self.pushed[q.root.alias].append(cond)
+            elif len(groups) == 1 and not self.groups[next(iter(groups))].nullable:
                 self.pushed[next(iter(groups))].append(cond)
             else:
                 secure_where.append(self.localize(sql_true(cond, q, self.groups_of)))
