@@ -568,7 +568,7 @@ class Generator:
         d = rng.choice(DATES)
         return rng.choice([node(f"YEAR({d}) = 2024"), node(f"MONTH({d}) = 3"), node(f"EXTRACT(DAY FROM {d}) = 1"),
                            node(f"DATE_PART('year', {d}) > 2023"), node("TRUE"), node("1 = 1"),
-                           node(f"EXTRACT({rng.choice(['YEAR', 'MONTH'])} FROM {d}) = 2023"), node("FALSE OR TRUE"),
+                           node(f"EXTRACT({rng.choice(['YEAR', 'MONTH'])} FROM {d}) = 2023"), node("(FALSE OR TRUE)"),
                            node(f"CAST('1' AS {rng.choice(['BOOLEAN', 'BOOL'])})"),
                            node(f"CAST('2024-03-01' AS DATE) = {d}"), node("CAST(1 AS TEXT) = '1'"),
                            node("NOT (NULL IS NOT NULL)"), node("2.5e1 > .5")])
