@@ -141,3 +141,23 @@ def test_a_constant_where_applies_in_the_secure_engine(tmp_path):
             got, oracle = secure.query(sql), run_oracle(sql, federation)
             assert_same_result(got, oracle, sql)
             assert got.rows()[0][0] == (world.con.execute(sql).fetchone()[0] or None), sql
+
+
+@pytest.mark.mpc
+def test_having_in_parentheses_or_negated_runs_in_the_secure_engine(tmp_path):
+    """Was a NotSupportedError from the secure engine ('... > 0 in an aggregate output'): sizing the
+    field did not look through the parentheses and NOT of a HAVING condition."""
+    import differential
+    from compare import assert_same_result
+    from sqlmpc.catalog import load_federation
+    from sqlmpc.oracle import run_oracle
+    from sqlmpc.party.embedded import EmbeddedFederation
+
+    world = differential.make_world(tmp_path / "w", 1030)
+    federation = load_federation(world.path)
+    with EmbeddedFederation(federation) as secure:
+        for sql in ["SELECT COUNT(t0.age) AS a0 FROM b.p t0 HAVING ((AVG(CASE WHEN t0.age < 99 THEN "
+                    "(t0.age + t0.age) END) / COUNT(*)) > 0 OR AVG(t0.age) < 0)",
+                    "SELECT t0.r, COUNT(*) AS n FROM b.p t0 GROUP BY 1 "
+                    "HAVING NOT (COUNT(*) < 3 OR SUM(t0.age) / 2 >= 10000.5)"]:
+            assert_same_result(secure.query(sql), run_oracle(sql, federation), sql)
