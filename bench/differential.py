@@ -47,8 +47,8 @@ def record(path: Path, row: str, refused_line: str) -> None:
     section = text[start:end]
     table_end = section.index("\n\nRefusals of the last run:")
     section = section[:table_end] + "\n" + row + section[table_end:]
-    section = re.sub(r"Refusals of the last run:.*", lambda _: "Refusals of the last run: " + refused_line,
-                     section, flags=re.S).rstrip("\n") + "\n"
+    section = re.sub(r"Refusals of the last run:[^\n]*", lambda _: "Refusals of the last run: " + refused_line,
+                     section).rstrip("\n") + "\n"
     path.write_text(text[:start] + section + ("\n" + text[end:].lstrip("\n") if text[end:].strip() else ""))
 
 
