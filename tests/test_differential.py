@@ -29,6 +29,7 @@ def run(tmp_path_factory):
     failures: list[str] = []
     runner = differential.Runner(tmp_path_factory.mktemp("differential"), SEED, report=failures.append)
     cases = runner.run(CI_CASES, CI_SECURE)
+    print(differential.summary(cases))          # shown with pytest -s
     return cases, failures
 
 
