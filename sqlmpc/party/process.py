@@ -101,7 +101,7 @@ def _run_query(node, msg: dict, conn: Channel) -> None:
                 record["decision"] = "refused"
                 raise
             record.update(plan_hash=plan.digest, decision="accepted")
-            progress("local")
+            stage[0] = "local"                 # the node reports the stages from here on
             try:
                 out = node.execute_plan(plan, [tuple(a) for a in msg["addresses"]], ledger=ledger,
                                         timeout=msg.get("timeout", 30.0), progress=progress)
