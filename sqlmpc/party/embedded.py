@@ -197,6 +197,7 @@ class EmbeddedFederation:
         the MPC for it) get FAIL_GRACE seconds to answer; then they are stopped, to be restarted
         before the next query, and answer with who stopped them."""
         waiting = {p.conn.reader: p for p in self.parties}
+        cause = None                        # (party, reply) of the first failure
         deadline = time.monotonic() + self.timeout + 600
         while waiting:
             ready, _, _ = select.select(list(waiting), [], [], max(0.0, deadline - time.monotonic()))
@@ -216,9 +217,9 @@ class EmbeddedFederation:
                 replies.append((p.name, reply))
                 if "error" not in reply:
                     tables.append(p.conn.recv_bytes())
-                elif len(replies) == 1 or all("error" not in r for _, r in replies[:-1]):
+                elif cause is None:
+                    cause = (p.name, reply)
                     deadline = min(deadline, time.monotonic() + FAIL_GRACE)
-        cause = next(((n, r) for n, r in replies if "error" in r), None)
         for p in waiting.values():          # no answer in time: stop it, restart before the next query
             p.process.terminate()
             self._stale = True

@@ -13,12 +13,11 @@ from __future__ import annotations
 from typing import Sequence
 
 from sqlmpc.catalog import Federation
-from sqlmpc.errors import SqlSyntaxError
 from sqlmpc.plan.bind import bind
 from sqlmpc.plan.query import BoundQuery
 from sqlmpc.plan.plan import Plan
 from sqlmpc.plan.planner import plan_query
-from sqlmpc.sql import Query, parse
+from sqlmpc.sql import Query, parse_query
 from sqlmpc.sql.params import bind_parameters
 
 
@@ -28,11 +27,7 @@ def bind_query(query: str | Query, federation: Federation, params: Sequence | No
     Errors point at the text as the analyst wrote it.
     """
     if isinstance(query, str):
-        statement = parse(query)
-        if not isinstance(statement, Query):
-            raise SqlSyntaxError(f"expected a SELECT query, got {type(statement).__name__.upper()}",
-                                 sql=query, line=1, column=1, hint="write SELECT ... FROM party.table ...")
-        query = statement
+        query = Query(parse_query(query), query)
     return bind(bind_parameters(query.tree, params), federation, query.sql)
 
 
