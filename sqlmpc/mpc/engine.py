@@ -14,13 +14,13 @@ reveal.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pyarrow as pa
 
 from sqlmpc.mpc.cells import CellPhase
 from sqlmpc.mpc.join import JoinMode, expr_bound, padded_size
+from sqlmpc.mpc.meter import StageMeter
+from sqlmpc.mpc.local_mode import perturbed_local_moments
 from sqlmpc.mpc.record_keys import key_bound
 from sqlmpc.mpc.reveal import current_ledger
 from sqlmpc.plan.plan import LocalPart, Plan
@@ -38,16 +38,15 @@ class Engine(JoinMode, CellPhase):
         self.me = me
         self.local = local            # (relation, part) -> this party's local result
         self.report = progress or (lambda stage: None)
-        self.timings: dict[str, float] = {}
-        self._stage = None
+        self.meter = StageMeter(mpc)
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.meter.seconds
 
     def progress(self, stage: str) -> None:
-        """Enter a stage (input, shuffle, join, aggregate, threshold, reveal): report it and time it."""
-        now = time.perf_counter()
-        if self._stage is not None:
-            name, started = self._stage
-            self.timings[name] = self.timings.get(name, 0.0) + now - started
-        self._stage = (stage, now) if stage else None
+        """Enter a stage (input, shuffle, join, aggregate, threshold, reveal): report it and meter it."""
+        self.meter.enter(stage)
         if stage:
             self.report(stage)
 
@@ -61,7 +60,7 @@ class Engine(JoinMode, CellPhase):
         in local mode every input is the grid.
         """
         G = self.plan.grid.size
-        mine = {f"{r}/{i}": G if self.plan.mode == "local" else padded_size(t.num_rows)
+        mine = {f"{r}/{i}": G if self.local_totals_only() else padded_size(t.num_rows)
                 for (r, i), t in self.local.items()}
         everyone = await self.mpc.transfer(mine)
         current_ledger().record("input sizes", len(self.plan.parts), "padded rows of each local result")
@@ -82,7 +81,13 @@ class Engine(JoinMode, CellPhase):
 
     # -- local mode ----------------------------------------------------------
 
+    def local_totals_only(self) -> bool:
+        """Local mode whose inputs are the cell totals alone (a perturbed plan adds its rows' record keys)."""
+        return self.plan.mode == "local" and self.plan.perturbation is None
+
     async def run_local_mode(self, sizes) -> dict[str, object]:
+        if self.plan.perturbation is not None:
+            return await perturbed_local_moments(self, sizes)
         G = self.plan.grid.size
         names = [m.name for m in self.plan.moments]
         totals = None
@@ -134,7 +139,7 @@ class Engine(JoinMode, CellPhase):
 
     def row_bound(self, sizes) -> int:
         """An upper bound on the rows a moment sums over, known before any input."""
-        if self.plan.mode == "local":
+        if self.local_totals_only():
             return MAX_ROWS
         per_relation = [max(1, sum(n for (r, _), n in sizes.items() if r == rel)) for rel in self.plan.relations]
         return int(np.prod(per_relation, dtype=object))
@@ -154,7 +159,7 @@ class Engine(JoinMode, CellPhase):
                 out[m.name] = rows * e * key_bound(len(self.index))
             elif m.kind != "sum2":
                 out[m.name] = rows * e
-            elif self.plan.mode == "join" and self.one_row_per_person_and_cell():
+            elif self.one_row_per_person_and_cell():
                 out[m.name] = rows * e * e                   # each person's contribution is one row: |c| ≤ e
             else:                                            # Σ c² ≤ Σ|c| · max|c|, one person's rows ≤ ROWS_PER_KEY
                 out[m.name] = rows * e * e * (ROWS_PER_KEY if self.plan.mode == "local" else rows)
