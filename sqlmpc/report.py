@@ -12,7 +12,10 @@ import html
 
 import pyarrow as pa
 
+from sqlmpc import errors
 from sqlmpc.output import SUPPRESSED, format_value
+from sqlmpc.result import has_aggregate
+from sqlmpc.sql.parser import parse_query
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222}
@@ -50,13 +53,23 @@ def table_html(result) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def chart_svg(result) -> str:
-    """A horizontal bar chart of the first numeric column, bars labelled by the other columns."""
+def aggregated_columns(sql: str, n_columns: int) -> list[bool] | None:
+    """Which result columns hold an aggregate (the others are dimensions, even numeric ones like a year)."""
+    try:
+        items = parse_query(sql).expressions
+    except errors.Error:
+        return None
+    return [has_aggregate(e) for e in items] if len(items) == n_columns else None
+
+
+def chart_svg(result, aggregated: list[bool] | None = None) -> str:
+    """A horizontal bar chart of the first numeric aggregate column, bars labelled by the dimensions."""
     schema = result.table.schema
-    values = next((i for i, f in enumerate(schema) if _numeric(f.type)), None)
+    aggregated = aggregated or [_numeric(f.type) for f in schema]      # unknown: numbers are the values
+    values = next((i for i, f in enumerate(schema) if _numeric(f.type) and aggregated[i]), None)
     if values is None or not result.rows():
         return ""
-    labels = [i for i, f in enumerate(schema) if i != values and not _numeric(f.type)]
+    labels = [i for i, f in enumerate(schema) if not aggregated[i]]
     rows = result.rows()
     numbers = [r[values] for r in rows]
     top = max((abs(float(v)) for v in numbers if v is not None), default=0.0) or 1.0
@@ -89,16 +102,17 @@ def html_report(outcomes, title: str = "sqlmpc saved queries") -> str:
     """The page for ``outcomes`` (each with .path, .seconds, .failure, .details, .result)."""
     sections = []
     for o in outcomes:
+        sql = o.path.read_text()
         status = ('<span class="ok">ok</span>' if o.failure is None
                   else f'<span class="fail">FAIL: {html.escape(o.failure)}</span>')
         body = [f'<h2 id="{html.escape(o.path.stem)}">{html.escape(o.path.stem)}</h2>',
                 f"<p>{status} · {o.seconds:.2f} s · <code>{html.escape(str(o.path))}</code></p>",
-                f"<details><summary>SQL</summary><pre>{html.escape(o.path.read_text())}</pre></details>"]
+                f"<details><summary>SQL</summary><pre>{html.escape(sql)}</pre></details>"]
         if o.result is not None:
             n_sup = sum(o.result.suppressed)
             body.append(f'<p class="legend">{len(o.result.suppressed)} rows, {n_sup} suppressed '
                         f"({SUPPRESSED}: fewer than {o.result.min_cell_size} persons)</p>")
-            body.append(chart_svg(o.result))
+            body.append(chart_svg(o.result, aggregated_columns(sql, len(o.result.columns))))
             body.append(table_html(o.result))
         if o.failure is not None and o.details:
             body.append(f"<pre>{html.escape(o.details)}</pre>")
