@@ -14,8 +14,9 @@ from sqlmpc.sql.positions import error_at
 # ---------------------------------------------------------------- hints
 
 READ_ONLY = "sqlmpc is read-only: only SELECT, EXPLAIN, SHOW TABLES, SHOW POLICY, DESCRIBE"
-NO_ROWS = ("person-level rows are never released; select dimensions and aggregates, "
-           "e.g. SELECT region, COUNT(*) FROM hospital.patients GROUP BY region")
+DERIVED_HINT = ("a subquery in FROM only stacks one table held by several parties "
+                "(FROM (SELECT ... FROM h1.t UNION ALL SELECT ... FROM h2.t) AS u); otherwise write one "
+                "SELECT over the tables themselves: the inner joins and WHERE with the outer GROUP BY and aggregates")
 JOIN_HINT = "join with [LEFT] JOIN ... ON a.key = b.key"
 SUBQUERY_HINT = "subqueries in expressions are not supported; join on the key instead"
 WINDOW_HINT = "window functions are not supported; use GROUP BY"
@@ -24,6 +25,18 @@ UNION_HINT = ("UNION ALL is only allowed in FROM, to stack one table held by sev
               "FROM (SELECT ... FROM h1.t UNION ALL SELECT ... FROM h2.t) AS u")
 DIALECT_HINT = ("the dialect is SELECT ... FROM party.table [[LEFT] JOIN party.table ON ...] "
                 "[WHERE ...] [GROUP BY ...] [HAVING ...] [ORDER BY ...] [LIMIT n]")
+
+
+def no_rows_hint(sql: str) -> str:
+    """What to write instead of SELECT * (a BI tool's preview), naming the query's table when it has one."""
+    if re.search(r"\bFROM\s*\(", sql, re.I):
+        return ("person-level rows are never released: run the query inside the parentheses by itself "
+                "(it must GROUP BY and aggregate); " + DERIVED_HINT)
+    table = re.search(r'\bFROM\s+([\w"]+\s*\.\s*[\w"]+)', sql, re.I)
+    name = re.sub(r"\s", "", table.group(1)) if table else "party.table"
+    return (f"person-level rows are never released, not even a preview with LIMIT: DESCRIBE {name} lists its "
+            f"dimensions; count per dimension instead, e.g. SELECT t.dim, COUNT(*) FROM {name} t GROUP BY t.dim")
+
 
 # Words kept out of NAME by the grammar: what to say when one appears.
 RESERVED_WORDS = {
@@ -185,13 +198,13 @@ def explain_parse_error(sql: str, err: UnexpectedInput) -> SqlSyntaxError:
     if token.type == "UNION":
         return unsupported("UNION ALL is only allowed inside FROM ( ... ) AS alias", UNION_HINT)
     if token.type == "STAR" and "NAME" in expected:
-        return unsupported("SELECT * is not supported", NO_ROWS)
+        return unsupported("SELECT * is not supported", no_rows_hint(sql))
     if token.type == "DISTINCT":
         return unsupported("SELECT DISTINCT is not supported", "use GROUP BY on the columns to get distinct groups")
     if token.type == "SELECT" and "INT" in expected:
         return unsupported("subqueries in expressions are not supported", SUBQUERY_HINT)
     if token.type == "RPAR" and "UNION" in expected:
-        return unsupported("a subquery in FROM must be a UNION ALL of SELECTs", UNION_HINT)
+        return unsupported("a subquery in FROM must be a UNION ALL of SELECTs", DERIVED_HINT)
     if token.type == "COMMA" and "JOIN" in expected:
         return unsupported("comma joins are not supported", JOIN_HINT)
     if token.type == "DOT" and re.search(r'[\w"]\s*\.\s*[\w"]+\s*$', sql[:start]):
