@@ -201,6 +201,29 @@ def test_psycopg_parameters_and_errors(server):
         assert tables == [("claims",), ("pharmacy",)]
 
 
+# What BI tools send first: a preview of a table, or the analyst's query wrapped as a subquery.
+PREVIEWS = [
+    ("SELECT * FROM hospital.patients LIMIT 100", "SELECT * is not supported",
+     ["not even a preview with LIMIT", "DESCRIBE hospital.patients", "COUNT(*) FROM hospital.patients t GROUP BY"]),
+    ("SELECT * FROM (SELECT b.region, COUNT(*) AS n FROM bureau.persons b GROUP BY b.region) AS virtual_table "
+     "LIMIT 100", "SELECT * is not supported",
+     ["run the query inside the parentheses by itself"]),
+    ("SELECT t.region, COUNT(*) FROM (SELECT b.region FROM bureau.persons b) AS t GROUP BY t.region",
+     "a subquery in FROM must be a UNION ALL of SELECTs",
+     ["UNION ALL", "write one SELECT over the tables themselves"]),
+]
+
+
+@pytest.mark.parametrize("sql, message, hints", PREVIEWS)
+def test_bi_previews_are_refused_with_what_to_write_instead(server, demo_path, sql, message, hints):
+    with sqlmpc.connect(demo_path, oracle=True) as con, pytest.raises(sqlmpc.errors.UnsupportedSqlError) as refused:
+        con.execute(sql)
+    assert message in str(refused.value) and all(h in refused.value.hint for h in hints), refused.value.hint
+    with connect(server) as con, pytest.raises(psycopg.errors.FeatureNotSupported) as wire:
+        con.execute(sql)
+    assert message in wire.value.diag.message_primary and wire.value.diag.message_hint == refused.value.hint
+
+
 def test_psycopg_session_settings(server):
     with connect(server, autocommit=True) as con:
         assert con.execute("SHOW transaction_isolation").fetchall() == [("read committed",)]
@@ -274,6 +297,8 @@ def test_wrong_password_and_plaintext_are_refused(tls_server):
     assert failed[-1]["peer"].startswith("127.0.0.1:") and "not-the-token" not in audit.read_text()
     with pytest.raises(psycopg.OperationalError, match="requires TLS"):
         connect(port, password=token, sslmode="disable")
+    plaintext = json.loads(audit.read_text().splitlines()[-1])
+    assert plaintext["event"] == "authentication failed" and plaintext["reason"] == "no TLS"
     with connect(port, password=token, sslmode="require") as con:   # still serving
         assert con.execute("SELECT 1").fetchall() == [(1,)]
 
