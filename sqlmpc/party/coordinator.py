@@ -1,187 +1,192 @@
-"""The networked coordinator: the node an analyst asks plans, proposes, executes and releases.
+"""The one coordinator of a query: propose → every party re-validates → execute → gather → release.
 
-It parses, binds and plans the query (:func:`sqlmpc.plan.compile.compile`), proposes
-{sql, digest, catalog fingerprint, k, analyst} to every peer, which each decide on
-their own; any refusal stops the query for all.  Then every node runs its local parts
-and its share of the MPC; the coordinator checks that all computed the same cell
-table, finishes the result and returns it with the leakage ledger.  A mixin of
-:class:`sqlmpc.party.server.NodeServer` (its peers, slot and audit log).
+Both federations run it: the embedded one (a process per party on this machine, reached
+through pipes: :mod:`sqlmpc.party.pipes`) and a networked node that received an analyst's
+query (its peers reached through Arrow Flight with mutual TLS, its own share run in-process:
+:mod:`sqlmpc.party.peers`).  Only the :class:`Transport` differs.
+
+The coordinator compiles the query (a refusal, with a caret, before any party works) and
+proposes {sql, plan hash, catalog fingerprint, k, analyst} to every party; each compiles it
+again on its own and accepts or refuses.  Any refusal stops the query for all (the first in
+federation order is reported); a busy party makes the coordinator retry with a new attempt.
+Then every party runs its share and the answers are taken as they arrive: the first failure
+is the cause; the parties still working get FAIL_GRACE seconds to answer and are then
+stopped.  A failure is an sqlmpc error whose ``party`` and ``stage`` (admit, local, input,
+shuffle, join, ...) are data from the failing party's reply, never read out of its text.
+Every party must have computed the same cell table, compared byte for byte (Arrow's
+``equals`` calls NaN unequal to itself, and CORR of a constant is NaN); the coordinator
+finishes it into the analyst's rows.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import random
 import time
 import uuid
-from concurrent.futures import TimeoutError as FutureTimeout
-
-import pyarrow as pa
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
 from sqlmpc import errors
+from sqlmpc.catalog import Federation
 from sqlmpc.mpc.reveal import Ledger
-from sqlmpc.party.audit import audited, opened, query_record
-from sqlmpc.party.endpoints import results, split_address
+from sqlmpc.party.audit import AuditLog, audited, query_record
 from sqlmpc.party.wire import error_reply, from_ipc, rebuild, to_ipc
 from sqlmpc.plan.compile import compile
-from sqlmpc.result import finish
+from sqlmpc.plan.plan import Plan
+from sqlmpc.result import Result, finish
+from sqlmpc.sql import Query
+
+FAIL_GRACE = 1.0        # seconds the other parties get to answer after one failed
+NO_ANSWER = 600.0       # seconds beyond the session timeout a party may compute before it counts as lost
 
 
-class Coordination:
-    # -- analyst actions ----------------------------------------------------------------
+@dataclass
+class Answer:
+    """One party's answer to ``execute``: its reply (stats and ``ledger``, or an error reply with
+    ``error``, ``message``, ``party``, ``stage``, ``ledger``) and, when it succeeded, its cell table."""
+    party: str
+    reply: dict
+    cells: bytes | None = None      # Arrow IPC
 
-    def on_status(self, analyst: str) -> list:
-        peers = {}
-        futures = {name: self._pool.submit(self._peer_call, name, "hello", {}, 3.0) for name in self.peers}
-        for name, fut in futures.items():
-            try:
-                peers[name] = {"reachable": True, **json.loads(fut.result()[0])}
-            except Exception as exc:
-                peers[name] = {"reachable": False, "error": str(exc)}
-        me = json.loads(self.on_hello({})[0].body.to_pybytes())
-        return results({"coordinator": self.party, "analyst": analyst,
-                        "parties": {self.party: {"reachable": True, **me}, **peers}})
+    @property
+    def failed(self) -> bool:
+        return "error" in self.reply
 
-    def on_query(self, msg: dict, analyst: str, peer: str | None = None) -> list:
-        try:
-            meta, table = self.coordinate(msg["sql"], analyst, peer)
-        except Exception as exc:
-            return results(error_reply(exc, self.party))
-        return results(meta, to_ipc(table))
 
-    def coordinate(self, sql: str, analyst: str, peer: str | None = None) -> tuple[dict, pa.Table]:
-        qid = uuid.uuid4().hex
+class Transport(Protocol):
+    """How the coordinator reaches the parties; replies are JSON-like dicts (``wire.error_reply`` for errors)."""
+
+    def propose(self, proposal: dict, timeout: float) -> dict[str, dict]:
+        """Every party's reply to the proposal, in federation order: accepted, ``{"busy": True}``, or an error."""
+
+    def addresses(self, replies: dict[str, dict]) -> list[tuple[str, int]]:
+        """The MPC address of every party, in federation order, for the accepted proposal."""
+
+    def abort(self, qid: str, reason: str) -> None:
+        """Tell every party to drop the proposal (those that accepted it write an 'aborted' record)."""
+
+    def execute(self, qid: str, plan: Plan, addresses: list[tuple[str, int]], ledger: Ledger, progress) -> None:
+        """Start every party's share; a share run in this process records its openings in ``ledger``."""
+
+    def next_answer(self, timeout: float) -> Answer | None:
+        """The next party to answer ``execute`` (None: none within ``timeout`` seconds)."""
+
+    def stop(self, parties: list[str], why: str) -> list[Answer]:
+        """Stop the parties that did not answer in time; the answers of those that still could
+        (a share run in this process is waited for: its MPC session lives here)."""
+
+    def release(self, qid: str) -> None:
+        """The query is over (free what it held: ports, the query slot)."""
+
+
+@dataclass
+class Released:
+    """A coordinated query's outcome: the analyst's rows and every party's reply (timings, memory)."""
+    result: Result
+    qid: str
+    answers: dict[str, dict]
+
+
+class Coordinator:
+    def __init__(self, name: str, federation: Federation, transport: Transport, audit: AuditLog, *,
+                 timeout: float = 30.0):
+        self.name = name                 # as the parties' audit records name the coordinator
+        self.federation = federation
+        self.transport = transport
+        self.audit = audit
+        self.timeout = timeout
+        self.running: dict[str, tuple[dict, Ledger]] = {}     # qid -> audit record and ledger, while it runs
+
+    def run(self, query: str | Query, params=None, *, analyst: str, progress=None,
+            check: Callable[[str], None] | None = None, note: dict | None = None) -> Released:
+        """Run one query through every party.  ``check(analyst)`` may refuse the analyst first;
+        ``note`` adds fields to the audit record; ``progress(stage)`` hears the secure stages."""
         started = time.monotonic()
-        record = {**query_record(qid, "coordinator", self.party, analyst, sql), "peer": peer}
+        text = query if isinstance(query, str) else query.sql
+        record = {**query_record(uuid.uuid4().hex, "coordinator", self.name, analyst, text), **(note or {})}
         ledger = Ledger()
-        try:
-            with audited(self.audit, record, since=started):
-                try:
-                    self._check_analyst(analyst)
-                    plan = compile(sql, self.federation)
-                except errors.Error:
-                    record["decision"] = "refused"
-                    raise
-                record["plan_hash"] = plan.digest
-                proposal = {"qid": qid, "from": self.party, "analyst": analyst, "sql": plan.sql, "digest": plan.digest,
-                            "fingerprint": self.federation.fingerprint, "min_cell_size": plan.min_cell_size}
-                ports, qid = self._propose_all(proposal, started, record)
-                record.update(qid=qid, decision="accepted")     # the attempt the peers run (and log)
-                self._running[qid] = (record, ledger)
-                try:
-                    addresses = [(self.peers[p.name][0] if p.name != self.party else split_address(p.address)[0],
-                                  ports[p.name]) for p in self.federation.parties]
-                    if self.insecure:
-                        addresses = [("127.0.0.1", port) for _, port in addresses]
-                    cells = self._execute_all(qid, plan, addresses, ledger)
-                finally:
-                    self._running.pop(qid, None)
-                    record["ledger"] = opened(ledger.entries)    # after a failure: what was opened before it
-                    self._release(qid)
-                result = finish(plan.query, plan.grid, cells)
-                ipc = to_ipc(result.table)
-                record.update(outcome="ok", released_cells=sum(not s for s in result.suppressed),
-                              suppressed_cells=sum(result.suppressed),
-                              result_sha256=hashlib.sha256(ipc).hexdigest())
-                meta = {"qid": qid, "suppressed": result.suppressed, "leakage": record["ledger"],
-                        "min_cell_size": result.min_cell_size, "seconds": time.monotonic() - started}
-                return meta, result.table
-        except errors.OperationalError as exc:
-            self._forget(getattr(exc, "party", None))
-            raise
+        with audited(self.audit, record, since=started):
+            try:
+                if check is not None:
+                    check(analyst)
+                plan = compile(query, self.federation, params)   # fail fast, with a caret, before any party works
+            except errors.Error:
+                record["decision"] = "refused"
+                raise
+            record["plan_hash"] = plan.digest
+            replies, qid = self._propose(plan, record, started)
+            record.update(qid=qid, decision="accepted")     # the attempt the parties run (and log)
+            answers: dict[str, Answer] = {}
+            self.running[qid] = (record, ledger)
+            try:
+                self.transport.execute(qid, plan, self.transport.addresses(replies), ledger, progress)
+                cause = self._gather(answers)
+            finally:
+                self.running.pop(qid, None)
+                self.transport.release(qid)
+                # What was opened: the longest ledger any party reports (after a failure the
+                # parties may have stopped at different openings).
+                record["ledger"] = max((a.reply.get("ledger") or [] for a in answers.values()), key=len, default=[])
+            if cause is not None:
+                raise rebuild(cause.reply, cause.party)
+            tables = [a.cells for a in answers.values()]
+            if any(t != tables[0] for t in tables[1:]):     # bytes: NaN equals NaN
+                raise errors.InternalError("parties computed different results")
+            result = finish(plan.query, plan.grid, from_ipc(tables[0]))
+            result.leakage = record["ledger"]
+            record.update(outcome="ok", released_cells=sum(not s for s in result.suppressed),
+                          suppressed_cells=sum(result.suppressed),
+                          result_sha256=hashlib.sha256(to_ipc(result.table)).hexdigest())
+            return Released(result, qid, {name: a.reply for name, a in answers.items()})
 
-    def _propose_all(self, proposal: dict, started: float, record: dict) -> tuple[dict[str, int], str]:
-        """Hold our slot and get every peer's acceptance; retry while a peer is busy.
-
-        Returns the MPC ports and the id of the accepted attempt: a retry is a new
-        attempt, since peers drop any attempt they were told to abort.
-        """
+    def _propose(self, plan: Plan, record: dict, started: float) -> tuple[dict[str, dict], str]:
+        """Every party's acceptance of the plan, and the id of the accepted attempt: a retry
+        (while a party is busy) is a new attempt, since parties drop an attempt they were told
+        to abort."""
         deadline = started + self.timeout
         for attempt in itertools.count():
-            qid = proposal["qid"] if attempt == 0 else f"{proposal['qid']}.{attempt}"
-            proposal = dict(proposal, qid=qid)
-            if not self._acquire(qid, max(0.0, deadline - time.monotonic())):
-                raise errors.OperationalError(f"party '{self.party}' stayed busy for {self.timeout:g} s")
-            futures = {name: self._pool.submit(self._peer_call, name, "propose", proposal, self.timeout)
-                       for name in self.peers}
-            replies, failure, busy = {}, None, False
-            for name in self.peers:     # federation order: the first refusal is reported
-                try:
-                    reply = json.loads(futures[name].result()[0])
-                except errors.Error as exc:
-                    failure = failure or exc
-                    continue
-                replies[name] = reply
-                if reply.get("busy"):
-                    busy = True
-                elif "error" in reply and failure is None:
-                    failure = rebuild(reply, name)
-            if failure is None and not busy:
-                ports = {name: int(r["mpc_port"]) for name, r in replies.items()}
-                ports[self.party] = self.take_mpc_port()
-                return ports, qid
-            for name in self.peers:     # also those that did not answer: a late proposal is dropped
-                self._pool.submit(self._peer_call, name, "abort",
-                                  {"qid": qid, "reason": str(failure) if failure else "a peer was busy"}, 5.0)
-            self._release(qid)
-            if failure is not None:
-                if isinstance(failure, errors.QueryRefusedError) or isinstance(failure, errors.ProgrammingError):
-                    record.update(decision="refused", reason=str(failure))
-                raise failure
+            qid = record["qid"] if attempt == 0 else f"{record['qid']}.{attempt}"
+            proposal = {"qid": qid, "from": self.name, "analyst": record["analyst"], "sql": plan.sql,
+                        "digest": plan.digest, "fingerprint": self.federation.fingerprint,
+                        "min_cell_size": plan.min_cell_size}
+            replies = self.transport.propose(proposal, max(0.0, deadline - time.monotonic()))
+            refusal = next((rebuild(r, name) for name, r in replies.items() if "error" in r), None)
+            if refusal is None and not any(r.get("busy") for r in replies.values()):
+                return replies, qid
+            self.transport.abort(qid, str(refusal) if refusal else "a party was busy")
+            if refusal is not None:
+                if isinstance(refusal, errors.ProgrammingError):     # a refusal, not a failure to reach it
+                    record.update(decision="refused", reason=str(refusal))
+                raise refusal
             if time.monotonic() > deadline:
                 raise errors.OperationalError(f"the federation stayed busy for {self.timeout:g} s")
             time.sleep(random.uniform(0.05, 0.5))
 
-    def _execute_all(self, qid: str, plan, addresses, ledger: Ledger) -> pa.Table:
-        """Run the plan here and at every peer; this party's openings go to ``ledger``."""
-        body = {"qid": qid, "addresses": [list(a) for a in addresses]}
-        futures = {name: self._pool.submit(self._peer_call, name, "execute", body, None) for name in self.peers}
-        own_error = None
-        try:
-            cells = self.run_mpc(plan, addresses, ledger)
-        except Exception as exc:
-            own_error, cells = exc, None
-            for name in self.peers:
-                self._pool.submit(self._peer_call, name, "abort", {"qid": qid, "reason": str(exc)}, 5.0)
-        tables, peer_errors, transport_errors, answered = {}, [], [], set()
-        deadline = time.monotonic() + (1.5 if own_error is not None else self.timeout)
-        for name, fut in futures.items():
-            try:
-                out = fut.result(timeout=max(0.0, deadline - time.monotonic()))
-            except FutureTimeout:
-                transport_errors.append(errors.PartyError("no answer on the control channel", party=name))
-                continue
-            except errors.Error as exc:
-                transport_errors.append(exc)
-                continue
-            answered.add(name)
-            reply = json.loads(out[0])
-            if "error" in reply:
-                peer_errors.append(rebuild(reply, name))
-            else:
-                tables[name] = from_ipc(out[1])
-        # The most specific error first.  A peer we saw close its MPC connection but that
-        # answered with its own error is not the culprit (it gave up on someone else).
-        blamed = getattr(own_error, "party", None)
-        if own_error is not None and blamed not in (None, self.party) and blamed not in answered:
-            raise own_error
-        if transport_errors:
-            raise transport_errors[0]
-        named = [e for e in peer_errors if getattr(e, "party", None) and "party '" in str(e)]
-        for exc in peer_errors:
-            # A peer's report that names a third party (e.g. "party 'bureau': no MPC message ...").
-            text = str(exc)
-            for p in self.federation.party_names:
-                if p not in answered and p != self.party and f"party '{p}'" in text:
-                    raise exc
-        if own_error is not None:
-            raise own_error
-        if named:
-            raise named[0]
-        if peer_errors:
-            raise peer_errors[0]
-        if any(not t.equals(cells) for t in tables.values()):
-            raise errors.InternalError("parties computed different results")
-        return cells
+    def _gather(self, answers: dict[str, Answer]) -> Answer | None:
+        """Every party's answer into ``answers``, in the order they arrive; the first failure (the cause).
+
+        When one fails, the others (perhaps waiting in the MPC for it) get FAIL_GRACE seconds to
+        answer; then they are stopped and answer with who stopped them."""
+        waiting = list(self.federation.party_names)
+        cause = None
+        deadline = time.monotonic() + self.timeout + NO_ANSWER
+        while waiting:
+            answer = self.transport.next_answer(max(0.0, deadline - time.monotonic()))
+            if answer is None:
+                break
+            waiting.remove(answer.party)
+            answers[answer.party] = answer
+            if answer.failed and cause is None:
+                cause = answer
+                deadline = min(deadline, time.monotonic() + FAIL_GRACE)
+        if waiting:
+            why = (f"stopped by the coordinator: party '{cause.party}' failed" if cause is not None
+                   else f"no answer within {self.timeout + NO_ANSWER:.0f} s")
+            for answer in self.transport.stop(waiting, why):
+                waiting.remove(answer.party)
+                answers[answer.party] = answer
+            for name in waiting:
+                answers[name] = Answer(name, error_reply(errors.PartyError(why, party=name), name, ledger=[]))
+        return cause or next((a for a in answers.values() if a.failed), None)

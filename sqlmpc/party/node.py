@@ -16,8 +16,13 @@ import pyarrow as pa
 
 from sqlmpc import errors
 from sqlmpc.catalog import Federation
+from sqlmpc.local.sources import LocalData
+from sqlmpc.mpc import session as mpc_session
+from sqlmpc.mpc.engine import Engine
 from sqlmpc.mpc.reveal import Ledger, ledger_scope
+from sqlmpc.mpc.session import MpcSession, run_in_fresh_loop
 from sqlmpc.party import faults
+from sqlmpc.party.wire import rebuild
 from sqlmpc.plan.compile import compile
 from sqlmpc.plan.plan import Plan
 
@@ -29,12 +34,12 @@ class Outcome:
     digest: str
     seconds: float
     timings: dict       # seconds per stage: local, input, shuffle, join, aggregate, threshold, reveal
+    stages: dict = None  # per secure stage: seconds, cpu_s, bytes_sent, peak_rss_mb (sqlmpc.mpc.meter)
+    peak_mb: float = 0.0  # this party's peak resident memory over the query
 
 
 class PartyNode:
     def __init__(self, federation: Federation, party: str):
-        from sqlmpc.local.sources import LocalData
-
         if federation.party(party) is None:
             raise errors.ConfigError(f"party '{party}' is not in the federation")
         self.federation = federation
@@ -60,16 +65,12 @@ class PartyNode:
         return self.data.run_parts(plan.parts_at(self.party))
 
     async def run_secure(self, mpc, plan: Plan, local, progress=None):
-        from sqlmpc.mpc.engine import Engine
-
         engine = Engine(mpc, plan, self.index, self.party, local, progress)
-        return await engine.run(), engine.timings
+        return await engine.run(), engine.meter
 
     async def check_local_stages(self, mpc, failed: errors.Error | None) -> None:
         """Every party tells whether its local stage ran; a party whose database failed (or whose
         table no longer fits the catalog) fails the query on every party at once, with its error."""
-        from sqlmpc.party.wire import rebuild
-
         reports = await mpc.transfer(None if failed is None else (type(failed).__name__, str(failed)))
         for name, report in zip(self.index, reports):
             if report is not None:
@@ -84,12 +85,23 @@ class PartyNode:
         receives every opening as it happens: after a failure it holds what was opened
         before it (for the audit log).
         """
-        from sqlmpc.mpc import session as mpc_session
-        from sqlmpc.mpc.session import MpcSession, run_in_fresh_loop
+        stage = "local"
 
+        def enter(name: str) -> None:        # where this party is: an error names it (``exc.stage``)
+            nonlocal stage
+            stage = name
+            if progress is not None:
+                progress(name)
+
+        try:
+            return self._execute(plan, addresses, enter, timeout, session, guard, ledger)
+        except Exception as exc:
+            exc.stage = getattr(exc, "stage", None) or stage
+            raise
+
+    def _execute(self, plan: Plan, addresses, enter, timeout: float, session, guard, ledger) -> Outcome:
         started = time.perf_counter()
-        if progress is not None:
-            progress("local")
+        enter("local")
         try:
             local, failed = self.run_local(plan), None
         except (errors.SourceError, errors.DataFileError) as exc:
@@ -102,12 +114,12 @@ class PartyNode:
             with ledger_scope(faults.armed(ledger, self.party)):
                 async with session as mpc:
                     await self.check_local_stages(mpc, failed)
-                    secure = self.run_secure(mpc, plan, local, progress)
-                    cells, timings = await (guard(secure) if guard is not None else secure)
-                return cells, list(ledger.entries), timings
+                    secure = self.run_secure(mpc, plan, local, enter)
+                    cells, meter = await (guard(secure) if guard is not None else secure)
+                return cells, list(ledger.entries), meter
 
         try:
-            cells, entries, timings = run_in_fresh_loop(main())
+            cells, entries, meter = run_in_fresh_loop(main())
         except RuntimeError as exc:
             # An sqlmpc error raised inside an MPyC coroutine stops the loop ("Event loop
             # stopped before Future completed"); report the error itself.
@@ -115,5 +127,6 @@ class PartyNode:
             if cause is None or isinstance(exc, mpc_session.SessionError):
                 raise
             raise cause from exc
-        timings = {"local": local_seconds, **timings}
-        return Outcome(cells, entries, plan.digest, time.perf_counter() - started, timings)
+        timings = {"local": local_seconds, **meter.seconds}
+        return Outcome(cells, entries, plan.digest, time.perf_counter() - started, timings, meter.stats,
+                       meter.peak_mb)

@@ -1,6 +1,6 @@
 """An embedded party's process: ``python -m sqlmpc.party.process FEDERATION PARTY READ_FD WRITE_FD``.
 
-The coordinator (:mod:`sqlmpc.party.embedded`) starts one per party and talks to
+The embedded federation (:mod:`sqlmpc.party.pipes`) starts one per party and talks to
 it over a pair of pipes; the party answers each query as a networked node would.
 Nothing imports this module: run as ``-m``, it is loaded once.
 """
@@ -21,7 +21,7 @@ from sqlmpc.catalog import load_federation
 from sqlmpc.mpc.reveal import Ledger
 from sqlmpc.party.audit import AuditLog, audited, opened, query_record
 from sqlmpc.party.node import PartyNode
-from sqlmpc.party.wire import Channel, to_ipc
+from sqlmpc.party.wire import Channel, error_reply, to_ipc
 
 
 class PartyStopped(KeyboardInterrupt):
@@ -47,61 +47,86 @@ def _stop(signum, frame):
 
 
 def party_main(federation_path: str, party: str, conn: Channel) -> None:
-    """Party process: load only this party's data, then serve queries until told to stop.
+    """Party process: load only this party's data, then serve the coordinator until told to stop.
 
-    SIGTERM stops it even in the middle of a query: the query's audit record is
-    written first (outcome ``cancelled``, with what was opened so far).
+    Messages (JSON, ``op``): ``propose`` (admit the query: answer ok or the refusal),
+    ``execute`` (run the admitted query: answer stats and the cell table, or the error),
+    ``abort`` (drop the admitted query; no answer), ``reload`` and ``stop``.  SIGTERM stops
+    it even in the middle of a query: the query's audit record is written first (outcome
+    ``cancelled``, with what was opened so far).
     """
     signal.signal(signal.SIGTERM, _stop)
     try:
         node = PartyNode(load_federation(federation_path), party)
         conn.send(json.dumps({"ready": True}))
     except Exception as exc:  # report start-up failures (bad data file, ...) to the client
-        conn.send(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
+        conn.send(json.dumps(error_reply(exc, party)))
         return
+    admitted = None             # (message, plan, audit record, start) of the proposal accepted last
     while True:
         try:
             msg = json.loads(conn.recv())
         except EOFError:
             return
-        if msg.get("op") == "stop":
+        op = msg.get("op")
+        if op == "stop":
             return
-        if msg.get("op") == "reload":
+        if op == "reload":
             try:
                 node = PartyNode(load_federation(msg["federation"]), party)
                 conn.send(json.dumps({"ready": True}))
             except Exception as exc:
-                conn.send(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
-            continue
-        _run_query(node, msg, conn)
+                conn.send(json.dumps(error_reply(exc, party)))
+        elif op == "propose":
+            admitted = _propose(node, msg, conn)
+        elif op == "abort":
+            if admitted is not None and admitted[0]["qid"] == msg["qid"]:
+                proposal, _, record, since = admitted
+                AuditLog(proposal["audit"]).write({**record, "decision": "accepted", "outcome": "aborted",
+                                                   "error": msg.get("reason"),
+                                                   "duration_s": time.monotonic() - since})
+            admitted = None
+        elif op == "execute":
+            if admitted is None or admitted[0]["qid"] != msg["qid"]:
+                conn.send(json.dumps(error_reply(errors.PartyError("no accepted proposal with this id"), party)))
+            else:
+                _execute(node, *admitted, msg, conn)
+            admitted = None
 
 
-def _run_query(node, msg: dict, conn: Channel) -> None:
-    """One query at this party: admit it, run its share, answer, and write this party's audit record.
+def _propose(node: PartyNode, msg: dict, conn: Channel) -> tuple | None:
+    """This party's own decision on a proposal: admitted (kept for ``execute``) or refused (audited)."""
+    record = query_record(msg["qid"], "participant", msg.get("from"), msg.get("analyst"), msg["sql"])
+    since = time.monotonic()
+    try:
+        plan = node.admit(msg["sql"], msg.get("digest"))
+    except Exception as exc:
+        exc.stage = "admit"
+        AuditLog(msg["audit"]).write({**record, "decision": "refused", "reason": str(exc), "outcome": "refused",
+                                      "error": str(exc), "duration_s": time.monotonic() - since})
+        conn.send(json.dumps(error_reply(exc, node.party)))
+        return None
+    conn.send(json.dumps({"ok": True}))
+    return msg, plan, {**record, "plan_hash": plan.digest}, since
+
+
+def _execute(node: PartyNode, proposal: dict, plan, record: dict, since: float, msg: dict, conn: Channel) -> None:
+    """Run an admitted query's share, answer, and write this party's audit record.
 
     A failed query's answer and record carry the openings made before the failure.
     """
-    stage = ["admit"]          # where this party is: an error names it
-
-    def progress(stage_: str) -> None:
-        stage[0] = stage_
-        if msg.get("progress"):
-            conn.send(json.dumps({"progress": stage_}))
-
     global _running
-    record = query_record(msg.get("qid"), "participant", msg.get("coordinator"), msg.get("analyst"), msg["sql"])
+
+    def progress(stage: str) -> None:
+        if msg.get("progress"):
+            conn.send(json.dumps({"progress": stage}))
+
+    record = {**record, "decision": "accepted"}
     ledger = Ledger()
-    log = AuditLog(msg["audit"])
-    _running = (log, record, ledger, time.monotonic())
+    log = AuditLog(proposal["audit"])
+    _running = (log, record, ledger, since)
     try:
-        with audited(log, record):
-            try:
-                plan = node.admit(msg["sql"], msg.get("digest"))
-            except errors.Error:
-                record["decision"] = "refused"
-                raise
-            record.update(plan_hash=plan.digest, decision="accepted")
-            stage[0] = "local"                 # the node reports the stages from here on
+        with audited(log, record, since=since):
             try:
                 out = node.execute_plan(plan, [tuple(a) for a in msg["addresses"]], ledger=ledger,
                                         timeout=msg.get("timeout", 30.0), progress=progress)
@@ -110,14 +135,13 @@ def _run_query(node, msg: dict, conn: Channel) -> None:
             ipc = to_ipc(out.cells)
             record.update(outcome="ok", cells=out.cells.num_rows, cells_sha256=hashlib.sha256(ipc).hexdigest())
     except Exception as exc:
-        conn.send(json.dumps({"error": type(exc).__name__, "message": str(exc), "stage": stage[0],
-                              "party": getattr(exc, "party", None) or node.party, "ledger": opened(ledger.entries)}))
+        conn.send(json.dumps(error_reply(exc, node.party, ledger=opened(ledger.entries))))
         return
     finally:
         _running = None
     conn.send(json.dumps({"digest": out.digest, "seconds": out.seconds, "ledger": opened(out.ledger),
-                          "timings": out.timings,
-                          "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                          "timings": out.timings, "stages": out.stages,
+                          "max_rss_mb": max(out.peak_mb, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
     conn.send_bytes(ipc)
 
 

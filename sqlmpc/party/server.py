@@ -28,30 +28,40 @@ and then it binds 127.0.0.1 only.
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import json
+import os
+import signal
 import socket
+import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.flight as flight
 
+import sqlmpc
 from sqlmpc import errors
+from sqlmpc.catalog import load_federation
+from sqlmpc.mpc import runtime, unpickle
 from sqlmpc.mpc.reveal import Ledger
+from sqlmpc.mpc.session import MpcSession, SessionError, TlsFiles, session_open
+from sqlmpc.party import watchdog
 from sqlmpc.party.audit import AuditLog, audited, auth_failure, opened, query_record
-from sqlmpc.party.coordinator import Coordination
-from sqlmpc.party.endpoints import TokenAuth, call, results, split_address
+from sqlmpc.party.coordinator import Coordinator
+from sqlmpc.party.endpoints import TokenAuth, results, split_address
+from sqlmpc.party.keys import load_tokens
+from sqlmpc.party.node import PartyNode
+from sqlmpc.party.peers import FlightTransport
 from sqlmpc.party.wire import error_reply, to_ipc
 
 BUSY_WAIT = 2.0        # how long a peer waits for its slot before answering "busy"
 
 
 def version() -> str:
-    import sqlmpc
     return getattr(sqlmpc, "__version__", "unknown")
 
 
@@ -68,14 +78,11 @@ class Tls:
 
 # -- the node ----------------------------------------------------------------------
 
-class NodeServer(Coordination):
+class NodeServer:
     def __init__(self, federation_path: str | Path, party: str, *, local_policy: str | Path | None = None,
                  keys: str | Path | None = None, tokens: str | Path | None = None,
                  insecure_loopback: bool = False, bind: str = "0.0.0.0", analyst_port: int | None = None,
                  mpc_port: int | None = None, state_dir: str | Path | None = None, timeout: float = 30.0):
-        from sqlmpc.catalog import load_federation
-        from sqlmpc.party.node import PartyNode
-        from sqlmpc.party import watchdog
 
         self.federation = load_federation(federation_path, local_policy=local_policy)
         self.node = PartyNode(self.federation, party)
@@ -84,7 +91,6 @@ class NodeServer(Coordination):
         self.tls: Tls | None = None
         self.tokens: dict[str, str] | None = None
         if keys is not None:
-            from sqlmpc.mpc.session import TlsFiles
             kdir = Path(keys)
             pdir = kdir / self.party
             cert, key, ca = pdir / "cert.pem", pdir / "key.pem", (pdir / "ca.pem")
@@ -102,7 +108,6 @@ class NodeServer(Coordination):
                 "no certificates: a node needs --keys DIR (from 'sqlmpc keys init') for TLS, or "
                 "--insecure-loopback for a plaintext development node on 127.0.0.1")
         if tokens is not None:
-            from sqlmpc.party.keys import load_tokens
             self.tokens = load_tokens(tokens)
         elif self.tls is not None:
             raise errors.ConfigError("TLS without analyst tokens: give --tokens tokens.json")
@@ -113,17 +118,15 @@ class NodeServer(Coordination):
         self.analyst_port = analyst_port or port + 1
         self.mpc_port = mpc_port or port + 2       # first of MPC_PORTS ports, one per query in turn
         self._mpc_turn = -1
-        self.peers = {p.name: split_address(p.address) for p in self.federation.parties if p.name != self.party}
         state = Path(state_dir) if state_dir else Path("sqlmpc-state") / self.party
         self.audit = AuditLog(state / "audit.jsonl")
-        self._clients: dict[str, flight.FlightClient] = {}
-        self._clients_lock = threading.Lock()
+        self.peers = FlightTransport(self)
+        self.coordinator = Coordinator(self.party, self.federation, self.peers, self.audit, timeout=timeout)
         self._slot_cond = threading.Condition()
         self._slot: str | None = None
         self._pending: dict[str, dict] = {}
         self._aborted: list[str] = []
         self._running: dict[str, tuple[dict, Ledger]] = {}     # qid -> audit record and ledger, while it runs
-        self._pool = ThreadPoolExecutor(max_workers=16 + 4 * len(self.peers), thread_name_prefix="peer")
         self.sessions_opened = 0
         watchdog.install()
         self._peer_server = None
@@ -152,7 +155,7 @@ class NodeServer(Coordination):
     def audit_stop(self) -> None:
         """Record the queries this stopping node leaves behind (with what they opened so far),
         then close the audit log: their own threads end with the process."""
-        for record, ledger in list(self._running.values()):
+        for record, ledger in [*self._running.values(), *self.coordinator.running.values()]:
             self.audit.write({**record, "ledger": opened(ledger.entries), "outcome": "failed",
                               "error": "the node was stopped during the query"})
         for p in list(self._pending.values()):
@@ -164,35 +167,40 @@ class NodeServer(Coordination):
         for s in (self._analyst_server, self._peer_server):
             if s is not None:
                 s.shutdown()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.peers.shutdown()
 
     def auth_failed(self, reason: str, action: str | None, peer: str | None, client: str | None) -> None:
         """Audit a refused analyst call: why, which action, from where (never the token)."""
         auth_failure(self.audit, reason=reason, endpoint="analyst", action=action, peer=peer, client=client)
 
-    # -- peers ----------------------------------------------------------------
+    # -- analyst actions ------------------------------------------------------------------
 
-    def client(self, peer: str) -> flight.FlightClient:
-        with self._clients_lock:
-            c = self._clients.get(peer)
-            if c is None:
-                host, port = self.peers[peer]
-                if self.tls is None:
-                    c = flight.FlightClient(f"grpc+tcp://127.0.0.1:{port}")
-                else:
-                    c = flight.FlightClient(f"grpc+tls://{host}:{port}", tls_root_certs=self.tls.ca,
-                                            cert_chain=self.tls.cert, private_key=self.tls.key,
-                                            override_hostname=peer.lower())
-                self._clients[peer] = c
-            return c
+    def on_status(self, analyst: str) -> list:
+        peers = {}
+        futures = {name: self.peers.pool.submit(self.peers.call, name, "hello", {}, 3.0) for name in self.peers.peers}
+        for name, fut in futures.items():
+            try:
+                peers[name] = {"reachable": True, **json.loads(fut.result()[0])}
+            except Exception as exc:
+                peers[name] = {"reachable": False, "error": str(exc)}
+        me = json.loads(self.on_hello({})[0].body.to_pybytes())
+        return results({"coordinator": self.party, "analyst": analyst,
+                        "parties": {self.party: {"reachable": True, **me}, **peers}})
 
-    def _peer_call(self, peer: str, action: str, body: dict, timeout: float | None) -> list[bytes]:
+    def on_query(self, msg: dict, analyst: str, peer: str | None = None) -> list:
+        """Coordinate the analyst's query (:class:`sqlmpc.party.coordinator.Coordinator`)."""
+        started = time.monotonic()
         try:
-            return call(self.client(peer), action, body, timeout=timeout)
-        except flight.FlightError as exc:
-            self._forget(peer)
-            raise errors.PartyError(f"unreachable or failed on the control channel: {_short(exc)}",
-                                    party=peer) from None
+            released = self.coordinator.run(msg["sql"], analyst=analyst, check=self._check_analyst,
+                                             note={"peer": peer})
+        except Exception as exc:
+            if isinstance(exc, errors.OperationalError):
+                self.peers.forget(getattr(exc, "party", None))
+            return results(error_reply(exc, self.party))
+        result = released.result
+        meta = {"qid": released.qid, "suppressed": result.suppressed, "leakage": result.leakage,
+                "min_cell_size": result.min_cell_size, "seconds": time.monotonic() - started}
+        return results(meta, to_ipc(result.table))
 
     def take_mpc_port(self) -> int:
         """The MPC port for the next query: the next free one of MPC_PORTS ports from --mpc-port.
@@ -211,14 +219,9 @@ class NodeServer(Coordination):
                     continue
         raise errors.OperationalError(f"no free MPC port in {self.mpc_port}..{self.mpc_port + MPC_PORTS - 1}")
 
-    def _forget(self, peer: str | None) -> None:
-        """Drop a peer's control channel: a restarted peer gets a fresh connection, not gRPC's backoff."""
-        with self._clients_lock:
-            self._clients.pop(peer, None)
-
     # -- the query slot (one query at a time per node) ----------------------------
 
-    def _acquire(self, qid: str, wait: float) -> bool:
+    def acquire(self, qid: str, wait: float) -> bool:
         deadline = time.monotonic() + wait
         with self._slot_cond:
             while self._slot is not None:
@@ -229,7 +232,7 @@ class NodeServer(Coordination):
             self._slot = qid
             return True
 
-    def _release(self, qid: str) -> None:
+    def release(self, qid: str) -> None:
         with self._slot_cond:
             if self._slot == qid:
                 self._slot = None
@@ -276,8 +279,6 @@ class NodeServer(Coordination):
 
         ``ledger`` receives the openings as they happen (after a failure: those before it).
         """
-        from sqlmpc.mpc.session import MpcSession, SessionError
-        from sqlmpc.party import watchdog
 
         names = {i: name for name, i in self.node.index.items()}
         pid = self.node.index[self.party]
@@ -307,8 +308,6 @@ class NodeServer(Coordination):
     # -- peer actions -----------------------------------------------------------------
 
     def on_hello(self, msg: dict) -> list:
-        from sqlmpc.mpc import runtime, unpickle
-        from sqlmpc.mpc.session import session_open
         return results({"party": self.party, "version": version(), "fingerprint": self.federation.fingerprint,
                         "busy": self._slot is not None, "sessions_open": int(session_open()),
                         "sessions_opened": self.sessions_opened, "tls": self.tls is not None,
@@ -318,14 +317,15 @@ class NodeServer(Coordination):
         qid = msg["qid"]
         if qid in self._aborted:
             return results({"error": "OperationalError", "message": "query already aborted", "party": self.party})
-        if not self._acquire(qid, BUSY_WAIT):
+        if not self.acquire(qid, BUSY_WAIT):
             return results({"busy": True})
         record = query_record(qid, "participant", msg.get("from"), msg.get("analyst"), msg.get("sql"))
         started = time.monotonic()
         try:
             plan = self.admit(msg)
         except Exception as exc:
-            self._release(qid)
+            exc.stage = "admit"
+            self.release(qid)
             self.audit.write({**record, "decision": "refused", "reason": str(exc), "outcome": "refused",
                               "duration_s": time.monotonic() - started})
             return results(error_reply(exc, self.party))
@@ -339,7 +339,7 @@ class NodeServer(Coordination):
     def _expire(self, qid: str) -> None:
         p = self._pending.pop(qid, None)
         if p is not None:
-            self._release(qid)
+            self.release(qid)
             self.audit.write({**p["record"], "decision": "accepted", "reason": None, "ledger": [],
                               "outcome": "expired", "error": "the coordinator never started the query",
                               "duration_s": time.monotonic() - p["started"]})
@@ -351,7 +351,7 @@ class NodeServer(Coordination):
         p = self._pending.pop(qid, None)
         if p is not None:
             p["timer"].cancel()
-            self._release(qid)
+            self.release(qid)
             self.audit.write({**p["record"], "decision": "accepted", "reason": None, "ledger": [],
                               "outcome": "aborted", "error": msg.get("reason"),
                               "duration_s": time.monotonic() - p["started"]})
@@ -374,11 +374,11 @@ class NodeServer(Coordination):
                 finally:
                     self._running.pop(qid, None)
                     record["ledger"] = opened(ledger.entries)
-                    self._release(qid)
+                    self.release(qid)
                 ipc = to_ipc(cells)
                 record.update(outcome="ok", cells=cells.num_rows, cells_sha256=hashlib.sha256(ipc).hexdigest())
         except Exception as exc:
-            return results(error_reply(exc, self.party))
+            return results(error_reply(exc, self.party, ledger=record["ledger"]))
         return results({"ok": True, "ledger": record["ledger"]}, ipc)
 
 def _short(exc: BaseException) -> str:
@@ -426,9 +426,6 @@ class _Endpoint(flight.FlightServerBase):
 
 def serve(args) -> int:
     """Entry point of ``sqlmpc serve`` (blocks until interrupted)."""
-    import faulthandler
-    import signal
-    import sys
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)   # kill -USR1 <pid>: stacks to stderr
     t0 = time.perf_counter()
@@ -449,5 +446,4 @@ def serve(args) -> int:
     node.audit_stop()
     threading.Thread(target=node.shutdown, daemon=True).start()
     time.sleep(1.0)   # let in-flight replies go out; an MPC session in progress fails at the peers
-    import os
     os._exit(0)

@@ -27,13 +27,17 @@ def from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
-def error_reply(exc: BaseException, party: str | None = None) -> dict:
-    """An error as JSON, named by the nearest sqlmpc.errors class (for a client across the network)."""
-    name = type(exc).__name__
-    if getattr(errors, name, None) is not type(exc):
-        name = next((c.__name__ for c in type(exc).__mro__ if getattr(errors, c.__name__, None) is c),
-                    "OperationalError")
-    return {"error": name, "message": str(exc), "party": getattr(exc, "party", None) or party}
+def error_reply(exc: BaseException, party: str | None = None, *, ledger: list | None = None) -> dict:
+    """An error as JSON: its class name, message, the party it names (else ``party``), the stage that
+    party was in (``exc.stage``) and, when given, what the party opened before it.
+
+    An error that is not an sqlmpc class keeps its own name: :func:`rebuild` turns it into a
+    PartyError naming the party."""
+    reply = {"error": type(exc).__name__, "message": str(exc), "party": getattr(exc, "party", None) or party,
+             "stage": getattr(exc, "stage", None)}
+    if ledger is not None:
+        reply["ledger"] = ledger
+    return reply
 
 
 def rebuild(reply: dict, party: str | None = None) -> Exception:
