@@ -1,50 +1,53 @@
-"""Write a federation file (TOML) from catalog values, for generated demo federations.
+"""A federation file (TOML) from catalog values, for generated demo federations.
 
-Table sources are written relative to the federation file, as the loader expects.
+The document is built as plain dicts and lists in the loader's layout and
+serialised by tomli-w; TOML has no place for comments in such a document, so the
+header comment (and what each approved plan is) is written above it.  Table
+sources are written relative to the federation file, as the loader expects.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+import tomli_w
 
 from sqlmpc.catalog import Column, Dominance, Party, Role
 
 
-def _value(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # a JSON string is a valid TOML basic string
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} as TOML")
+def _number(v: float) -> int | float:
+    """30.0 as 30, as a person would write it (the loader reads either)."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
-def _domain(domain: tuple) -> str:
+def _domain(domain: tuple) -> list | dict:
     ints = all(isinstance(v, int) and not isinstance(v, bool) for v in domain)
     if ints and len(domain) > 2 and list(domain) == list(range(domain[0], domain[-1] + 1)):
-        return f"{{ from = {domain[0]}, to = {domain[-1]} }}"
-    return _value(domain)
+        return {"from": domain[0], "to": domain[-1]}
+    return list(domain)
 
 
-def _column(c: Column) -> str:
-    fields = [f"type = {_value(c.type)}", f"role = {_value(c.role.value)}"]
+def _column(c: Column) -> dict:
+    out: dict = {"type": c.type, "role": c.role.value}
     if c.role is Role.KEY:
-        fields.append(f"key_space = {_value(c.key_space)}")
+        out["key_space"] = c.key_space
         if c.unique:
-            fields.append("unique = true")
+            out["unique"] = True
     elif c.role is Role.DIMENSION:
-        fields.append(f"domain = {_domain(c.domain)}")
+        out["domain"] = _domain(c.domain)
     elif c.role is Role.MEASURE:
-        fields.append(f"range = {_value(list(c.range))}")
+        out["range"] = list(c.range)
         if c.scale:
-            fields.append(f"scale = {c.scale}")
+            out["scale"] = c.scale
     if c.role is not Role.KEY and not c.nullable:
-        fields.append("nullable = false")
-    return f"{c.name} = {{ {', '.join(fields)} }}"
+        out["nullable"] = False
+    return out
+
+
+def _dominance(d: Dominance) -> dict:
+    if d.kind == "n-largest":
+        return {"n": d.n, "percent": _number(d.percent)}
+    return {"rule": "p-percent", "percent": _number(d.percent)}
 
 
 def federation_toml(name: str, parties: list[Party], *, min_cell_size: int, comment: str = "",
@@ -52,25 +55,24 @@ def federation_toml(name: str, parties: list[Party], *, min_cell_size: int, comm
                     approved_plans: dict[str, str] | None = None) -> str:
     """The TOML text of a federation; each table's ``source`` must already be relative.
 
-    ``approved_plans``: plan hash -> what it is (a comment), released exactly.
+    ``approved_plans``: plan hash -> what it is (listed in the header comment), released exactly.
     """
-    lines = [f"# {line}" for line in comment.splitlines()]
-    lines += ["[federation]", f"name = {_value(name)}", "", "[policy]", f"min_cell_size = {min_cell_size}"]
+    policy: dict = {"min_cell_size": min_cell_size}
     if perturbation is not None:
-        lines.append(f"perturbation = {_value(perturbation)}")
+        policy["perturbation"] = perturbation
     if approved_plans:
-        lines.append("approved_plans = [")
-        lines += [f"    {_value(h)},   # {what}" for h, what in approved_plans.items()]
-        lines.append("]")
+        policy["approved_plans"] = list(approved_plans)
     if dominance is not None:
-        lines.append(f"dominance = {{ n = {dominance.n}, percent = {dominance.percent:g} }}"
-                     if dominance.kind == "n-largest" else
-                     f'dominance = {{ rule = "p-percent", percent = {dominance.percent:g} }}')
-    for party in parties:
-        lines += ["", f"[parties.{party.name}]", f"address = {_value(party.address)}"]
-        for table in party.tables:
-            lines += ["", f"[parties.{party.name}.tables.{table.name}]",
-                      f"source = {_value(Path(table.source).as_posix())}",
-                      "", f"[parties.{party.name}.tables.{table.name}.columns]"]
-            lines += [_column(c) for c in table.columns]
-    return "\n".join(lines) + "\n"
+        policy["dominance"] = _dominance(dominance)
+    document = {
+        "federation": {"name": name},
+        "policy": policy,
+        "parties": {party.name: {"address": party.address, "tables": {
+            table.name: {"source": Path(table.source).as_posix(),
+                         "columns": {c.name: _column(c) for c in table.columns}}
+            for table in party.tables}} for party in parties},
+    }
+    header = comment.splitlines()
+    if approved_plans:
+        header += ["approved_plans (released exactly):"] + [f"  {h}  {what}" for h, what in approved_plans.items()]
+    return "".join(f"# {line}\n" for line in header) + tomli_w.dumps(document)
