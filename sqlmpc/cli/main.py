@@ -23,14 +23,24 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from sqlmpc import errors
+from sqlmpc.catalog import load_federation
+from sqlmpc.check import run_files
+from sqlmpc.cli.approve import approve_lines
 from sqlmpc.cli.connect import open_connection, token_of
+from sqlmpc.cli.repl import Shell, repl
+from sqlmpc.demo import generate
+from sqlmpc.party.client import RemoteConnection, format_status
+from sqlmpc.party.embedded import demo_federation_path
+from sqlmpc.plan.compile import compile
+from sqlmpc.plan.explain import explain
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
     try:
         return version("sqlmpc")
     except PackageNotFoundError:
@@ -38,16 +48,10 @@ def _version() -> str:
 
 
 def _federation(args):
-    from sqlmpc.catalog import load_federation
-    from sqlmpc.party.embedded import demo_federation_path
-
     return load_federation(Path(args.federation) if args.federation else demo_federation_path(args.persons))
 
 
 def cmd_explain(args) -> int:
-    from sqlmpc.plan.compile import compile
-    from sqlmpc.plan.explain import explain
-
     print(explain(compile(_read_sql(args.sql), _federation(args))))
     return 0
 
@@ -60,16 +64,10 @@ def _read_sql(text: str) -> str:
 
 
 def cmd_run(args) -> int:
-    from sqlmpc.check import run_files
-
     return run_files(args, _federation(args))
 
 
 def cmd_demo(args) -> int:
-    import time
-
-    from sqlmpc.demo import generate
-
     started = time.perf_counter()
     path = generate(Path(args.out), persons=args.persons, seed=args.seed)
     print(f"{path}  ({args.persons} persons, {time.perf_counter() - started:.1f} s)")
@@ -82,8 +80,6 @@ DRY_RUN = ("DRY RUN: --oracle computes in the clear on all parties' data in one 
 
 def cmd_query(args) -> int:
     """``-c SQL`` or a script on stdin (SQL statements and dot commands, as in the shell)."""
-    from sqlmpc.cli.repl import Shell
-
     script = None if args.command else _script(args.file) if args.file else sys.stdin.read()
     with open_connection(args) as con:
         shell = Shell(con, stop_on_error=True)
@@ -110,7 +106,7 @@ def _script(name: str) -> str:
 
 
 def cmd_serve(args) -> int:
-    from sqlmpc.party.server import serve
+    from sqlmpc.party.server import serve       # lazy: the node's MPC stack (MPyC) costs ~SERVE ms at start-up
 
     if not args.federation:
         raise errors.InterfaceError("sqlmpc serve needs --federation FILE")
@@ -118,14 +114,11 @@ def cmd_serve(args) -> int:
 
 
 def cmd_keys(args) -> int:
-    from sqlmpc.catalog import load_federation
-    from sqlmpc.party.keys import init_keys
-
     if not args.federation:
         raise errors.InterfaceError(f"sqlmpc keys {args.action} needs --federation FILE")
     fed = load_federation(args.federation)
     if args.action == "rotate-record-key":
-        from sqlmpc.mpc.record_keys import party_state, rotate_share
+        from sqlmpc.mpc.record_keys import party_state, rotate_share    # lazy: MPyC costs ~RK ms at start-up
 
         parties = [args.party] if args.party else list(fed.party_names)
         for party in parties:
@@ -135,6 +128,8 @@ def cmd_keys(args) -> int:
         return 0
     if not args.out:
         raise errors.InterfaceError("sqlmpc keys init needs --out DIR")
+    from sqlmpc.party.keys import init_keys     # lazy: cryptography costs ~70 ms at start-up
+
     tokens = init_keys(fed, args.out, analysts=args.analyst or None)
     print(f"{args.out}: CA, certificates for {', '.join(fed.party_names)}; tokens for {', '.join(tokens)} "
           f"in {Path(args.out) / 'analysts'}")
@@ -145,8 +140,6 @@ def cmd_keys(args) -> int:
 
 
 def cmd_approve(args) -> int:
-    from sqlmpc.cli.approve import approve_lines
-
     federation = _federation(args)
     print(f"# under [policy] in {federation.path}: these plans are released exactly (all release rules apply)")
     print(approve_lines(args.files, federation))
@@ -154,8 +147,6 @@ def cmd_approve(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from sqlmpc.party.client import RemoteConnection, format_status
-
     if not args.connect:
         raise errors.InterfaceError("sqlmpc status needs --connect URL")
     remote = RemoteConnection(args.connect, token=token_of(args), ca=args.ca)
@@ -169,7 +160,7 @@ def cmd_status(args) -> int:
 
 def cmd_pg(args) -> int:
     try:
-        from sqlmpc.pg.server import serve
+        from sqlmpc.pg.server import serve      # lazy: an optional extra, and it may be missing
     except ImportError as exc:
         raise errors.InterfaceError(f"sqlmpc pg needs the [pg] extra ({exc.name} is missing): "
                                     "pip install 'sqlmpc[pg]'") from None
@@ -273,7 +264,6 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(args)
         if args.command or args.file or not sys.stdin.isatty():
             return cmd_query(args)
-        from sqlmpc.cli.repl import repl
         return repl(args)
     except errors.Error as exc:
         print(f"Error: {exc}", file=sys.stderr)

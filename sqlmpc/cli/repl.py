@@ -17,6 +17,7 @@ from pathlib import Path
 from sqlmpc import errors
 from sqlmpc.cli.connect import open_connection
 from sqlmpc.cli.progress import StageProgress
+from sqlmpc.output import render
 from sqlmpc.sql.script import split_script, statements
 
 KEYWORDS = ["SELECT", "FROM", "WHERE", "GROUP BY", "HAVING", "ORDER BY", "LIMIT", "OFFSET", "JOIN",
@@ -53,12 +54,12 @@ def history_path() -> Path:
 
 
 def make_completer(federation, pending=lambda: ""):
-    """A prompt_toolkit completer for the federation's names (imports prompt_toolkit lazily).
+    """A prompt_toolkit completer for the federation's names.
 
     ``pending()`` returns the earlier lines of an unfinished statement, so that
     ``alias.`` completes with aliases defined on earlier lines too.
     """
-    from prompt_toolkit.completion import Completer, Completion
+    from prompt_toolkit.completion import Completer, Completion     # lazy: prompt_toolkit costs ~150 ms at start-up
 
     tables = {(t.party.lower(), t.name.lower()): t for t in federation.tables}
     parties = [p.name for p in federation.parties]
@@ -204,15 +205,13 @@ class Shell:
         if not (self.interactive and self.out is sys.stdout):
             with StageProgress() as progress:       # -c and scripts: the stage on stderr, if a terminal
                 return self.con.run(text, progress=progress)
-        from rich.console import Console
+        from rich.console import Console       # lazy: rich costs ~30 ms at start-up, only the shell needs it
         # A spinner naming the secure stage the parties are in; it disappears with the result.
         with Console(stderr=True).status("running across the parties (Ctrl-C cancels) ...", spinner="dots") as status:
             return self.con.run(text, progress=lambda stage: status.update(
                 f"running across the parties: {stage} ... (Ctrl-C cancels)"))
 
     def sql(self, text: str) -> None:
-        from sqlmpc.output import render
-
         def run():
             started = time.perf_counter()
             result = self._run(text)
@@ -237,6 +236,7 @@ def split_complete(buffer: str) -> tuple[list[str], str]:
 
 
 def repl(args) -> int:
+    # lazy: prompt_toolkit and pygments cost ~170 ms at start-up; -c, -f and scripts do not need them
     from prompt_toolkit import PromptSession
     from prompt_toolkit.lexers import PygmentsLexer
     from pygments.lexers.sql import SqlLexer

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 
 import pyarrow as pa
 import pyarrow.flight as flight
+
 
 def results(*items) -> list[flight.Result]:
     out = []
@@ -64,7 +66,6 @@ class TokenAuth(flight.ServerMiddlewareFactory):
 
     def authenticate(self, headers) -> tuple[str | None, str | None]:
         """(analyst, None) for a known token, else (None, why not)."""
-        import hmac
         value = _header(headers, "authorization") or ""
         if not value.startswith("Bearer "):
             return None, "missing bearer token"

@@ -24,32 +24,32 @@ import json
 import secrets
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _name(cn: str):
-    from cryptography import x509
-    from cryptography.x509.oid import NameOID
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sqlmpc federation"),
                       x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
 def _write_key(path: Path, key) -> None:
-    from cryptography.hazmat.primitives import serialization
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
     path.chmod(0o600)
 
 
 def _write_cert(path: Path, cert) -> None:
-    from cryptography.hazmat.primitives import serialization
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _san(host: str, party: str):
-    from cryptography import x509
     names = {party.lower(), "localhost"}
     ips = {"127.0.0.1"}
     h = host.strip("[]")
@@ -64,10 +64,6 @@ def _san(host: str, party: str):
 
 def init_keys(federation, out: str | Path, analysts: list[str] | None = None, days: int = 365) -> dict:
     """Create the CA, party certificates and analyst tokens; returns {analyst: token}."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
