@@ -34,6 +34,7 @@ from sqlmpc.cli.approve import approve_lines
 from sqlmpc.cli.connect import open_connection, token_of
 from sqlmpc.cli.repl import Shell, repl
 from sqlmpc.demo import generate
+from sqlmpc.mpc.record_keys import party_state, rotate_share
 from sqlmpc.party.client import RemoteConnection, format_status
 from sqlmpc.party.embedded import demo_federation_path
 from sqlmpc.plan.compile import compile
@@ -106,7 +107,7 @@ def _script(name: str) -> str:
 
 
 def cmd_serve(args) -> int:
-    from sqlmpc.party.server import serve       # lazy: the node's MPC stack (MPyC) costs ~SERVE ms at start-up
+    from sqlmpc.party.server import serve       # lazy: the node's MPC stack (MPyC) costs ~440 ms at start-up
 
     if not args.federation:
         raise errors.InterfaceError("sqlmpc serve needs --federation FILE")
@@ -118,8 +119,6 @@ def cmd_keys(args) -> int:
         raise errors.InterfaceError(f"sqlmpc keys {args.action} needs --federation FILE")
     fed = load_federation(args.federation)
     if args.action == "rotate-record-key":
-        from sqlmpc.mpc.record_keys import party_state, rotate_share    # lazy: MPyC costs ~RK ms at start-up
-
         parties = [args.party] if args.party else list(fed.party_names)
         for party in parties:
             state = Path(args.state) if args.state else party_state(fed.path, party)
@@ -128,7 +127,7 @@ def cmd_keys(args) -> int:
         return 0
     if not args.out:
         raise errors.InterfaceError("sqlmpc keys init needs --out DIR")
-    from sqlmpc.party.keys import init_keys     # lazy: cryptography costs ~70 ms at start-up
+    from sqlmpc.party.keys import init_keys     # lazy: cryptography costs ~95 ms at start-up
 
     tokens = init_keys(fed, args.out, analysts=args.analyst or None)
     print(f"{args.out}: CA, certificates for {', '.join(fed.party_names)}; tokens for {', '.join(tokens)} "
