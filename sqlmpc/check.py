@@ -86,10 +86,10 @@ def write_result(result, directory: Path, stem: str, fmt: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":
         import pyarrow.parquet as pq
-        pq.write_table(with_suppressed(result), out)
+        pq.write_table(with_suppressed(result, perturbed_column=True), out)
     elif fmt == "arrow":
         import pyarrow.feather as feather
-        feather.write_feather(with_suppressed(result), out)
+        feather.write_feather(with_suppressed(result, perturbed_column=True), out)
     else:
         out.write_text({"csv": to_csv, "json": lambda r: to_json(r) + "\n", "markdown": to_markdown}[fmt](result))
     return out

@@ -1,7 +1,9 @@
 """Rendering results for people (rich tables) and programs (CSV, JSON, Markdown, Parquet, Arrow).
 
 Formats for programs carry the suppression flag as a boolean ``_suppressed``
-column: a consumer of the file can tell a withheld cell from a NULL.
+column: a consumer of the file can tell a withheld cell from a NULL.  A perturbed
+result (docs/disclosure.md) also carries ``_perturbed``: per row, the columns whose
+values carry cell-key noise (empty for a suppressed row, whose values are withheld).
 """
 
 from __future__ import annotations
@@ -18,12 +20,27 @@ from sqlmpc.result import Result
 SUPPRESSED = "·"   # a cell withheld by disclosure control
 PERTURBED = "~"    # after a column name (tables for people): its values carry cell-key noise
 SUPPRESSED_COLUMN = "_suppressed"
+PERTURBED_COLUMN = "_perturbed"
+PERTURBED_SEPARATOR = ";"      # between column names in the text formats' ``_perturbed``
 UNLIMITED_WIDTH = 1_000_000    # a table written to a file or pipe is never wrapped
 
 
-def with_suppressed(result: Result) -> pa.Table:
-    """The result table plus the boolean ``_suppressed`` column."""
-    return result.table.append_column(SUPPRESSED_COLUMN, pa.array(result.suppressed, pa.bool_()))
+def with_suppressed(result: Result, perturbed_column: bool = False) -> pa.Table:
+    """The result table plus the boolean ``_suppressed`` column (and, when asked and the result is
+    perturbed, ``_perturbed``: a list of column names per row)."""
+    table = result.table.append_column(SUPPRESSED_COLUMN, pa.array(result.suppressed, pa.bool_()))
+    noisy = perturbed_per_row(result)
+    if perturbed_column and noisy is not None:
+        table = table.append_column(PERTURBED_COLUMN, pa.array(noisy, pa.list_(pa.string())))
+    return table
+
+
+def perturbed_per_row(result: Result) -> list[list[str]] | None:
+    """Per row, the columns whose values carry cell-key noise; None when the result is exact."""
+    noisy = result.perturbed
+    if not noisy:
+        return None
+    return [[] if s else list(noisy) for s in result.suppressed]
 
 
 def format_value(v) -> str:
@@ -37,18 +54,25 @@ def format_value(v) -> str:
 
 
 def to_csv(result: Result, suppressed_column: bool = True) -> str:
-    """CSV; with ``suppressed_column`` a last column ``_suppressed`` (true/false) per row."""
+    """CSV; with ``suppressed_column`` a column ``_suppressed`` (true/false) per row, and for a perturbed
+    result a last column ``_perturbed`` (the row's perturbed columns, separated by ``;``)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(result.columns + ([SUPPRESSED_COLUMN] if suppressed_column else []))
-    for row, s in zip(result.rows(), result.suppressed):
-        writer.writerow([format_value(v) for v in row] + (["true" if s else "false"] if suppressed_column else []))
+    noisy = perturbed_per_row(result)
+    writer.writerow(result.columns + ([SUPPRESSED_COLUMN] if suppressed_column else [])
+                    + ([PERTURBED_COLUMN] if noisy is not None else []))
+    for i, (row, s) in enumerate(zip(result.rows(), result.suppressed)):
+        writer.writerow([format_value(v) for v in row] + (["true" if s else "false"] if suppressed_column else [])
+                        + ([PERTURBED_SEPARATOR.join(noisy[i])] if noisy is not None else []))
     return buf.getvalue()
 
 
 def to_json(result: Result) -> str:
-    rows = [dict(zip(result.columns, row), **{SUPPRESSED_COLUMN: bool(s)})
-            for row, s in zip(result.rows(), result.suppressed)]
+    """A list of row objects, each with ``_suppressed`` and, for a perturbed result, ``_perturbed`` (a list)."""
+    noisy = perturbed_per_row(result)
+    rows = [dict(zip(result.columns, row), **{SUPPRESSED_COLUMN: bool(s)},
+                 **({PERTURBED_COLUMN: noisy[i]} if noisy is not None else {}))
+            for i, (row, s) in enumerate(zip(result.rows(), result.suppressed))]
     return json.dumps(rows, default=str, indent=1)
 
 

@@ -350,3 +350,29 @@ def test_dbapi_cursor_names_the_perturbed_columns(embedded, perturbed):
     assert cursor.perturbed == ["persons"] and len(cursor.fetchall()) == len(regions)
     cursor.execute("SELECT b.region FROM bureau.persons b GROUP BY b.region")
     assert cursor.perturbed == []                   # no aggregate, nothing perturbed
+
+
+def test_csv_json_and_arrow_outputs_mark_the_perturbed_columns():
+    """Files for programs say which values carry noise: ``_perturbed`` per row (none on a suppressed row)."""
+    import csv
+    import io
+    import json
+
+    import pyarrow as pa
+
+    from sqlmpc.output import to_csv, to_json, with_suppressed
+    from sqlmpc.plan.perturbation import PERTURBED_KEY
+    from sqlmpc.result import Result
+    table = pa.table({"region": ["North", "South"], "persons": [31, None], "cost": [1200.5, None],
+                      "youngest": ["18-34", None]})
+    noisy = Result(table.replace_schema_metadata({PERTURBED_KEY: json.dumps(["persons", "cost"]).encode()}),
+                   [False, True], min_cell_size=10)
+    rows = list(csv.DictReader(io.StringIO(to_csv(noisy))))
+    assert [r["_perturbed"] for r in rows] == ["persons;cost", ""]
+    assert [r["_suppressed"] for r in rows] == ["false", "true"]
+    assert [r["_perturbed"] for r in json.loads(to_json(noisy))] == [["persons", "cost"], []]
+    assert with_suppressed(noisy, perturbed_column=True).column("_perturbed").to_pylist() == [["persons", "cost"], []]
+    exact = Result(table, [False, True], min_cell_size=10)
+    assert "_perturbed" not in to_csv(exact) and "_perturbed" not in to_json(exact)
+    assert "_perturbed" not in with_suppressed(exact, perturbed_column=True).column_names
+    assert "_perturbed" not in with_suppressed(noisy).column_names      # the PostgreSQL wire's table as before
