@@ -115,7 +115,8 @@ def register_table(con: duckdb.DuckDBPyConnection, table: Table, *, validate: bo
         raise DataFileError("data file not found", path=str(table.source), table=table.qualified_name)
     source = _Source(con, table)
     file_columns = _file_columns(con, source)
-    file_names = _match_columns(table, file_columns)
+    file_names = match_columns(table, [(f.name, f.type) for f in file_columns], holder="file",
+                               check_types=table.format != "csv", path=str(table.source))
     if validate:
         _validate(con, source, file_names, {f.name: f.type for f in file_columns})
     _run(con, exp.Create(kind="SCHEMA", this=exp.Table(db=_ident(table.party)), exists=True))
@@ -135,21 +136,24 @@ def _file_columns(con: duckdb.DuckDBPyConnection, source: _Source) -> list[_File
     return [_FileColumn(name, type_) for name, type_, *_ in rows]
 
 
-def _match_columns(table: Table, file_columns: list[_FileColumn]) -> dict[str, str]:
-    """Catalog column (lower-case) -> its name in the file; checks presence and type. Extra columns are fine."""
-    by_name = {f.name.lower(): f for f in file_columns}
+def match_columns(table: Table, stored: list[tuple[str, str]], *, holder: str, check_types: bool = True,
+                  **where) -> dict[str, str]:
+    """Catalog column (lower-case) -> its name where it is stored (a file, a database's table), from the
+    stored (name, DuckDB type) pairs; checks presence and (``check_types``) type.  Extra columns are fine.
+    ``where`` locates a mismatch in the DataFileError (``path=`` or ``source=``)."""
+    by_name = {name.lower(): (name, type_) for name, type_ in stored}
     names = {}
     for column in table.columns:
         found = by_name.get(column.name.lower())
         if found is None:
-            have = ", ".join(f.name for f in file_columns)
-            raise DataFileError(f"the file has no column '{column.name}' (it has: {have})", path=str(table.source),
-                                table=table.qualified_name, column=column.name)
-        base_type = found.type.split("(")[0]
-        if table.format != "csv" and base_type not in COMPATIBLE_TYPES[column.type]:
-            raise DataFileError(f"the file stores {found.type}, which does not fit the catalog's {column.type}",
-                                path=str(table.source), table=table.qualified_name, column=column.name)
-        names[column.name.lower()] = found.name
+            have = ", ".join(name for name, _ in stored)
+            raise DataFileError(f"the {holder} has no column '{column.name}' (it has: {have})",
+                                table=table.qualified_name, column=column.name, **where)
+        name, type_ = found
+        if check_types and type_.split("(")[0] not in COMPATIBLE_TYPES[column.type]:
+            raise DataFileError(f"the {holder} stores {type_}, which does not fit the catalog's {column.type}",
+                                table=table.qualified_name, column=column.name, **where)
+        names[column.name.lower()] = name
     return names
 
 

@@ -24,7 +24,7 @@ from sqlglot import exp
 
 from sqlmpc.catalog import Connection, Role, Table
 from sqlmpc.errors import DataFileError, SourceError
-from sqlmpc.local.data import COMPATIBLE_TYPES, _checks, _col, _ident, _rows, _show
+from sqlmpc.local.data import _checks, _col, _ident, _rows, _show, match_columns
 from sqlmpc.local.sources.pushdown import DIALECTS, normalize, table_relation, transpile
 
 CONNECT_TIMEOUT = 5          # seconds: an unreachable database fails the query quickly
@@ -130,19 +130,8 @@ class EngineSource:
                                                        "WHERE 1 = 0")
         for _ in self._stream(batches):      # nothing: read to the end, which closes the connection
             pass
-        by_name = {f.name.lower(): f for f in schema}
-        found = {}
-        for column in table.columns:
-            field = by_name.get(column.name.lower())
-            if field is None:
-                have = ", ".join(f.name for f in schema)
-                raise DataFileError(f"the table has no column '{column.name}' (it has: {have})",
-                                    table=table.qualified_name, column=column.name, source=self.where(table))
-            stored = _duckdb_type(field.type)
-            if stored not in COMPATIBLE_TYPES[column.type]:
-                raise DataFileError(f"the table stores {stored}, which does not fit the catalog's {column.type}",
-                                    table=table.qualified_name, column=column.name, source=self.where(table))
-            found[column.name.lower()] = field.name
+        found = match_columns(table, [(f.name, _duckdb_type(f.type)) for f in schema], holder="table",
+                              source=self.where(table))
         self.found[table.qualified_name] = found
         return found
 
