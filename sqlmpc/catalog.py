@@ -27,6 +27,9 @@ class Role(enum.Enum):
     ATTRIBUTE = "attribute"  # local WHERE at its owner only
 
 
+DEFAULT_BATCH_ROWS = 1 << 16     # chosen by measurement: BENCHMARKS.md, "Population scale"
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
@@ -107,6 +110,7 @@ class Federation:
     policy: Policy = field(default_factory=Policy)
     insecure_demo: bool = False
     path: Path | None = field(default=None, compare=False)
+    batch_rows: int = DEFAULT_BATCH_ROWS             # rows per batch of the secure stages (bounds memory)
     fingerprint: str = ""                            # sha256 of the canonical catalog content
 
     def party(self, name: str) -> Party | None:
@@ -334,9 +338,13 @@ def load_federation(path: str | Path, *, local_policy: str | Path | None = None)
     if not root.has("federation"):
         raise root.error("missing the [federation] table (name = ...)", "federation", missing=True)
     fed_node = root.child("federation")
-    fed_node.allow(("name", "insecure_demo", "description"))
+    fed_node.allow(("name", "insecure_demo", "description", "batch_rows"))
     name = str(fed_node.require("name", str, "the federation's name"))
     insecure_demo = bool(fed_node.get("insecure_demo", bool, "true or false", default=False))
+    batch_rows = fed_node.get("batch_rows", int, "a positive integer (rows per batch of the secure stages)",
+                              default=DEFAULT_BATCH_ROWS)
+    if batch_rows < 1:
+        raise fed_node.error(f"'batch_rows' must be a positive integer, not {batch_rows!r}", "batch_rows")
 
     if not root.has("parties"):
         raise root.error("missing the [parties] table: a federation needs at least 3 parties", "parties",
@@ -357,7 +365,7 @@ def load_federation(path: str | Path, *, local_policy: str | Path | None = None)
     draft = policy_draft(root.child("policy"), party_names) if root.has("policy") else PolicyDraft(
         None, None, None, None)
     policy = policy_of(draft)
-    federation = Federation(name, parties, policy, insecure_demo, path=path)
+    federation = Federation(name, parties, policy, insecure_demo, path=path, batch_rows=batch_rows)
     # The fingerprint covers the shared file only, so every party computes the same hash.
     federation = replace(federation, fingerprint=_fingerprint(federation, base_dir))
     if local_policy is not None:
@@ -391,6 +399,8 @@ def _fingerprint(federation: Federation, base_dir: Path) -> str:
             "analysts": None if policy.analysts is None else sorted(policy.analysts),
         },
     }
+    if federation.batch_rows != DEFAULT_BATCH_ROWS:      # every party must batch alike: the protocol follows it
+        content["batch_rows"] = federation.batch_rows
     # Approved plans are not in the fingerprint (a plan's hash covers the fingerprint: approving a
     # plan must not change it); each plan states whether it is perturbed, so parties still agree.
     if policy.perturbation != "none":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from sqlmpc.catalog import DEFAULT_BATCH_ROWS
 from sqlmpc.mpc.cells import CellPhase
 from sqlmpc.mpc.join import JoinMode, expr_bound, padded_size
 from sqlmpc.mpc.meter import StageMeter
@@ -39,6 +40,8 @@ class Engine(JoinMode, CellPhase):
         self.local = local            # (relation, part) -> this party's local result
         self.report = progress or (lambda stage: None)
         self.meter = StageMeter(mpc)
+        federation = getattr(getattr(plan, "query", None), "federation", None)
+        self.batch = getattr(federation, "batch_rows", DEFAULT_BATCH_ROWS)    # rows per batch (bounds memory)
 
     @property
     def timings(self) -> dict[str, float]:
@@ -76,8 +79,13 @@ class Engine(JoinMode, CellPhase):
         owner = self.index[part.party]
         if n == 0 or width == 0:
             return None
-        data = values if self.mpc.pid == owner else np.zeros((n, width), dtype=object)
-        return self.mpc.input((sectype or self.secint).array(data), senders=owner)
+        sectype = sectype or self.secint
+        chunks = []
+        for lo in range(0, n, self.batch):     # a batch at a time: the sharing's copies stay small
+            hi = min(n, lo + self.batch)
+            data = values[lo:hi] if self.mpc.pid == owner else np.zeros((hi - lo, width), dtype=object)
+            chunks.append(self.mpc.input(sectype.array(data), senders=owner))
+        return chunks[0] if len(chunks) == 1 else self.mpc.np_vstack(chunks)
 
     # -- local mode ----------------------------------------------------------
 

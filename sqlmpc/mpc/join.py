@@ -2,13 +2,18 @@
 
 Input (padded to a size bucket) → shuffle by resharing → PRF tokens → the join
 on public tokens in DuckDB → gather by public indices → row flags and cell
-indicators (the row-wise Kronecker product of the relations' one-hots) → moments
-per cell by one matrix product; distinct persons and per-person sums where a
-person has several rows.
+indicators (each relation's cell code made one-hot, then the row-wise Kronecker
+product of the relations' one-hots) → moments per cell by one matrix product;
+distinct persons and per-person sums where a person has several rows.
+
+Memory is bounded by the federation's ``batch_rows``: inputs are shared, keys
+tokenised and joined rows aggregated a batch at a time, and a wide relation is
+shuffled a few columns at a time (docs/scaling.md).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import secrets
 from fractions import Fraction
@@ -16,12 +21,13 @@ from fractions import Fraction
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlglot import exp
 
 from sqlmpc import errors
 from sqlmpc.mpc.prf import residue_tokens, token_bits, token_field
 from sqlmpc.mpc.record_keys import load_share, party_state, record_keys
-from sqlmpc.mpc.shuffle import shuffle
+from sqlmpc.mpc.shuffle import fresh_uci, shuffle
 from sqlmpc.plan.plan import LocalColumn, LocalPart
 from sqlmpc.sql.functions import arguments, scalar_of
 
@@ -62,50 +68,70 @@ class JoinMode:
         self.progress("shuffle")
         for rel, k in keymats.items():
             if k is not None and k.shape[0] > 1 and not alone:
-                x = matrices[rel]
-                width = 0 if x is None else x.shape[1]
-                cols = await shuffle([k[:, j] for j in range(k.shape[1])] + [x[:, j] for j in range(width)])
-                keymats[rel] = self.stack_columns(cols[:k.shape[1]])
-                if width:
-                    matrices[rel] = self.stack_columns(cols[k.shape[1]:])
+                keymats[rel], matrices[rel] = await self.shuffle_relation(k, matrices[rel])
 
         self.progress("join")
         record_keys_ = await self.record_keys(keymats, layouts) if plan.perturbation is not None else None
         if alone:
             rows = keymats[plan.relations[0]].shape[0]
-            return self.aggregate_rows(matrices, layouts, {plan.relations[0]: list(range(rows))},
-                                             {plan.relations[0]: [True] * rows}, None, record_keys_)
+            return self.aggregate_rows(matrices, layouts, {plan.relations[0]: np.arange(rows, dtype=np.int64)},
+                                       {plan.relations[0]: np.ones(rows, dtype=bool)}, None, record_keys_)
         total = sum(k.shape[0] * k.shape[1] for k in keymats.values() if k is not None)
         bits = token_bits(max(total, 2))
         # One PRF key for every key column, so that tokens compare across relations.
         columns_ = [(rel, name, k[:, j]) for rel, k in keymats.items() if k is not None
                     for j, name in enumerate(layouts[rel]["keys"])]
-        opened = await residue_tokens([c for _, _, c in columns_], bits=bits) if columns_ else []
-        tokens = {(rel, name): [] for rel in matrices for name in layouts[rel]["keys"]}
+        opened = await residue_tokens([c for _, _, c in columns_], bits=bits, batch=self.batch) if columns_ else []
+        tokens = {(rel, name): np.zeros(0, dtype=np.uint64) for rel in matrices for name in layouts[rel]["keys"]}
         for (rel, name, _), toks in zip(columns_, opened):
-            tokens[(rel, name)] = [int(t) for t in toks]
+            tokens[(rel, name)] = toks
         index, matched = self.join_in_clear(tokens, {r: 0 if k is None else k.shape[0] for r, k in keymats.items()})
         person_keys = tokens[(plan.relations[0], f"key_{plan.relations[0]}")]
         return self.aggregate_rows(matrices, layouts, index, matched, person_keys, record_keys_)
 
     def aggregate_rows(self, matrices, layouts, index, matched, person_keys, record_keys_):
-        """Gather the joined rows, then the moments per cell (person_keys: the root's public tokens)."""
-        plan = self.plan
-        n = len(next(iter(index.values()))) if index else 0
+        """The moments per cell of the joined rows, a batch of persons at a time (memory is bounded
+        by the batch); ``index``/``matched``: each relation's row per joined row (-1, False: none);
+        person_keys: the root's public tokens (None: every joined row is another person)."""
+        root = self.plan.relations[0]
+        n = len(index[root]) if index else 0
         if n == 0:
             return self.empty_moments(), 1
+        self.progress("aggregate")
+        rows_of = None if person_keys is None or self.one_row_per_person_and_cell() else \
+            person_rows(person_keys[index[root]])           # the root is never NULL
+        if rows_of is None:
+            rows_of = np.arange(n, dtype=np.int64).reshape(1, n)
+        depth, persons = rows_of.shape
+        step = max(1, self.batch // depth)
+        totals = None
+        for lo in range(0, persons, step):
+            block = rows_of[:, lo:lo + step]
+            flat = block.ravel()
+            real = flat < n                                  # n pads a person with fewer rows
+            rows = flat[real]
+            local = np.full(flat.shape, rows.size, dtype=np.int64)
+            local[real] = np.arange(rows.size)
+            part = self.batch_moments(matrices, layouts, {r: index[r][rows] for r in index},
+                                      {r: matched[r][rows] for r in matched},
+                                      None if depth == 1 else local.reshape(block.shape), record_keys_)
+            totals = part if totals is None else {name: totals[name] + part[name] for name in part}
+        return totals, n
+
+    def batch_moments(self, matrices, layouts, index, matched, rows_of, record_keys_):
+        """The moments per cell of some joined rows, whole persons only (rows_of: each person's rows
+        by depth, padded with the row count; None: every row is another person)."""
+        plan = self.plan
+        n = len(index[plan.relations[0]])
 
         # Gather the joined rows; a LEFT JOIN row without match gets the columns' "absent" values.
         columns: dict[tuple[str, str], object] = {}
         onehots: dict[str, object] = {}
         for rel in plan.relations:
             x, layout = matrices[rel], layouts[rel]
-            idx = np.array([i if i is not None else 0 for i in index[rel]], dtype=np.int64)
-            hit = np.array(matched[rel], dtype=np.int64)
-            if x is None:
-                rows = None
-            else:
-                rows = x[idx]
+            idx = np.where(index[rel] >= 0, index[rel], 0)
+            hit = np.asarray(matched[rel], dtype=np.int64)
+            rows = None if x is None else x[idx]
             for name, (j, col) in layout["columns"].items():
                 absent = np.full(n, col.absent, dtype=object) * (1 - hit)
                 if rows is None:
@@ -118,7 +144,7 @@ class JoinMode:
             if layout["cells"] > 1:
                 width = layout["cells"]
                 lo = layout["onehot"]
-                block = rows[:, lo:lo + width] if rows is not None else None
+                block = self.onehot(rows[:, lo], width) if rows is not None else None
                 absent_onehot = np.zeros((n, width), dtype=object)
                 absent_onehot[hit == 0, layout["absent_cell"]] = 1
                 if block is None:
@@ -127,7 +153,6 @@ class JoinMode:
                     onehots[rel] = block
                 else:
                     onehots[rel] = block * hit.reshape(n, 1).astype(object) + absent_onehot
-        self.progress("aggregate")
         weight = None
         if plan.row_filter is not None:
             weight = self.row_expr(plan.row_filter, columns, n)
@@ -143,9 +168,6 @@ class JoinMode:
             S = np.transpose(E) @ V                        # G x A: the only wide step, one reshare per output
             for j, m in enumerate(sums):
                 moments[m.name] = S[:, j]
-        # Pre-aggregated per key and cell, a person has at most one row in a cell.
-        rows_of = None if self.one_row_per_person_and_cell() else \
-            person_rows([person_keys[i] for i in index[plan.relations[0]]])   # the root is never NULL
         G = E.shape[1]
 
         def weighted(ms):
@@ -176,7 +198,21 @@ class JoinMode:
             totals = np.sum(C * C, axis=0)
             for j, m in enumerate(squared):
                 moments[m.name] = totals[j * G:(j + 1) * G]
-        return moments, n
+        return moments
+
+    async def shuffle_relation(self, keys, values):
+        """One secret permutation of a relation's rows, a few columns at a time (memory: the batch)."""
+        n, width = keys.shape
+        columns = [keys[:, j] for j in range(width)]
+        if values is not None:
+            columns += [values[:, j] for j in range(values.shape[1])]
+        del keys, values                               # each column's old shares go once it is shuffled
+        per_call = max(1, self.batch * 8 // n)         # about 8 batches of elements per call
+        uci = fresh_uci()
+        for lo in range(0, len(columns), per_call):
+            columns[lo:lo + per_call] = await shuffle(columns[lo:lo + per_call], uci=uci)
+        values = self.stack_columns(columns[width:]) if len(columns) > width else None
+        return self.stack_columns(columns[:width]), values
 
     async def record_keys(self, keymats, layouts):
         """Each shuffled root row's record key, from its key hash (sqlmpc.mpc.record_keys)."""
@@ -194,7 +230,7 @@ class JoinMode:
         """Column positions of a relation's input matrix: one-hot cells, values and flags (keys apart)."""
         keys = [c.name for c in part.columns if c.kind == "key"]
         cells = part.column("cell")
-        columns, pos = {}, (cells.bound if cells.bound > 1 else 0)
+        columns, pos = {}, (1 if cells.bound > 1 else 0)     # the cell code, made one-hot after the join
         local = [c for c in part.columns if c.kind in ("value", "flag")]
         if part.relation == self.plan.relations[0] and cells.bound <= 1 and self.dummies_reach_cells():
             local.append(REAL)          # no one-hot to zero the padding's rows: a flag does
@@ -215,16 +251,18 @@ class JoinMode:
         keys = np.zeros((n, len(layout["keys"])), dtype=object)
         for j, name in enumerate(layout["keys"]):
             # A missing key (LEFT JOIN inside the party) becomes a fresh random value: it matches nothing.
-            keys[:, j] = [int(k) if k is not None else secrets.randbits(64) + 2 ** 64
-                          for k in t.column(name).to_pylist()] + \
-                         [secrets.randbits(64) + 2 ** 64 for _ in range(n - real)]
+            fresh = np.frombuffer(secrets.token_bytes(8 * n), dtype=np.uint64).astype(object) + 2 ** 64
+            column = t.column(name)
+            keys[:, j] = fresh
+            present = pc.is_valid(column).to_numpy(zero_copy_only=False)
+            keys[:real, j][present] = integers(column.drop_null())
         out = np.zeros((n, layout["width"]), dtype=object)
-        if layout["cells"] > 1:
-            codes = np.array(t.column("cell").to_pylist(), dtype=np.int64)
-            inside = codes >= 0
-            out[np.nonzero(inside)[0], layout["onehot"] + codes[inside]] = 1
-        for name, (j, _) in layout["columns"].items():
-            out[:real, j] = 1 if name == REAL.name else [int(v) for v in t.column(name).to_pylist()]
+        if layout["cells"] > 1:                   # the code `cells` stands for no cell (padding, outside)
+            codes = t.column("cell").to_numpy().astype(np.int64)
+            out[:, layout["onehot"]] = layout["cells"]
+            out[:real, layout["onehot"]] = np.where(codes >= 0, codes, layout["cells"]).astype(object)
+        for name, (j, col) in layout["columns"].items():
+            out[:real, j] = 1 if name == REAL.name else integers(t.column(name), col.bound)
         return keys, out
 
     def dummies_reach_cells(self) -> bool:
@@ -235,15 +273,16 @@ class JoinMode:
     def stack_columns(self, cols):
         return np.stack(cols, axis=1)
 
-    def join_in_clear(self, tokens: dict[tuple[str, str], list[int]], sizes: dict[str, int]):
-        """Run the query's join structure on public tokens: the row indices of each relation."""
+    def join_in_clear(self, tokens: dict[tuple[str, str], np.ndarray], sizes: dict[str, int]):
+        """Run the query's join structure on public tokens: per relation, its row of each joined
+        row (-1 where a LEFT JOIN found none) and whether it matched."""
         con = duckdb.connect()
         rels = self.plan.relations
         for rel in rels:
-            data = {"i": pa.array(range(sizes[rel]), pa.int64())}
+            data = {"i": pa.array(np.arange(sizes[rel], dtype=np.int64))}
             for (r, name), toks in tokens.items():
-                if r == rel:
-                    data[name] = pa.array([str(t) for t in toks], pa.string())
+                if r == rel:     # tokens beyond 64 bits (over ~3 million keys) compare as text
+                    data[name] = pa.array(toks) if toks.dtype != object else pa.array([str(t) for t in toks])
             con.register(f"t_{rel}", pa.table(data))
         sql = exp.select(*[exp.alias_(exp.column("i", table=r), f"i_{r}") for r in rels]).from_(
             exp.to_table(f"t_{rels[0]}").as_(rels[0]))
@@ -253,10 +292,23 @@ class JoinMode:
             sql = sql.join(exp.to_table(f"t_{j.relation}").as_(j.relation), on=on,
                            join_type="LEFT" if j.kind == "left" else "INNER")
         sql = sql.order_by(*[f"i_{r}" for r in rels])
-        rows = con.execute(sql.sql("duckdb")).fetchall()
-        index = {r: [row[i] for row in rows] for i, r in enumerate(rels)}
-        matched = {r: [v is not None for v in index[r]] for r in rels}
+        result = con.execute(sql.sql("duckdb")).to_arrow_table()
+        index = {r: pc.fill_null(result.column(f"i_{r}"), -1).to_numpy() for r in rels}
+        matched = {r: pc.is_valid(result.column(f"i_{r}")).to_numpy() for r in rels}
         return index, matched
+
+    def onehot(self, codes, width: int):
+        """The one-hot rows (n × width) of secret cell codes in 0..width (width: no cell).
+
+        By the Lagrange polynomials of the codes: width − 1 multiplications per *joined* row,
+        where shuffling a one-hot would cost width columns of every input row."""
+        n = codes.shape[0]
+        A = lagrange_onehot(width, self.secint.field.modulus)
+        power, out = codes, codes.reshape(n, 1) * A[1] + A[0]
+        for k in range(2, width + 1):
+            power = power * codes
+            out = out + power.reshape(n, 1) * A[k]
+        return out
 
     def cell_indicators(self, onehots: dict[str, object], n: int):
         """Row-wise Kronecker product of the relations' one-hots, columns in grid order."""
@@ -345,6 +397,22 @@ class JoinMode:
         raise errors.NotSupportedError(f"secure operator {type(node).__name__}")
 
 
+@functools.cache
+def lagrange_onehot(width: int, p: int) -> np.ndarray:
+    """Coefficients mod p of the polynomials e_v (v < width) with e_v(u) = [u = v] on u = 0..width:
+    row k holds the coefficients of x^k."""
+    A = np.zeros((width + 1, width), dtype=object)
+    for v in range(width):
+        poly, denominator = [1], 1
+        for u in range(width + 1):
+            if u != v:                             # poly · (x − u)
+                poly = [a - u * b for a, b in zip([0] + poly, poly + [0])]
+                denominator *= v - u
+        inverse = pow(denominator, -1, p)
+        A[:, v] = [c * inverse % p for c in poly]
+    return A
+
+
 def padded_size(n: int) -> int:
     """The public size a local result of n rows is padded to: at most 25 % more rows."""
     size = PAD_FLOOR
@@ -353,23 +421,28 @@ def padded_size(n: int) -> int:
     return size
 
 
-def person_rows(persons: list) -> np.ndarray | None:
+def person_rows(persons: np.ndarray) -> np.ndarray | None:
     """The joined rows of each person (public tokens) by depth: depth × persons, padded with n;
     None when every row is a different person."""
     n = len(persons)
-    first: dict = {}
-    rows: list[list[int]] = []
-    for i, p in enumerate(persons):
-        if p not in first:
-            first[p] = len(rows)
-            rows.append([])
-        rows[first[p]].append(i)
-    if len(rows) == n:
+    _, person, counts = np.unique(persons, return_inverse=True, return_counts=True)
+    if len(counts) == n:
         return None
-    index = np.full((max(len(r) for r in rows), len(rows)), n, dtype=np.int64)
-    for j, r in enumerate(rows):
-        index[:len(r), j] = r
+    order = np.argsort(person, kind="stable")          # rows grouped by person, in row order
+    first = np.cumsum(counts) - counts
+    depth = np.arange(n) - first[person[order]]
+    index = np.full((int(counts.max()), len(counts)), n, dtype=np.int64)
+    index[depth, person[order]] = order
     return index
+
+
+def integers(column, bound: int = MAX_VALUE) -> np.ndarray:
+    """An integer Arrow column (64-bit, unsigned, or DuckDB's HUGEINT as decimal) as Python ints."""
+    if pa.types.is_decimal(column.type) and bound < 2 ** 63:
+        column = pc.cast(column, pa.int64())
+    if pa.types.is_integer(column.type):
+        return column.to_numpy().astype(object)
+    return np.array([int(v) for v in column.to_pylist()], dtype=object)   # wider than 64 bits
 
 
 def _stack(blocks: list):

@@ -21,10 +21,11 @@ tokens compare across relations.
 
 from __future__ import annotations
 
+import gmpy2
 import numpy as np
 
 from sqlmpc.mpc import runtime
-from sqlmpc.mpc.reveal import reveal
+from sqlmpc.mpc.reveal import current_ledger, reveal
 from sqlmpc.mpc.runtime import uniform_below
 
 
@@ -44,7 +45,6 @@ RESIDUE_BITS = 16
 
 
 def _token_prime(bits: int = 128, degree_bits: int = RESIDUE_BITS) -> int:
-    import gmpy2
     step = 1 << degree_bits
     c = (1 << (bits - 1)) // step + 1
     while not gmpy2.is_prime(c * step + 1):
@@ -69,7 +69,6 @@ def _root_index(p: int) -> dict:
     """Map each 2^16-th root of unity mod p to its discrete log (a 16-bit token digit)."""
     global _ROOTS
     if _ROOTS is None:
-        import gmpy2
         d = 1 << RESIDUE_BITS
         a = 3
         while gmpy2.powmod(a, (p - 1) // 2, p) == 1:   # a non-square generates the full 2-part
@@ -83,24 +82,48 @@ def _root_index(p: int) -> dict:
     return _ROOTS
 
 
-async def residue_tokens(keys: list, *, bits: int,
+async def residue_tokens(keys: list, *, bits: int, batch: int = 1 << 16,
                          why: str = "join on pseudonymous keys: match tokens in the clear") -> list[np.ndarray]:
-    """64-bit-or-more tokens of secret keys (arrays of `token_field()`), one PRF key for all."""
-    import gmpy2
-    mpc = runtime.current()
+    """64-bit-or-more tokens of secret keys (arrays of `token_field()`), one PRF key for all.
 
+    Keys go through in batches of ``batch`` (the PRF key is drawn once), so memory is bounded by
+    the batch.  Tokens of at most 64 bits come back as uint64 arrays, longer ones as object arrays.
+    """
+    mpc = runtime.current()
     lengths = [a.shape[0] for a in keys]
     n = sum(lengths)
     digits = max(1, -(-bits // RESIDUE_BITS))
     if n == 0:
-        return [np.zeros(0, dtype=object) for _ in keys]
+        return [np.zeros(0, dtype=np.uint64) for _ in keys]
     sectype = keys[0].sectype
+    k = keys[0] if len(keys) == 1 else mpc.np_concatenate(keys)
+    s = runtime.np_randoms(sectype, digits)                                 # the PRF key, unknown to all
+    wide = digits * RESIDUE_BITS > 64
+    tokens = np.zeros(n, dtype=object if wide else np.uint64)
+    ledger = current_ledger()
+    first = len(ledger.entries)
+    for lo in range(0, n, batch):
+        hi = min(n, lo + batch)
+        symbols = await _symbols(mpc, k[lo:hi], s, digits, why)
+        for j in range(digits):
+            tokens[lo:hi] = tokens[lo:hi] * (1 << RESIDUE_BITS) + (symbols[:, j] if wide else
+                                                                     symbols[:, j].astype(np.uint64))
+    ledger.coalesce(first)                                 # one entry for the whole call, not one per batch
+    out, i = [], 0
+    for length in lengths:
+        out.append(tokens[i:i + length])
+        i += length
+    return out
+
+
+async def _symbols(mpc, k, s, digits: int, why: str) -> np.ndarray:
+    """The d-th power residue symbols χ(k + s_j) of one batch of keys: batch × digits small ints."""
+    sectype = k.sectype
     field = sectype.field
     p = int(field.modulus)
     d = 1 << RESIDUE_BITS
+    n = k.shape[0]
     N = n * digits
-    k = keys[0] if len(keys) == 1 else mpc.np_concatenate(keys)
-    s = runtime.np_randoms(sectype, digits)                                 # the PRF key, unknown to all
     y = mpc.np_add(mpc.np_reshape(k, (n, 1)), mpc.np_reshape(s, (1, digits)))
     t = mpc.threshold
     # Masks: parties 0..t each input ρ_i = r_i^d; their product is a random d-th power.
@@ -125,13 +148,5 @@ async def residue_tokens(keys: list, *, bits: int,
     roots = _root_index(p)
     exponent = (p - 1) // d
     values = opened.value.reshape(-1)
-    symbols = np.fromiter((roots[int(gmpy2.powmod(v, exponent, p))] if v else 0 for v in values),
-                          dtype=object, count=N).reshape(n, digits)
-    tokens = np.zeros(n, dtype=object)
-    for j in range(digits):
-        tokens = tokens * d + symbols[:, j]
-    out, i = [], 0
-    for length in lengths:
-        out.append(tokens[i:i + length])
-        i += length
-    return out
+    return np.fromiter((roots[int(gmpy2.powmod(v, exponent, p))] if v else 0 for v in values),
+                       dtype=np.int64, count=N).reshape(n, digits)

@@ -39,6 +39,17 @@ class Ledger:
         self.entries.append(entry)
         return entry
 
+    def coalesce(self, start: int) -> None:
+        """Merge the entries from ``start`` on that open the same thing for the same reason
+        (one call's batches) into one entry with their total count."""
+        merged: list[Opening] = []
+        for e in self.entries[start:]:
+            if merged and (merged[-1].what, merged[-1].why) == (e.what, e.why):
+                merged[-1] = Opening(e.what, merged[-1].count + e.count, e.why)
+            else:
+                merged.append(e)
+        self.entries[start:] = merged
+
     def total(self) -> int:
         return sum(e.count for e in self.entries)
 

@@ -55,13 +55,20 @@ def compose(perms: list[np.ndarray]) -> np.ndarray:
     return total
 
 
-async def shuffle(columns: list, *, _trace: dict | None = None) -> list:
+def fresh_uci() -> bytes:
+    """A value the same at all parties and fresh per call (MPyC's program counter)."""
+    return runtime.prss_uci()
+
+
+async def shuffle(columns: list, *, uci: bytes | None = None, _trace: dict | None = None) -> list:
     """Apply one common secret permutation to equal-length 1-D secure arrays.
 
     Columns may be of different secure types (each type is processed as one
     stacked block, all with the same permutation).  Returns new secure arrays in
-    the same order.  `_trace` (tests only) receives this party's π_S per subset
-    (None where it is not a member).
+    the same order.  Calls given the same ``uci`` (from :func:`fresh_uci`) apply the
+    same permutation: a wide relation can be shuffled a few columns at a time.
+    `_trace` (tests only) receives this party's π_S per subset (None where it is
+    not a member).
     """
     mpc = runtime.current()
 
@@ -76,7 +83,7 @@ async def shuffle(columns: list, *, _trace: dict | None = None) -> list:
         return list(columns)
     if t == 0 or mpc.options.no_prss:
         raise ValueError("shuffle needs t >= 1 and PRSS keys (m >= 3)")
-    uci = runtime.prss_uci()  # same at all parties, fresh per call (program counter)
+    uci = uci or fresh_uci()
 
     # group columns by secure type; one stacked (k, n) block per type
     groups: dict[type, list[int]] = {}
