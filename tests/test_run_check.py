@@ -77,6 +77,20 @@ def test_secure_check_passes_and_writes_results(small_queries, demo_path, tmp_pa
         assert (tmp_path / "out" / f"{name}.csv").read_text() == (small_queries / f"{name}.expected.csv").read_text()
 
 
+@pytest.mark.mpc
+def test_run_shows_each_querys_secure_stage_on_a_terminal(small_queries, demo_path):
+    import pexpect
+
+    query = small_queries / "small_cells_suppressed.sql"
+    child = pexpect.spawn(sys.executable, ["-m", "sqlmpc.cli.main", "--federation", str(demo_path), "run", "--check",
+                                           str(query)], dimensions=(40, 200), encoding="utf-8", timeout=120)
+    child.expect(r"small_cells_suppressed: (local|input|shuffle|join|aggregate|threshold|reveal) \.\.\. \d+\.\d s")
+    child.expect("1 passed, 0 failed")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
 def test_a_difference_shows_only_the_differing_cell(small_queries, demo_path, tmp_path):
     for name in SECURE:
         shutil.copy(small_queries / f"{name}.sql", tmp_path)
