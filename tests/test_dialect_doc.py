@@ -17,7 +17,7 @@ DOC = (Path(__file__).parent.parent / "docs" / "dialect.md").read_text(encoding=
 
 @pytest.mark.parametrize("name", SCALAR_NAMES + AGGREGATE_NAMES + ["EXTRACT"])
 def test_every_function_is_documented(name):
-    assert re.search(rf"`{name}\(", DOC) or re.search(rf"`{name}`", DOC), name
+    assert re.search(rf"`{name}[(`]", DOC), name          # `NAME(...)` or `NAME`
 
 
 def test_every_cast_type_is_documented():

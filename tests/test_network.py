@@ -13,9 +13,11 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 import sqlmpc
 from sqlmpc import errors
@@ -68,8 +70,11 @@ class Federation:
         self.tampered = None
         if tamper:
             self.tampered = Path(demo_path).parent / f"net-{ports[0]}-{tamper}.toml"
-            self.tampered.write_text(text.replace("range = [0, 250000], scale = 2", "range = [0, 500000], scale = 2", 1))
-            assert self.tampered.read_text() != text
+            tampered = tomllib.loads(text)
+            cost = tampered["parties"]["insurer"]["tables"]["claims"]["columns"]["cost_eur"]
+            assert cost["range"] == [0, 250000]
+            cost["range"] = [0, 500000]                     # the bureau believes claims cost up to twice as much
+            self.tampered.write_text(tomli_w.dumps(tampered))
         self.procs: dict[str, subprocess.Popen] = {}
 
     def state(self, party):
@@ -248,8 +253,10 @@ def test_failed_query_is_audited_with_what_was_opened_before_the_failure(loopbac
     fed.start()
     try:
         with sqlmpc.connect(fed.url()) as con:
-            with pytest.raises(errors.OperationalError):
+            # Every party trips at the same opening; the first to report is the cause, named as data.
+            with pytest.raises(errors.PartyError, match=r"party '(hospital|insurer|bureau)'") as info:
                 con.execute(REGIONS)
+        assert info.value.party in PARTIES and info.value.stage not in (None, "admit", "local"), info.value
         lines = [fed.audit(p)[-1] for p in PARTIES]
         assert lines[0]["role"] == "coordinator" and lines[0]["sql"] == REGIONS
         assert len({line["qid"] for line in lines}) == 1
