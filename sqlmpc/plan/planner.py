@@ -141,14 +141,17 @@ class Planner:
         # One relation whose parts cannot share persons: each owner pre-aggregates per cell.
         root = q.root
         single = len(self.groups) == 1 and (not root.is_horizontal or root.key.key_space is None)
-        # Perturbation needs each person's record key in MPC: per-person rows, so join mode.
-        mode = "local" if single and perturbation is None else "join"
-        joins = self.secure_joins()
-        keys = {a for j in joins for pair in j.pairs for _, a in pair} | {q.root.alias}
         # Per-key pre-aggregation: when every moment is a product of one factor per group and no
         # condition spans groups, Σ over joined rows = Σ over keys of Π_groups (Σ of the factor
         # over the group's rows of that key and cell).  Joins then become (nearly) 1:1.
-        per_key = mode == "join" and row_filter is None and all(_is_product(m.expr) for m in moments.values())
+        by_key = row_filter is None and all(_is_product(m.expr) for m in moments.values())
+        # Perturbation needs each person's record key in MPC.  On one table the owner still sums
+        # per cell itself, from one row per person and cell; only the cell keys need the persons
+        # (sqlmpc/mpc/local_mode.py).  Without per-key sums the persons' rows go to join mode.
+        mode = "local" if single and (perturbation is None or by_key) else "join"
+        per_key = by_key and (mode == "join" or perturbation is not None)
+        joins = self.secure_joins()
+        keys = {a for j in joins for pair in j.pairs for _, a in pair} | {q.root.alias}
         sums = self.per_key_sums(moments) if per_key else {}
         parts = tuple(p for name in self.groups
                       for p in self.local_parts(name, mode, moments, keys, sums.get(name)))
@@ -163,7 +166,8 @@ class Planner:
             parts=parts, row_filter=row_filter if mode == "join" else None, grid=grid,
             cell_relations=cell_relations, moments=tuple(moments.values()), outputs=outputs, having=having,
             min_cell_size=q.federation.policy.min_cell_size,
-            leakage=self.leakage(mode, parts, outputs, having) + (record_key_leak() if perturbation else ()),
+            leakage=self.leakage(mode, parts, outputs, having, perturbed=perturbation is not None)
+            + (record_key_leak(mode) if perturbation else ()),
             per_key=per_key, guards=guards, query=q, perturbation=perturbation,
         )
 
@@ -257,7 +261,7 @@ class Planner:
                 # The key enters MPC as a 64-bit hash; a LEFT JOIN's missing key as NULL (no token).
                 # In local mode it only counts distinct persons at its owner: no hash needed.
                 key = exp.column(q.relations[alias].key.name, table=alias)
-                if mode != "local":
+                if mode != "local" or sums is not None:
                     key = exp.func("md5_number_lower", exp.cast(key, "VARCHAR"))
                 cols.append(LocalColumn(f"key_{alias}", "key"))
                 items.append(exp.alias_(key, f"key_{alias}"))
@@ -284,7 +288,7 @@ class Planner:
             if self.pushed[name]:
                 rows = rows.where(exp.and_(*[c.copy() for c in self.pushed[name]]))
             sql, part_cols = rows, tuple(cols)
-            if mode == "local":
+            if mode == "local" and sums is None:
                 sql, part_cols = self.pre_aggregate(rows, name, moments)
             elif sums is not None:
                 sql, part_cols = self.per_key_aggregate(rows, cols, sums)
@@ -353,11 +357,17 @@ class Planner:
             query = query.group_by("r.cell", *[exp.column(m.name, table="p") for m in sum2])
         return query, tuple(cols)
 
-    def leakage(self, mode, parts, outputs, having) -> tuple[Leak, ...]:
+    def leakage(self, mode, parts, outputs, having, perturbed=False) -> tuple[Leak, ...]:
         k = self.q.federation.policy.min_cell_size
-        leaks = [Leak("input sizes", f"{len(parts)}",
-                      "the padded size of each local result: the next of 128, 160, 200, ... (×1.25) above its "
-                      "rows" if mode == "join" else "the size of each local result: the number of cells (public)")]
+        if mode == "join":
+            sizes = Leak("input sizes", f"{len(parts)}", "the padded size of each local result: the next of 128, "
+                         "160, 200, ... (×1.25) above its rows")
+        elif perturbed:
+            sizes = Leak("input sizes", f"{len(parts)}", "the padded size of each local result (one row per person "
+                         "and cell, for the persons' record keys): the next of 128, 160, 200, ... (×1.25) above its rows")
+        else:
+            sizes = Leak("input sizes", f"{len(parts)}", "the size of each local result: the number of cells (public)")
+        leaks = [sizes]
         if mode == "join":
             leaks.append(Leak("join tokens", "Σ keys × token bits",
                               "power-residue PRF digits of each shuffled key (padding included): which shuffled "
@@ -410,8 +420,9 @@ def exact_digest(q: BoundQuery) -> str:
     return Planner(q).plan().digest
 
 
-def record_key_leak() -> tuple[Leak, ...]:
-    return (Leak("record keys", "padded rows of the root relation",
+def record_key_leak(mode: str) -> tuple[Leak, ...]:
+    rows = "padded rows of the root relation" if mode == "join" else "padded rows of each local result"
+    return (Leak("record keys", rows,
                  "power-residue PRF inputs masked by a random nonzero element: uniformly random "
                  "nonzero field elements (they tell nothing; the record keys stay secret)"),
             Leak("released values", "perturbed", "counts and sums of released cells carry cell-key noise "
