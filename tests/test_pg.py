@@ -164,6 +164,43 @@ def test_psql_suppressed_column_by_startup_option(server, dbapi_rows):
     assert any(suppressed) and not all(suppressed)
 
 
+# Every saved query, through both clients, against a dry-run server (the wire's fidelity for all of
+# queries/: types, NULLs, numbers as text; the secure path is the module server's, above and below).
+ALL_SAVED = sorted(p.name for p in QUERIES.glob("*.sql"))
+
+
+@pytest.fixture(scope="module")
+def oracle_server(demo_path):
+    proc, port = start_pg("--oracle", "pg", "--federation", str(demo_path), "--insecure-loopback")
+    yield port
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def oracle_rows(demo_path):
+    out = {}
+    with sqlmpc.connect(demo_path, oracle=True) as con:
+        for name in ALL_SAVED:
+            cur = con.execute((QUERIES / name).read_text())
+            out[name] = ([d[0] for d in cur.description], cur.fetchall())
+    return out
+
+
+@needs_psql
+def test_every_saved_query_through_psql_and_psycopg_has_the_dbapi_rows(oracle_server, oracle_rows):
+    assert len(ALL_SAVED) >= 8
+    for name in ALL_SAVED:
+        columns, rows = oracle_rows[name]
+        out = psql(oracle_server, "-A", "-F", "\t", "-P", "footer=off", "-f", str(QUERIES / name))
+        assert out.returncode == 0, (name, out.stderr)
+        lines = out.stdout.rstrip("\n").split("\n")
+        assert lines[0].split("\t") == columns, name
+        assert [line.split("\t") for line in lines[1:]] == [[text_of(v) for v in row] for row in rows], name
+        with connect(oracle_server) as con:
+            got = con.execute((QUERIES / name).read_text()).fetchall()
+        assert len(got) == len(rows) and all(all(same(a, b) for a, b in zip(g, r)) for g, r in zip(got, rows)), name
+
+
 # -- psycopg -------------------------------------------------------------------------------------
 
 
