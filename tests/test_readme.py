@@ -3,11 +3,14 @@ virtual environment that has exactly the install the README shows for them — n
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
 import sys
 import textwrap
+import tomllib
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
@@ -53,6 +56,29 @@ def test_there_are_examples_each_with_its_install():
     assert [spec for spec, _ in examples] == [".[pandas]", ".[pandas,sqlalchemy]"]
     # Installed in order into one environment, so each install must include the one before it.
     assert all(extras(a) <= extras(b) for (a, _), (b, _) in zip(examples, examples[1:]))
+
+
+def normalised(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_every_package_sqlmpc_imports_is_declared():
+    """An import of an undeclared package works in the developer's environment and fails after the README's
+    install (as pygments once did): every third-party import must be a dependency or in an extra."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    declared = {normalised(re.match(r"[\w.-]+", r).group()) for r in requirements}
+    imported = set()
+    for path in (ROOT / "sqlmpc").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    imported -= set(sys.stdlib_module_names) | {"sqlmpc", "superset"}   # superset.py is imported by Superset only
+    distributions = packages_distributions()
+    undeclared = {m for m in imported if not {normalised(d) for d in distributions.get(m, [m])} & declared}
+    assert "pygments" in imported and not undeclared, undeclared
 
 
 @pytest.fixture(scope="module")
