@@ -16,13 +16,19 @@ import time
 import tomllib
 from pathlib import Path
 
+import pyarrow.flight as flight
 import pytest
 import tomli_w
 
 import sqlmpc
 from sqlmpc import errors
+from sqlmpc.catalog import load_federation
+from sqlmpc.mpc import unpickle
+from sqlmpc.mpc.session import free_ports
 from sqlmpc.oracle import run_oracle
-from sqlmpc.party.faults import PAUSE_AFTER_OPENINGS, PAUSE_FILE
+from sqlmpc.party.client import RemoteConnection
+from sqlmpc.party.faults import FAIL_AFTER_OPENINGS, PAUSE_AFTER_OPENINGS, PAUSE_FILE
+from sqlmpc.party.keys import init_keys
 from sqlmpc.result import Result
 
 pytestmark = pytest.mark.mpc
@@ -30,11 +36,6 @@ pytestmark = pytest.mark.mpc
 QUERIES = Path(__file__).parent.parent / "queries"
 PARTIES = ("hospital", "insurer", "bureau")
 TIMEOUT = 8.0
-
-
-def free_ports(n):
-    from sqlmpc.mpc.session import free_ports as fp
-    return fp(n)
 
 
 def same(a, b) -> bool:
@@ -243,8 +244,6 @@ REGIONS = "SELECT b.region, COUNT(*) AS n FROM bureau.persons b GROUP BY b.regio
 
 def test_failed_query_is_audited_with_what_was_opened_before_the_failure(loopback, demo_path, tmp_path,
                                                                          monkeypatch):
-    from sqlmpc.party.faults import FAIL_AFTER_OPENINGS
-
     with sqlmpc.connect(loopback.url()) as con:
         full = con.execute(REGIONS).leakage
     assert len(full) >= 2
@@ -353,7 +352,6 @@ def test_stopped_node_audits_the_query_it_leaves(loopback, tmp_path):
 
 def assert_idle_soon(loopback) -> None:
     """Every party is reachable, not busy and holds no MPC session (within the timeout)."""
-    from sqlmpc.party.client import RemoteConnection
     deadline = time.monotonic() + TIMEOUT + 10
     while True:
         parties = RemoteConnection(loopback.url()).status()["parties"]
@@ -391,9 +389,6 @@ def test_no_certificates_no_start(loopback):
 
 @pytest.fixture(scope="module")
 def tls(demo_path, tmp_path_factory):
-    from sqlmpc.catalog import load_federation
-    from sqlmpc.party.keys import init_keys
-
     work = tmp_path_factory.mktemp("tls")
     fed = Federation(demo_path, work)
     tokens = init_keys(load_federation(fed.path), work / "keys")
@@ -430,8 +425,6 @@ def test_wrong_token_is_rejected_and_audited_without_the_token(tls):
 
 def test_wrong_token_on_other_calls_is_audited(tls):
     """Calls other than actions are refused by the middleware itself, and audited there."""
-    import pyarrow.flight as flight
-
     client = flight.FlightClient(f"grpc+tls://127.0.0.1:{tls.ports['hospital'][1]}",
                                  tls_root_certs=(tls.keys / "ca.pem").read_bytes())
     options = flight.FlightCallOptions(timeout=5, headers=[(b"authorization", f"Bearer {tls.other_token}".encode())])
@@ -444,8 +437,6 @@ def test_wrong_token_on_other_calls_is_audited(tls):
 
 
 def test_nothing_listens_in_plaintext(tls):
-    import pyarrow.flight as flight
-
     for port in tls.ports["hospital"][:2]:
         client = flight.FlightClient(f"grpc+tcp://127.0.0.1:{port}")
         with pytest.raises(flight.FlightError):
@@ -453,8 +444,6 @@ def test_nothing_listens_in_plaintext(tls):
 
 
 def test_peer_with_a_certificate_from_another_ca_is_rejected(tls):
-    import pyarrow.flight as flight
-
     def hello(keys: Path):
         client = flight.FlightClient(
             f"grpc+tls://127.0.0.1:{tls.ports['insurer'][0]}", tls_root_certs=(tls.keys / "ca.pem").read_bytes(),
@@ -469,9 +458,6 @@ def test_peer_with_a_certificate_from_another_ca_is_rejected(tls):
 
 def test_crafted_pickle_is_not_executed(loopback, tmp_path):
     """A peer's message with a code-running pickle is refused by the unpickler every session installs."""
-    from sqlmpc.mpc import unpickle
-    from sqlmpc.party.client import RemoteConnection
-
     marker = tmp_path / "pwned"
 
     class Evil:
