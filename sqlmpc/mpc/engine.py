@@ -150,7 +150,17 @@ class Engine(JoinMode, CellPhase):
         if self.local_totals_only():
             return MAX_ROWS
         per_relation = [max(1, sum(n for (r, _), n in sizes.items() if r == rel)) for rel in self.plan.relations]
-        return int(np.prod(per_relation, dtype=object))
+        if self.keyed_once():
+            # A root row meets at most (cells × parts) rows of each other relation: those of its key.
+            fanout = [max(1, len(parts) * max(1, parts[0].column("cell").bound))
+                      for parts in map(self.plan.parts_of, self.plan.relations[1:])]
+            return per_relation[0] * int(np.prod(fanout, dtype=object))
+        return int(np.prod(per_relation, dtype=object))        # a many-to-many join: every combination
+
+    def keyed_once(self) -> bool:
+        """Pre-aggregated per key and cell, one key column per relation: it is the join key."""
+        return self.plan.per_key and all(
+            sum(c.kind == "key" for c in p.columns) == 1 for p in self.plan.parts)
 
     def max_expr_bound(self) -> int:
         locals_ = {(p.relation, c.name): c for p in self.plan.parts for c in p.columns}

@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from sqlmpc.mpc import runtime
+
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -47,17 +49,24 @@ class StageMeter:
         self.mpc = mpc
         self.stats: dict[str, dict[str, float]] = {}
         self._open = None
+        self.counts = runtime.count_primitives(mpc) if hasattr(mpc, "parties") else {}
         self.before_mb = peak_rss_mb()      # node start and the local stage, before the first reset
 
     def enter(self, stage: str | None) -> None:
-        now = (time.perf_counter(), time.process_time(), bytes_sent(self.mpc))
+        now = (time.perf_counter(), time.process_time(), bytes_sent(self.mpc), dict(self.counts))
         if self._open is not None:
-            name, (wall, cpu, sent) = self._open
-            s = self.stats.setdefault(name, {"seconds": 0.0, "cpu_s": 0.0, "bytes_sent": 0, "peak_rss_mb": 0.0})
+            name, (wall, cpu, sent, counts) = self._open
+            s = self.stats.setdefault(name, {"seconds": 0.0, "cpu_s": 0.0, "bytes_sent": 0, "peak_rss_mb": 0.0,
+                                             "primitives": {}})
             s["seconds"] += now[0] - wall
             s["cpu_s"] += now[1] - cpu
             s["bytes_sent"] += now[2] - sent
             s["peak_rss_mb"] = max(s["peak_rss_mb"], peak_rss_mb())
+            for (kind, bits), total in now[3].items():       # "multiplications/128": elements
+                done = total - counts.get((kind, bits), 0)
+                if done:
+                    key = f"{kind}/{bits}"
+                    s["primitives"][key] = s["primitives"].get(key, 0) + done
         reset_peak()
         self._open = (stage, now) if stage else None
 

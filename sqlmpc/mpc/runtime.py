@@ -27,7 +27,7 @@ INTERNALS = (
     ("mpyc.runtime", "Runtime._np_randoms"), ("mpyc.runtime", "Runtime._prss_uci"),
     ("mpyc.runtime", "Runtime.prfs"), ("mpyc.runtime", "Party"), ("mpyc.runtime", "pickle"),
     ("mpyc.thresha", "np_pseudorandom_share_0"), ("mpyc.thresha", "np_random_split"),
-    ("mpyc.thresha", "_recombination_vector"),
+    ("mpyc.thresha", "_recombination_vector"), ("mpyc.runtime", "Runtime._reshare"),
     ("mpyc.asyncoro", "MessageExchanger.data_received"), ("mpyc.asyncoro", "MessageExchanger.connection_lost"),
     ("mpyc.asyncoro", "exception_handler"),
 )
@@ -140,6 +140,52 @@ def recombination_vector(field, ids: tuple[int, ...], x: int = 0):
     return module("thresha")._recombination_vector(field, ids, x)
 
 
+# -- counting primitives (the benchmark's floor) ----------------------------------------
+
+
+def _elements(x) -> tuple[int, int]:
+    """(field bits, element count) of a secure or field array, or of a list of them."""
+    if isinstance(x, (list, tuple)):
+        if not x:
+            return 0, 0
+        bits, _ = _elements(x[0])
+        return bits, sum(_elements(a)[1] for a in x)
+    field = getattr(getattr(x, "sectype", None), "field", None) or getattr(x, "field", None)
+    bits = int(field.order).bit_length() if field is not None else 0
+    return bits, int(np.prod(getattr(x, "shape", ()) or (1,)))
+
+
+def count_primitives(mpc) -> dict:
+    """What this party's runtime does, by field size: ``counts[(kind, bits)]`` elements input
+    (per sender), multiplied (reshared products) and opened.  Installed once per runtime; the
+    counts run on (take differences)."""
+    counts = getattr(mpc, "_sqlmpc_counts", None)
+    if counts is not None:
+        return counts
+    counts = mpc._sqlmpc_counts = {}
+
+    def wrap(name: str, kind: str, senders=lambda args, kwargs: 1):
+        original = getattr(mpc, name)
+
+        def counted(*args, **kwargs):
+            bits, n = _elements(args[0])
+            key = (kind, bits)
+            counts[key] = counts.get(key, 0) + n * senders(args, kwargs)
+            return original(*args, **kwargs)
+        setattr(mpc, name, counted)
+
+    def senders(args, kwargs):
+        who = args[1] if len(args) > 1 else kwargs.get("senders")
+        if who is None:
+            return len(mpc.parties)
+        return len(who) if isinstance(who, (list, tuple)) else 1
+
+    wrap("input", "inputs", senders)
+    wrap("_reshare", "multiplications")
+    wrap("output", "openings")
+    return counts
+
+
 # -- patches ------------------------------------------------------------------------
 
 _EXTRA_BYTES = 8    # 64 bits beyond the modulus: each value is within 2^-64 of uniform
@@ -162,8 +208,19 @@ def _np_random_split(field, s, t, m):
         s = s.value
     n = len(s)
     C = uniform_below(field.order, t * n).reshape(t, n)
-    V = np.vander(np.array([tp(i) for i in range(1, m + 1)], dtype="O"), N=t + 1, increasing=True)
-    return (V @ np.concatenate((s.reshape(1, n), C))) % p
+    shares = np.empty((m, n), dtype=object)
+    if t == 1:                     # s + i·c for i = 1..m: one addition per share, no products
+        acc = s
+        for i in range(m):
+            acc = acc + C[0]
+            shares[i] = acc
+    else:                          # Horner at each point i = 1..m
+        for i in range(1, m + 1):
+            acc = C[t - 1]
+            for k in range(t - 2, -1, -1):
+                acc = acc * tp(i) + C[k]
+            shares[i - 1] = acc * tp(i) + s
+    return shares % p
 
 
 def install_bulk_randomness() -> None:
