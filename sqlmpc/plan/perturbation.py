@@ -19,6 +19,7 @@ place.  The noise is a function of the cell key, stated here once for the secure
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ class PerturbationTable:
         return self.row(n).noise(cell_key)
 
 
+@functools.lru_cache(maxsize=32)      # every plan of a federation asks for the same table
 def perturbation_table(policy: CellKeyPolicy, min_cell_size: int) -> PerturbationTable:
     """The table for released counts, which rest on at least ``min_cell_size`` persons.
 
@@ -139,6 +141,8 @@ def validate(policy: CellKeyPolicy, min_cell_size: int) -> str | None:
 
 # -- the table's distributions ---------------------------------------------------
 
+BISECTIONS = 64        # halvings of an interval of width ≤ 100: far below the table's 2^-16 resolution
+
 def _row(n: int, low: int, high: int, variance: float) -> TableRow:
     """Maximum-entropy distribution on [low, high] with mean 0 and the variance (or as much as fits)."""
     values = list(range(low, high + 1))
@@ -162,7 +166,7 @@ def _max_entropy(values: list[int], variance: float) -> list[float]:
 
     def centred(b: float) -> list[float]:
         lo, hi = -50.0, 50.0
-        for _ in range(200):
+        for _ in range(BISECTIONS):
             a = (lo + hi) / 2
             if sum(p * v for p, v in zip(dist(a, b), values)) > 0:
                 hi = a
@@ -171,7 +175,7 @@ def _max_entropy(values: list[int], variance: float) -> list[float]:
         return dist((lo + hi) / 2, b)
 
     lo, hi = -20.0, 20.0           # larger b: smaller variance
-    for _ in range(200):
+    for _ in range(BISECTIONS):
         b = (lo + hi) / 2
         p = centred(b)
         if sum(q * v * v for q, v in zip(p, values)) > variance:
