@@ -113,9 +113,10 @@ def message_exchanger():
 # -- private helpers of the running runtime -------------------------------------------
 
 
-def np_randoms(sectype, n: int):
-    """n secret uniformly random elements of sectype, unknown to every party."""
-    return current()._np_randoms(sectype, n)
+def np_randoms(sectype, n: int, bound: int | None = None):
+    """n secret uniformly random elements of sectype, unknown to every party (below ``bound``, a power
+    of two, when given)."""
+    return current()._np_randoms(sectype, n, bound)
 
 
 def prss_uci():
