@@ -9,7 +9,7 @@ only the perturbed values are opened later, by the outputs, through the reveal g
 All targets and cells at once:
 
 * the cell key: the sum of the target's ``cellkey`` moments, its 16 low bits (one secure bit
-  decomposition), ck = Σ bits · 2^j;
+  decomposition, :func:`low_bits`), ck = Σ bits · 2^j;
 * counts: noise = low + #{threshold ≤ ck}, one comparison per threshold of the table
   (18-bit comparisons: |ck − T| < 2^17); where the table has rows for small counts, the row
   is picked by comparing the true count with them;
@@ -17,12 +17,21 @@ All targets and cells at once:
   bit length L of S2 and m = 2^⌈L/2⌉ (as one-hot "top" flags); the noise
   ⌊(u − 2^15)·μ·m / 2^15⌋ with u = ck + 2^15 mod 2^16 is, per possible m, a public linear
   function of the bits of u — one multiplication per possible m selects it.
+
+**Bit decompositions** (:func:`low_bits`) open x + r for a secret r whose l low bits are secret
+random bits and whose high part is a secret random number k bits wider than x (statistical
+hiding, as in MPyC's own comparisons); the bits of x are then those of (c − r) mod 2^l: a
+subtraction of secret bits from public ones, whose borrows are a parallel prefix (Kogge–Stone,
+⌈log2 l⌉ rounds of whole-array multiplications).  MPyC's np_to_bits does the same with a
+recursive adder of many small operations, 3-4 times slower here.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from sqlmpc.mpc import runtime
+from sqlmpc.mpc.reveal import reveal
 from sqlmpc.plan.perturbation import KEY_BITS, PerturbationSpec
 
 _COMPARE_BITS = KEY_BITS + 2
@@ -47,7 +56,7 @@ async def perturb_moments(mpc, spec: PerturbationSpec, moments: dict, bounds: di
     small = mpc.SecInt(max(_COMPARE_BITS, widest.bit_length()) + 2)
     small = sectype if small.bit_length >= sectype.bit_length else small
     raw = _convert(mpc, mpc.np_concatenate([_sum(moments[k] for k in t.keys) for t in targets]), small)
-    bits = mpc.np_reshape(mpc.np_to_bits(raw, KEY_BITS), (len(targets), G, KEY_BITS))      # T × G × 16
+    bits = mpc.np_reshape(await low_bits(mpc, raw, KEY_BITS, widest.bit_length()), (len(targets), G, KEY_BITS))
     out = dict(moments)
     noise = {}
     if counts:
@@ -56,7 +65,7 @@ async def perturb_moments(mpc, spec: PerturbationSpec, moments: dict, bounds: di
         noise.update(zip(counts, _count_noise(mpc, small, spec, [bits[i] for i in counts], values)))
     if sums:
         s2 = _convert(mpc, mpc.np_concatenate([moments[targets[i].s2] for i in sums]), small)
-        noise.update(zip(sums, _magnitude_noise(mpc, small, spec, [bits[i] for i in sums],
+        noise.update(zip(sums, await _magnitude_noise(mpc, small, spec, [bits[i] for i in sums],
                                                 [s2[j * G:(j + 1) * G] for j in range(len(sums))],
                                                 [bounds[targets[i].s2] for i in sums])))
     back = _convert(mpc, mpc.np_concatenate([noise[i] for i in range(len(targets))]), sectype)
@@ -110,22 +119,23 @@ def _count_noise(mpc, sectype, spec: PerturbationSpec, bits: list, values: list)
     return [noise[c] for c in range(C)]
 
 
-def _magnitude_noise(mpc, sectype, spec: PerturbationSpec, bits: list, s2: list, s2_bounds: list) -> list:
+async def _magnitude_noise(mpc, sectype, spec: PerturbationSpec, bits: list, s2: list, s2_bounds: list) -> list:
     """Per sum target: ⌊(u − 2^15)·μ·m / 2^15⌋, m = 2^⌈L/2⌉ for L the bit length of its S2."""
     S, G = len(bits), bits[0].shape[0]
     L = max(1, max(int(b).bit_length() for b in s2_bounds))
     L += L % 2
-    s2_bits = mpc.np_to_bits(mpc.np_reshape(mpc.np_stack(s2), (S * G,)), L)           # S·G × L
-    # h_j = [S2 ≥ 2^j] = 1 − Π_{i ≥ j} (1 − bit_i): a suffix product in ⌈log2 L⌉ rounds.
-    z = 1 - s2_bits
-    step = 1
-    while step < L:
-        z = np.hstack([z[:, :L - step] * z[:, step:], z[:, L - step:]])
-        step *= 2
-    h = 1 - z
-    # top_i = [⌈L/2⌉ = i + 1] = h_{2i} − h_{2i+2}
+    s2_bits = await low_bits(mpc, mpc.np_reshape(mpc.np_stack(s2), (S * G,)), L, L)  # S·G × L
+    # h_{2i} = [S2 ≥ 4^i] = 1 − Π_{i' ≥ i} (1 − d_i'), d_i = bit_2i OR bit_2i+1 (base-4 digit ≠ 0):
+    # a suffix product over the L/2 digits in ⌈log2 L/2⌉ rounds.
     pairs = L // 2
-    h_even = h[:, 0:L:2]                                                              # S·G × pairs
+    low, high = s2_bits[:, 0:L:2], s2_bits[:, 1:L:2]
+    z = (1 - low) * (1 - high)                                                        # [digit = 0]
+    step = 1
+    while step < pairs:
+        z = np.hstack([z[:, :pairs - step] * z[:, step:], z[:, pairs - step:]])
+        step *= 2
+    h_even = 1 - z                                                                    # S·G × pairs
+    # top_i = [⌈L/2⌉ = i + 1] = h_{2i} − h_{2i+2}
     zero = sectype.array(np.zeros((S * G, 1), dtype=object))
     top = h_even - np.hstack([h_even[:, 1:], zero])
     # u = ck + 2^15 mod 2^16: the top bit flipped.
@@ -148,3 +158,36 @@ def _magnitude_noise(mpc, sectype, spec: PerturbationSpec, bits: list, s2: list,
     noise = mpc.np_sum(top * W, axis=1)
     noise = mpc.np_reshape(noise, (S, G))
     return [noise[s] for s in range(S)]
+
+
+async def low_bits(mpc, x, l: int, width: int):
+    """The l low bits of each element of x (0 ≤ x < 2^width, width ≥ l), as an n × l secure array."""
+    sectype = type(x).sectype
+    n = x.shape[0]
+    k = mpc.options.sec_param
+    r = mpc.np_reshape(mpc.np_random_bits(sectype, n * l), (n, l))
+    powers = np.array([1 << i for i in range(l)], dtype=object)
+    high = runtime.np_randoms(sectype, n, 1 << (width - l + k))           # hides x's high part
+    c = await reveal(x + r @ powers + high * (1 << l), what="noise bit decompositions",
+                     why="cell keys and S2 plus secret random masks k bits wider: statistically uniform")
+    c = np.array([int(v) % (1 << l) for v in np.asarray(c).reshape(-1)], dtype=object)
+    cbits = (c.reshape(n, 1) >> np.arange(l)) & 1                           # public, n × l
+    # x = (c − r) mod 2^l, bit by bit: the borrow into bit i+1 is g_i + p_i·(borrow into i), with
+    # g_i = [c_i = 0, r_i = 1] and p_i = [c_i = r_i], both linear in r_i.
+    g = r * (1 - cbits)
+    p = _equal_bits(cbits, r)
+    step = 1
+    while step < l:                      # (g, p) ∘ (g', p') = (g + p·g', p·p') over ranges, in place
+        product = mpc.np_multiply(mpc.np_stack([p[:, step:], p[:, step:]]), mpc.np_stack([g[:, :-step], p[:, :-step]]))
+        g = np.hstack([g[:, :step], g[:, step:] + product[0]])
+        p = np.hstack([p[:, :step], product[1]])
+        step *= 2
+    zero = sectype.array(np.zeros((n, 1), dtype=object))
+    borrow = np.hstack([zero, g[:, :-1]])                                   # into bit i
+    q = 1 - _equal_bits(cbits, r)                                           # c_i ⊕ r_i
+    return q + borrow - 2 * q * borrow
+
+
+def _equal_bits(cbits, r):
+    """[c_i = r_i] for public bits c and secret bits r (linear in r)."""
+    return 1 - cbits - r + r * (2 * cbits)

@@ -425,5 +425,8 @@ def record_key_leak(mode: str) -> tuple[Leak, ...]:
     return (Leak("record keys", rows,
                  "power-residue PRF inputs masked by a random nonzero element: uniformly random "
                  "nonzero field elements (they tell nothing; the record keys stay secret)"),
+            Leak("noise bit decompositions", "(perturbed moments + sums) × released cells",
+                 "each released cell's cell keys and S2 plus a secret random mask k = 30 bits wider, for their "
+                 "bits: statistically uniform values (they tell nothing; the noise stays secret)"),
             Leak("released values", "perturbed", "counts and sums of released cells carry cell-key noise "
                  "(docs/disclosure.md): the exact values are never opened"))
