@@ -292,7 +292,7 @@ class JoinMode:
             sql = sql.join(exp.to_table(f"t_{j.relation}").as_(j.relation), on=on,
                            join_type="LEFT" if j.kind == "left" else "INNER")
         sql = sql.order_by(*[f"i_{r}" for r in rels])
-        result = con.execute(sql.sql("duckdb")).to_arrow_table()
+        result = con.sql(sql.sql("duckdb")).to_arrow_table()
         index = {r: pc.fill_null(result.column(f"i_{r}"), -1).to_numpy() for r in rels}
         matched = {r: pc.is_valid(result.column(f"i_{r}")).to_numpy() for r in rels}
         return index, matched

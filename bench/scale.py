@@ -1,0 +1,209 @@
+"""Population scale: the saved app-effectiveness query from 10,000 to 1,000,000 persons.
+
+    python bench/scale.py [--persons 10000 100000 300000 1000000] [--cache DIR]
+
+For each size: the demo federation's local DuckDB work (generation), the query end to
+end through the embedded 3-party federation, and per secure stage and party: wall and
+CPU seconds, bytes sent, peak memory and the MPyC primitives it ran (elements input,
+multiplied and opened, by field size).  The *primitive floor* is the same count of
+inputs, multiplications and openings timed alone in a bare 3-party MPyC session of the
+same run; plain DuckDB is the same SQL on all data in one process.  Every secure result
+is checked against the plaintext oracle.  Writes the section "Population scale" of
+BENCHMARKS.md and the plot bench/scale.png (needs the `bench` extra: matplotlib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import plain_duckdb_seconds
+from sqlmpc.catalog import load_federation
+from sqlmpc.demo import generate
+from sqlmpc.mpc.runtime import uniform_below
+from sqlmpc.oracle import run_oracle
+from sqlmpc.party.embedded import EmbeddedFederation
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from mpc_parties import run_parties  # noqa: E402  (the tests' 3-party launcher, reused for the floor)
+
+QUERY = (ROOT / "queries" / "app_effectiveness.sql").read_text()
+STAGES = ["input", "shuffle", "join", "aggregate", "threshold", "reveal"]
+SECTION = "## Population scale (issue 14)"
+
+
+# -- the primitive floor ---------------------------------------------------------------
+
+async def _floor_party(mpc, pid, counts: dict, batch: int):
+    """Run counts[(kind, bits)] elements of each primitive, vectorised in batches, on random
+    shares (made outside the clock); return the seconds the primitives took."""
+    elapsed = 0.0
+    m = len(mpc.parties)
+    for (kind, bits), total in sorted(counts.items()):
+        if bits < 2 or total == 0:
+            continue
+        sectype = mpc.SecFld(min_order=1 << (bits - 1))
+        for lo in range(0, total, batch):
+            n = min(batch, total - lo)
+            x = sectype.array(sectype.field.array(uniform_below(sectype.field.order, n)))
+            started = time.perf_counter()
+            if kind == "inputs":            # the senders take turns, as the plan's owners do
+                await mpc.gather(mpc.input(x, senders=(lo // batch) % m))
+            elif kind == "multiplications":
+                await mpc.gather(x * x)
+            else:
+                await mpc.output(x)
+            elapsed += time.perf_counter() - started
+    return elapsed
+
+
+def primitive_floor(counts: dict, batch: int = 1 << 16) -> float:
+    """Seconds for the bare primitives (the slowest party)."""
+    return max(run_parties(_floor_party, args=(counts, batch), timeout=3600))
+
+
+def split_key(key: str) -> tuple[str, int]:
+    kind, bits = key.split("/")
+    return kind, int(bits)
+
+
+# -- one size ----------------------------------------------------------------------------
+
+def measure(persons: int, cache: Path) -> dict:
+    started = time.perf_counter()
+    path = generate(cache / f"scale-{persons}", persons=persons, perturbation="none")
+    generation = time.perf_counter() - started
+    fed = load_federation(path)
+    with EmbeddedFederation(fed, timeout=3600) as embedded:
+        t0 = time.perf_counter()
+        result = embedded.query(QUERY)
+        secure = time.perf_counter() - t0
+        stats = embedded.last_stats
+    oracle = run_oracle(QUERY, fed)
+    equal = result.suppressed == oracle.suppressed and all(
+        (math.isclose(a, b, rel_tol=1e-9) if isinstance(a, float) else a == b)
+        for r1, r2 in zip(result.rows(), oracle.rows()) for a, b in zip(r1, r2))
+    plain = plain_duckdb_seconds(fed, QUERY)
+    counts: dict = {}
+    first = next(iter(stats.values()))
+    for stage in first.get("stages", {}).values():
+        for key, n in stage.get("primitives", {}).items():
+            counts[split_key(key)] = counts.get(split_key(key), 0) + n
+    floor = primitive_floor(counts, fed.batch_rows)
+    return {"persons": persons, "generation": generation, "secure": secure, "plain": plain, "floor": floor,
+            "equal": equal, "stats": stats, "counts": {f"{k}/{b}": n for (k, b), n in counts.items()}}
+
+
+# -- report ----------------------------------------------------------------------------
+
+def table(rows: list[dict]) -> str:
+    lines = ["| persons | local DuckDB (generate) s | secure s | s per 10⁶ persons | plain DuckDB s | × plain | "
+             "primitive floor s | × floor | peak MB per party | = oracle |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        peaks = " / ".join(f"{s['max_rss_mb']:.0f}" for s in r["stats"].values())
+        mpc_s = sum(v["seconds"] for v in next(iter(r["stats"].values()))["stages"].values())
+        lines.append(f"| {r['persons']:,} | {r['generation']:.1f} | {r['secure']:.1f} | "
+                     f"{r['secure'] / r['persons'] * 1e6:,.0f} | {r['plain']:.3f} | {r['secure'] / r['plain']:,.0f}× | "
+                     f"{r['floor']:.1f} | {mpc_s / r['floor']:.1f}× | {peaks} | {'yes' if r['equal'] else 'NO'} |")
+    lines += ["", "Per stage and party (wall s / CPU s / MB sent / peak MB):", "",
+              "| persons | party | " + " | ".join(STAGES) + " |", "|---|---|" + "---|" * len(STAGES)]
+    for r in rows:
+        for party, s in r["stats"].items():
+            cells = []
+            for stage in STAGES:
+                v = s["stages"].get(stage)
+                cells.append("–" if v is None else f"{v['seconds']:.1f} / {v['cpu_s']:.1f} / "
+                             f"{v['bytes_sent'] / 1e6:.0f} / {v['peak_rss_mb']:.0f}")
+            lines.append(f"| {r['persons']:,} | {party} | " + " | ".join(cells) + " |")
+    lines += ["", "Primitives per query (elements at each party, by kind and field bits):", "",
+              "| persons | " + " | ".join(["inputs", "multiplications", "openings"]) + " |", "|---|---|---|---|"]
+    for r in rows:
+        counts = sorted((split_key(key), n) for key, n in r["counts"].items())
+        by_kind = {k: ", ".join(f"{n:,}×{b}b" for (kind, b), n in counts if kind == k and b)
+                   for k in ("inputs", "multiplications", "openings")}
+        lines.append(f"| {r['persons']:,} | {by_kind['inputs']} | {by_kind['multiplications']} | "
+                     f"{by_kind['openings']} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = [r["persons"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.loglog(n, [r["secure"] for r in rows], "o-", label="secure, end to end")
+    ax1.loglog(n, [r["floor"] for r in rows], "s--", label="MPyC primitive floor")
+    ax1.loglog(n, [r["generation"] for r in rows], "^:", label="local DuckDB (generate)")
+    ax1.loglog(n, [rows[0]["secure"] * x / n[0] for x in n], color="grey", lw=0.8, label="linear from the first")
+    ax1.set_xlabel("persons")
+    ax1.set_ylabel("seconds")
+    ax1.legend()
+    ax1.grid(True, which="both", alpha=0.3)
+    ax2.loglog(n, [max(s["max_rss_mb"] for s in r["stats"].values()) for r in rows], "o-",
+               label="largest party's peak RSS")
+    ax2.axhline(2500, color="red", lw=0.8, ls="--", label="2,500 MB target")
+    ax2.set_xlabel("persons")
+    ax2.set_ylabel("MB")
+    ax2.legend()
+    ax2.grid(True, which="both", alpha=0.3)
+    fig.suptitle("app_effectiveness, 3 parties on one 2-core machine")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+
+
+def write_section(text: str, out: Path) -> None:
+    old = out.read_text() if out.exists() else "# Benchmarks\n"
+    if SECTION in old:
+        start = old.index(SECTION)
+        end = old.find("\n## ", start + 1)
+        old = old[:start].rstrip("\n") + ("\n\n" + old[end + 1:] if end != -1 else "\n")
+    out.write_text(old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--persons", type=int, nargs="*", default=[10_000, 100_000, 300_000, 1_000_000])
+    ap.add_argument("--cache", default=str(ROOT / ".bench-cache"))
+    ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--plot", default=str(ROOT / "bench" / "scale.png"))
+    ap.add_argument("--reuse", action="store_true", help="take sizes measured before from the cache")
+    ap.add_argument("--notes", default="", help="text put under the table (what the run shows)")
+    args = ap.parse_args()
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for persons in args.persons:
+        saved = cache / f"result-{persons}.json"
+        if args.reuse and saved.exists():          # a size measured by an earlier run (one size per run)
+            rows.append(json.loads(saved.read_text()))
+            continue
+        rows.append(measure(persons, cache))
+        saved.write_text(json.dumps(rows[-1]))
+        print(table(rows), flush=True)
+    text = table(rows)
+    plot(rows, Path(args.plot))
+    section = (f"{SECTION}\n\nRun: `python bench/scale.py` (the `bench` extra draws bench/scale.png). "
+               f"The saved query queries/app_effectiveness.sql, 3 parties as local processes on one machine "
+               f"(2 cores shared by all three), batch_rows = default. Secure s is end to end (policy, local "
+               f"parts, MPC, release); the stage table is each party's own view (MPyC evaluates lazily: work "
+               f"is counted in the stage that first waits for it). × floor compares the secure stages' wall "
+               f"time with the bare MPyC primitives the plan ran.\n\n{text}\n\n![time and memory against "
+               f"persons](bench/scale.png)\n")
+    if args.notes:
+        section += "\n" + args.notes.strip() + "\n"
+    write_section(section, Path(args.out))
+    print(f"wrote {args.out} and {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
