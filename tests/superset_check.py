@@ -1,8 +1,11 @@
-"""Superset check (manual, slow; not collected by pytest): a ``sqlmpc://`` database in a real Superset.
+"""Superset check (not collected by pytest itself): a ``sqlmpc://`` database in a real Superset.
 
-Run it with the Python of a throw-away virtual environment that has Superset and sqlmpc:
+tests/test_superset.py runs it in CI (slow): it makes a throw-away virtual environment with Superset and
+sqlmpc and runs this script with that environment's Python.  By hand (Superset first, then sqlmpc over it:
+their sqlglot pins differ, see tests/test_superset.py):
 
-    python3 -m venv /tmp/ss && /tmp/ss/bin/pip install apache-superset 'flask-caching<2.4' cachetools -e .
+    python3 -m venv /tmp/ss && /tmp/ss/bin/pip install 'apache-superset==6.1.0' 'flask-caching<2.4' cachetools
+    /tmp/ss/bin/pip install -e .
     SUPERSET_CONFIG_PATH=tests/superset_config.py /tmp/ss/bin/superset db upgrade
     SUPERSET_CONFIG_PATH=tests/superset_config.py /tmp/ss/bin/python tests/superset_check.py FEDERATION.toml
 
