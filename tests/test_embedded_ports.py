@@ -35,10 +35,11 @@ def test_a_reserved_port_is_refused_to_others_and_served_by_the_mpc_listener():
             assert probe.getsockname()[1] not in ports
             probe.close()
 
-        async def serve_and_connect(port: int) -> bytes:
-            # As MPyC's listener binds (mpc/session.py): all interfaces, SO_REUSEADDR.
+        async def serve_and_connect(host: str | None, port: int) -> bytes:
+            # As MPyC's listener binds (mpc/session.py): SO_REUSEADDR, on loopback (an embedded party)
+            # or on every interface.
             server = await asyncio.get_running_loop().create_server(
-                lambda: _Echo(), host=None, port=port, reuse_address=True)
+                lambda: _Echo(), host=host, port=port, reuse_address=True)
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 writer.write(b"ping")
@@ -48,7 +49,8 @@ def test_a_reserved_port_is_refused_to_others_and_served_by_the_mpc_listener():
             finally:
                 server.close()
 
-        assert asyncio.run(serve_and_connect(ports[0])) == b"ping"
+        assert asyncio.run(serve_and_connect("127.0.0.1", ports[0])) == b"ping"
+        assert asyncio.run(serve_and_connect(None, ports[1])) == b"ping"
     finally:
         for s in held:
             s.close()

@@ -107,7 +107,9 @@ class PartyNode:
         except (errors.SourceError, errors.DataFileError) as exc:
             local, failed = {}, exc         # still meet the peers: they learn it at once instead of timing out
         local_seconds = time.perf_counter() - started
-        session = session or MpcSession(self.index[self.party], addresses, timeout=timeout)
+        me = self.index[self.party]
+        # The plain session (embedded parties): listen on this party's own address only (loopback).
+        session = session or MpcSession(me, addresses, timeout=timeout, listen_host=addresses[me][0])
         ledger = Ledger() if ledger is None else ledger
 
         async def main():

@@ -10,7 +10,8 @@ Three endpoints per node (ports default to the federation address's port P):
 * MPC data plane, ``--mpc-port`` (default P + 2): MPyC's own TCP channels with
   TLS, open only while a query runs (a fresh MpcSession per query).
 
-The node that receives an analyst's query coordinates it: it parses, binds and
+The node that receives an analyst's query coordinates it (the one coordinator of
+:mod:`sqlmpc.party.coordinator`, over :mod:`sqlmpc.party.peers`): it parses, binds and
 plans, proposes {sql, digest, catalog fingerprint, k, analyst} to every peer;
 each peer decides on its own (own federation file + local policy,
 ``PartyNode.admit``) and answers with its MPC port or its reason.  Any refusal
