@@ -24,7 +24,7 @@ import secrets
 import numpy as np
 from sqlglot import exp
 
-from sqlmpc.mpc.join import padded_size
+from sqlmpc.mpc.join import integers, padded_size
 from sqlmpc.mpc.prf import token_field
 from sqlmpc.mpc.record_keys import load_share, party_state, record_keys
 
@@ -48,7 +48,7 @@ async def perturbed_local_moments(engine, sizes) -> dict[str, object]:
         values = keys = W = None
         if part.party == engine.me:
             t = engine.local[(part.relation, part.part)]
-            values, keys, W = _encode(t, f"key_{root}", plain, keyed, G, n)
+            values, keys, W = _encode(t, part, f"key_{root}", plain, keyed, G, n)
         x = engine.input_matrix(part, G, len(plain), values)
         totals = x if totals is None else totals + x     # the parts' persons are disjoint: totals add up
         k = engine.input_matrix(part, n, 1, keys, keyfield)
@@ -72,35 +72,34 @@ async def perturbed_local_moments(engine, sizes) -> dict[str, object]:
     return moments
 
 
-def _encode(t, key: str, plain, keyed, G: int, n: int):
+def _encode(t, part, key: str, plain, keyed, G: int, n: int):
     """The owner's matrices: per-cell totals (G × moments), padded key hashes (n × 1), weights W (n × C·G)."""
-    cells = np.array(t.column("cell").to_pylist(), dtype=np.int64)
+    cells = t.column("cell").to_numpy().astype(np.int64)
     inside = (cells >= 0) & (cells < G)                    # a value outside the domain is in no cell
     rows = np.nonzero(inside)[0]
     values = np.zeros((G, len(plain)), dtype=object)
     for j, m in enumerate(plain):
-        v = _evaluate(m.expr, t)[rows]
+        v = _evaluate(m.expr, t, part)[rows]
         if m.kind == "sum2":
             v = v * v                                      # one row per person and cell: its contribution
         np.add.at(values[:, j], cells[rows], v)
-    real = t.num_rows
-    keys = np.zeros((n, 1), dtype=object)
     # Padding rows get a fresh random key above 2^64 (no person's hash) and no cell.
-    keys[:, 0] = [int(k) for k in t.column(key).to_pylist()] + [secrets.randbits(64) + 2 ** 64 for _ in range(n - real)]
+    keys = (np.frombuffer(secrets.token_bytes(8 * n), dtype=np.uint64).astype(object) + 2 ** 64).reshape(n, 1)
+    keys[:t.num_rows, 0] = integers(t.column(key))
     W = np.zeros((n, len(keyed) * G), dtype=object)
     for j, m in enumerate(keyed):
-        W[rows, j * G + cells[rows]] = _evaluate(m.expr, t)[rows]
+        W[rows, j * G + cells[rows]] = _evaluate(m.expr, t, part)[rows]
     return values, keys, W
 
 
-def _evaluate(node: exp.Expression, t) -> np.ndarray:
+def _evaluate(node: exp.Expression, t, part) -> np.ndarray:
     """A per-key moment expression (a product of the local result's columns, or 1) on every row."""
     if isinstance(node, exp.Paren):
-        return _evaluate(node.this, t)
+        return _evaluate(node.this, t, part)
     if isinstance(node, exp.Column):
-        return np.array([int(v) for v in t.column(node.name).to_pylist()], dtype=object)
+        return integers(t.column(node.name), part.column(node.name).bound)
     if isinstance(node, exp.Literal):
         return np.full(t.num_rows, int(node.this), dtype=object)
     if isinstance(node, exp.Mul):
-        return _evaluate(node.this, t) * _evaluate(node.expression, t)
+        return _evaluate(node.this, t, part) * _evaluate(node.expression, t, part)
     raise TypeError(f"not a per-key moment expression: {node.sql()}")
