@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -48,9 +49,14 @@ def test_small_batches_give_the_oracle_result_and_open_the_same(name, small_batc
     from sqlmpc.party.embedded import EmbeddedFederation
 
     sql = (QUERIES / f"{name}.sql").read_text()
+    heard: list[str] = []
     with EmbeddedFederation(small_batches) as fed:
-        result = fed.query(sql)
+        result = fed.query(sql, progress=heard.append)
     assert_same_result(result, run_oracle(sql, federation, union_db), name)
+    # A stage of many batches keeps the progress line moving: "join (128 of 1,936 keys)".
+    ticks = [h for h in heard if re.fullmatch(r"(input|shuffle|join|aggregate) \([\d,]+ of [\d,]+ \w.*\)", h)]
+    assert any(t.startswith("join (") and t.endswith(" keys)") for t in ticks), heard
+    assert heard.index("join") < heard.index(next(t for t in ticks if t.startswith("join (")))
     # Batches do not change what is opened: the same ledger, entry by entry, as one batch.
     whole = default_batches.query(sql)
     assert [(e["what"], e["count"]) for e in result.leakage] == [(e["what"], e["count"]) for e in whole.leakage]

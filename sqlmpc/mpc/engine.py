@@ -40,6 +40,7 @@ class Engine(JoinMode, CellPhase):
         self.local = local            # (relation, part) -> this party's local result
         self.report = progress or (lambda stage: None)
         self.meter = StageMeter(mpc)
+        self.stage = None
         federation = getattr(getattr(plan, "query", None), "federation", None)
         self.batch = getattr(federation, "batch_rows", DEFAULT_BATCH_ROWS)    # rows per batch (bounds memory)
 
@@ -50,8 +51,14 @@ class Engine(JoinMode, CellPhase):
     def progress(self, stage: str) -> None:
         """Enter a stage (input, shuffle, join, aggregate, threshold, reveal): report it and meter it."""
         self.meter.enter(stage)
+        self.stage = stage
         if stage:
             self.report(stage)
+
+    def tick(self, done: int, total: int, what: str) -> None:
+        """How far a stage of several batches is, so that a minutes-long stage's line keeps moving."""
+        if total > self.batch and self.stage:
+            self.report(f"{self.stage} ({done:,} of {total:,} {what})")
 
     # -- input -------------------------------------------------------------
 
@@ -85,6 +92,7 @@ class Engine(JoinMode, CellPhase):
             hi = min(n, lo + self.batch)
             data = values[lo:hi] if self.mpc.pid == owner else np.zeros((hi - lo, width), dtype=object)
             chunks.append(self.mpc.input(sectype.array(data), senders=owner))
+            self.tick(hi, n, f"rows of {part.relation}")
         return chunks[0] if len(chunks) == 1 else self.mpc.np_vstack(chunks)
 
     # -- local mode ----------------------------------------------------------

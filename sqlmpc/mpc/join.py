@@ -81,7 +81,8 @@ class JoinMode:
         # One PRF key for every key column, so that tokens compare across relations.
         columns_ = [(rel, name, k[:, j]) for rel, k in keymats.items() if k is not None
                     for j, name in enumerate(layouts[rel]["keys"])]
-        opened = await residue_tokens([c for _, _, c in columns_], bits=bits, batch=self.batch) if columns_ else []
+        opened = await residue_tokens([c for _, _, c in columns_], bits=bits, batch=self.batch,
+                                      done=lambda i, n: self.tick(i, n, "keys")) if columns_ else []
         tokens = {(rel, name): np.zeros(0, dtype=np.uint64) for rel in matrices for name in layouts[rel]["keys"]}
         for (rel, name, _), toks in zip(columns_, opened):
             tokens[(rel, name)] = toks
@@ -116,6 +117,7 @@ class JoinMode:
                                       {r: matched[r][rows] for r in matched},
                                       None if depth == 1 else local.reshape(block.shape), record_keys_)
             totals = part if totals is None else {name: totals[name] + part[name] for name in part}
+            self.tick(min(persons, lo + step), persons, "persons")
         return totals, n
 
     def batch_moments(self, matrices, layouts, index, matched, rows_of, record_keys_):
@@ -211,6 +213,7 @@ class JoinMode:
         uci = fresh_uci()
         for lo in range(0, len(columns), per_call):
             columns[lo:lo + per_call] = await shuffle(columns[lo:lo + per_call], uci=uci)
+            self.tick(min(len(columns), lo + per_call) * n, len(columns) * n, "values")
         values = self.stack_columns(columns[width:]) if len(columns) > width else None
         return self.stack_columns(columns[:width]), values
 

@@ -82,12 +82,12 @@ def _root_index(p: int) -> dict:
     return _ROOTS
 
 
-async def residue_tokens(keys: list, *, bits: int, batch: int = 1 << 16,
+async def residue_tokens(keys: list, *, bits: int, batch: int = 1 << 16, done=None,
                          why: str = "join on pseudonymous keys: match tokens in the clear") -> list[np.ndarray]:
     """64-bit-or-more tokens of secret keys (arrays of `token_field()`), one PRF key for all.
 
     Keys go through in batches of ``batch`` (the PRF key is drawn once), so memory is bounded by
-    the batch.  Tokens of at most 64 bits come back as uint64 arrays, longer ones as object arrays.
+    the batch; ``done(keys so far, keys)`` hears each batch.  Tokens of at most 64 bits come back as uint64 arrays, longer ones as object arrays.
     """
     mpc = runtime.current()
     lengths = [a.shape[0] for a in keys]
@@ -108,6 +108,8 @@ async def residue_tokens(keys: list, *, bits: int, batch: int = 1 << 16,
         for j in range(digits):
             tokens[lo:hi] = tokens[lo:hi] * (1 << RESIDUE_BITS) + (symbols[:, j] if wide else
                                                                      symbols[:, j].astype(np.uint64))
+        if done is not None:
+            done(hi, n)
     ledger.coalesce(first)                                 # one entry for the whole call, not one per batch
     out, i = [], 0
     for length in lengths:
