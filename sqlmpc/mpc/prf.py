@@ -134,7 +134,7 @@ async def _symbols(mpc, k, s, digits: int, why: str) -> np.ndarray:
         mine = None
         if mpc.pid == i:
             r = uniform_below(p - 1, N) + 1
-            mine = np.fromiter((int(gmpy2.powmod(v, d, p)) for v in r), dtype=object, count=N)
+            mine = np.fromiter(map(int, gmpy2.powmod_base_list(list(r), d, p)), dtype=object, count=N)
         data = mine if mine is not None else np.zeros(N, dtype=object)
         masks.append(mpc.np_reshape(mpc.input(sectype.array(field.array(data)), senders=i), (n, digits)))
     for mask in masks[:-1]:
@@ -149,6 +149,5 @@ async def _symbols(mpc, k, s, digits: int, why: str) -> np.ndarray:
         opened = await reveal(mpc.np_multiply(y, masks[-1]), what="join tokens", why=why, raw=True)
     roots = _root_index(p)
     exponent = (p - 1) // d
-    values = opened.value.reshape(-1)
-    return np.fromiter((roots[int(gmpy2.powmod(v, exponent, p))] if v else 0 for v in values),
-                       dtype=np.int64, count=N).reshape(n, digits)
+    symbols = gmpy2.powmod_base_list(list(opened.value.reshape(-1)), exponent, p)   # one C loop
+    return np.fromiter((roots.get(x, 0) for x in symbols), dtype=np.int64, count=N).reshape(n, digits)
