@@ -296,6 +296,10 @@ class SourceError(PartyError):
         super().__init__(f"source {source}: {message}" if source else message, party=party)
 
 
+class OutOfMemoryError(PartyError):
+    """A party ran out of memory during a query; the query fails on every party, the next one runs."""
+
+
 class QueryRefusedError(ProgrammingError):
     """A party refused the query during admission; carries its reason."""
 

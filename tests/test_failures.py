@@ -12,7 +12,7 @@ import pytest
 from sqlmpc import errors
 from sqlmpc.catalog import load_federation
 from sqlmpc.party.embedded import EmbeddedFederation
-from sqlmpc.party.faults import FAIL_AFTER_OPENINGS, FAIL_PARTY
+from sqlmpc.party.faults import FAIL_AFTER_OPENINGS, FAIL_PARTY, FAIL_WITH
 
 pytestmark = pytest.mark.mpc
 
@@ -41,6 +41,20 @@ def test_a_failing_party_stops_the_query_within_two_seconds_and_is_named(demo_pa
         assert fed.timeout >= 30
         monkeypatch.delenv(FAIL_AFTER_OPENINGS)
         # The stopped parties are restarted: the next query runs.
+        assert fed.query("SELECT COUNT(*) AS n FROM bureau.persons b").rows()[0][0] > 0
+
+
+def test_a_party_out_of_memory_fails_the_query_naming_it_and_the_stage_and_the_next_runs(
+        demo_path, monkeypatch, tmp_path):
+    monkeypatch.setenv(FAIL_AFTER_OPENINGS, "1")
+    monkeypatch.setenv(FAIL_PARTY, "bureau")
+    monkeypatch.setenv(FAIL_WITH, "MemoryError")
+    with EmbeddedFederation(load_federation(demo_path), state=tmp_path) as fed:
+        with pytest.raises(errors.OutOfMemoryError, match="party 'bureau': ran out of memory in stage 'join'; "
+                                                          "set a smaller batch_rows") as err:
+            fed.query(QUERY)
+        assert err.value.party == "bureau" and err.value.stage == "join"
+        monkeypatch.delenv(FAIL_AFTER_OPENINGS)
         assert fed.query("SELECT COUNT(*) AS n FROM bureau.persons b").rows()[0][0] > 0
 
 

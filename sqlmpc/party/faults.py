@@ -6,7 +6,8 @@ query at that party fail with :class:`InjectedFailure` just before the
 the MPC, the next does not.  Set it for every party of a federation (the
 embedded federation's party processes inherit the environment of the process
 that starts them); ``SQLMPC_FAIL_PARTY=name`` limits it to that party, whose
-peers then learn of the failure from the coordinator.  Unset in production; it never opens anything itself.
+peers then learn of the failure from the coordinator; ``SQLMPC_FAIL_WITH=MemoryError`` makes
+the failure a MemoryError (a party out of memory).  Unset in production; it never opens anything itself.
 
 ``SQLMPC_PAUSE_AFTER_OPENINGS=n`` with ``SQLMPC_PAUSE_FILE=path`` makes a party
 stall instead, just before its (n+1)-th opening: it creates the file and waits,
@@ -27,6 +28,7 @@ from sqlmpc.mpc.reveal import Ledger
 
 FAIL_AFTER_OPENINGS = "SQLMPC_FAIL_AFTER_OPENINGS"
 FAIL_PARTY = "SQLMPC_FAIL_PARTY"        # with it, only that party fails
+FAIL_WITH = "SQLMPC_FAIL_WITH"          # "MemoryError": fail as a party out of memory does
 PAUSE_AFTER_OPENINGS = "SQLMPC_PAUSE_AFTER_OPENINGS"
 PAUSE_FILE = "SQLMPC_PAUSE_FILE"
 LONGEST_PAUSE = 120.0
@@ -42,8 +44,8 @@ class _Tripwire(Ledger):
 
     def record(self, what: str, count: int, why: str):
         if len(self.entries) >= self.limit:
-            raise InjectedFailure(f"injected failure ({FAIL_AFTER_OPENINGS}={self.limit}) "
-                                  f"before opening {what!r}")
+            message = f"injected failure ({FAIL_AFTER_OPENINGS}={self.limit}) before opening {what!r}"
+            raise MemoryError(message) if os.environ.get(FAIL_WITH) == "MemoryError" else InjectedFailure(message)
         return super().record(what, count, why)
 
 

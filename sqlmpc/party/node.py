@@ -96,8 +96,12 @@ class PartyNode:
         try:
             return self._execute(plan, addresses, enter, timeout, session, guard, ledger)
         except Exception as exc:
+            if isinstance(exc, MemoryError) or any(isinstance(e, MemoryError) for e in mpc_session.errors):
+                exc = errors.OutOfMemoryError(
+                    f"ran out of memory in stage '{stage}'; set a smaller batch_rows under [federation] "
+                    f"(now {self.federation.batch_rows:,}) or give the party more memory", party=self.party)
             exc.stage = getattr(exc, "stage", None) or stage
-            raise
+            raise exc
 
     def _execute(self, plan: Plan, addresses, enter, timeout: float, session, guard, ledger) -> Outcome:
         started = time.perf_counter()
