@@ -52,10 +52,12 @@ async def _floor_party(mpc, pid, counts: dict, batch: int):
         sectype = mpc.SecFld(min_order=1 << (bits - 1))
         for lo in range(0, total, batch):
             n = min(batch, total - lo)
+            if kind == "inputs":            # every party inputs its share of the batch at once
+                n = -(-n // m)
             x = sectype.array(sectype.field.array(uniform_below(sectype.field.order, n)))
             started = time.perf_counter()
-            if kind == "inputs":            # the senders take turns, as the plan's owners do
-                await mpc.gather(mpc.input(x, senders=(lo // batch) % m))
+            if kind == "inputs":
+                await mpc.gather(mpc.input(x, senders=list(range(m))))
             elif kind == "multiplications":
                 await mpc.gather(x * x)
             else:
