@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -94,7 +95,8 @@ def fresh_python(tmp_path_factory) -> Path:
     """A new virtual environment with nothing installed yet."""
     venv = tmp_path_factory.mktemp("readme-venv")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    return venv / "bin" / "python"
+    yield venv / "bin" / "python"
+    shutil.rmtree(venv, ignore_errors=True)
 
 
 def importable(python: Path, module: str) -> bool:

@@ -11,6 +11,7 @@ what this test checks; pip's warning about the conflict is expected.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,10 +29,16 @@ def run(*args, env=None, timeout=1800) -> subprocess.CompletedProcess:
     return done
 
 
+@pytest.fixture
+def venv(tmp_path):
+    """The throw-away environment, removed afterwards (about 1 GB)."""
+    yield tmp_path / "superset-venv"
+    shutil.rmtree(tmp_path / "superset-venv", ignore_errors=True)
+
+
 @pytest.mark.slow
 @pytest.mark.mpc
-def test_superset_bar_chart_equals_the_dbapi(demo_path, tmp_path):
-    venv = tmp_path / "superset-venv"
+def test_superset_bar_chart_equals_the_dbapi(demo_path, tmp_path, venv):
     run(sys.executable, "-m", "venv", venv)
     python = venv / "bin" / "python"
     run(python, "-m", "pip", "install", "--quiet", "--no-compile", *SUPERSET)     # Python compiles what it imports
