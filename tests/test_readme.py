@@ -91,7 +91,7 @@ def cache(demo_path, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def fresh_python(tmp_path_factory) -> Path:
+def fresh_python(tmp_path_factory):
     """A new virtual environment with nothing installed yet."""
     venv = tmp_path_factory.mktemp("readme-venv")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
