@@ -40,6 +40,15 @@ QUERIES = [
 GROUPINGS = ["p.diagnosis", "p.diagnosis, b.region", "p.diagnosis, b.region, b.age_band"]
 BY_SIZE = [f"SELECT COUNT(DISTINCT p.pid) AS patients, SUM(c.cost_eur) AS cost, {g} {JOIN} GROUP BY {g}"
            for g in GROUPINGS]
+# Per cell of each grouping: S2, the sum of the squares of the patients' 2024 costs in cents (the engine's units).
+def s2_sql(grouping: str) -> str:
+    names = [f"g{i}" for i, _ in enumerate(grouping.split(","))]
+    inner = ", ".join(f"{c.strip()} AS {n}" for c, n in zip(grouping.split(","), names))
+    return (f"SELECT {', '.join(names)}, SUM(x * x) FROM (SELECT {inner}, p.pid, SUM(round(c.cost_eur * 100)) AS x "
+            f"{JOIN} GROUP BY ALL) GROUP BY ALL")
+
+
+S2 = [s2_sql(g) for g in GROUPINGS]
 SIZES = [(10, 19), (20, 49), (50, 99), (100, 199), (200, 499), (500, 10 ** 9)]
 
 
@@ -56,18 +65,27 @@ def _cell(row) -> str:
     return repr(row[2:])
 
 
-def errors_by_size(perturbed, exact) -> list[str]:
-    """Per cell-size class: cells, mean and largest |relative error| of the count and of the sum."""
+def noise_scale(s2: int, mu: float) -> float:
+    """The documented bound of a sum's noise, in euros: μ·m, m = 2^⌈L/2⌉ for L the bit length of S2 (cents²)."""
+    return mu * (1 << -(-int(s2).bit_length() // 2)) / 100
+
+
+def errors_by_size(perturbed, exact, bounds) -> list[str]:
+    """Per cell-size class: cells, mean and largest |relative error| of the count and of the sum, the
+    documented bound μ·m of the sum's noise relative to the sum (mean), and the largest |noise| / μ·m."""
     rows = []
     for lo, hi in SIZES:
-        pairs = [(g, w) for g, w in zip(perturbed, exact) if w[0] is not None and lo <= w[0] <= hi]
-        if not pairs:
+        cells = [(g, w, b) for g, w, b in zip(perturbed, exact, bounds) if w[0] is not None and lo <= w[0] <= hi]
+        if not cells:
             continue
-        count = [abs(g[0] - w[0]) / w[0] for g, w in pairs]
-        total = [abs(g[1] - float(w[1])) / float(w[1]) for g, w in pairs]
+        count = [abs(g[0] - w[0]) / w[0] for g, w, _ in cells]
+        total = [abs(g[1] - float(w[1])) / float(w[1]) for g, w, _ in cells]
+        bound = [b / float(w[1]) for _, w, b in cells]
+        used = [abs(g[1] - float(w[1])) / b for g, w, b in cells]
         label = f"{lo}–{hi}" if hi < 10 ** 9 else f"≥ {lo}"
-        rows.append(f"| {label} | {len(pairs)} | {100 * statistics.mean(count):.2f} % | {100 * max(count):.2f} % | "
-                    f"{100 * statistics.mean(total):.2f} % | {100 * max(total):.2f} % |")
+        rows.append(f"| {label} | {len(cells)} | {100 * statistics.mean(count):.2f} % | {100 * max(count):.2f} % | "
+                    f"{100 * statistics.mean(total):.2f} % | {100 * max(total):.2f} % | "
+                    f"{100 * statistics.mean(bound):.1f} % | {max(used):.2f} |")
     return rows
 
 
@@ -91,10 +109,15 @@ def main() -> None:
                     perturbed = [row for sql in BY_SIZE for row in sorted(embedded.query(sql).rows(), key=_cell)]
         union = open_union_database(noisy_fed)
         exact = [row for sql in BY_SIZE for row in sorted(run_oracle(sql, noisy_fed, union).rows(), key=_cell)]
+        s2 = {}
+        for sql in S2:
+            s2.update({repr(tuple(r[:-1])): r[-1] for r in union.execute(sql).fetchall()})
+        mu = noisy_fed.policy.cell_key.magnitude_deviation
+        bounds = [noise_scale(s2.get(_cell(w), 0), mu) for w in exact]
         for label, _ in QUERIES:
             before, after = runs[("none", label)], runs[("cell_key", label)]
             timing.append(f"| {label} | {before:.2f} | {after:.2f} | {100 * (after / before - 1):+.0f} % |")
-        sizes = errors_by_size(perturbed, exact)
+        sizes = errors_by_size(perturbed, exact, bounds)
     section = "\n".join([
         TITLE, "",
         f"`python bench/perturbation.py --persons {args.persons}` ({platform.machine()}, 2 cores shared with other "
@@ -103,8 +126,9 @@ def main() -> None:
         "| query | exact s | perturbed s | overhead |", "|---|---|---|---|", *timing, "",
         "Relative error of released cells by their exact count of persons (COUNT(DISTINCT) patients and "
         "SUM of their 2024 claims, grouped by diagnosis; diagnosis × region; diagnosis × region × age band):", "",
-        "| persons in cell | cells | count: mean | count: max | sum: mean | sum: max |",
-        "|---|---|---|---|---|---|", *sizes, ""])
+        "| persons in cell | cells | count: mean | count: max | sum: mean | sum: max | sum: bound μ·m (mean) "
+        "| largest noise / μ·m |",
+        "|---|---|---|---|---|---|---|---|", *sizes, ""])
     print(section)
     if not args.no_write:
         write_section(ROOT / "BENCHMARKS.md", section)
