@@ -131,16 +131,18 @@ def test_record_keys_are_the_power_residue_prf_under_the_summed_key():
 
 def _spec(policy):
     return PerturbationSpec(policy, perturbation_table(policy, 10),
-                            (Target("c", "count", ("k1", "k2")), Target("s", "magnitude", ("k1",), "s2")))
+                            (Target("c", "count", ("k1", "k2")), Target("s", "magnitude", ("k1",), "s2"),
+                             Target("t", "magnitude", ("k2",), "s2t")))
 
 
 async def _perturb_party(mpc, pid, data, policy):
     from sqlmpc.mpc.perturb import perturb_moments
     sectype = mpc.SecInt(200)
     moments = {k: sectype.array(np.array(v, dtype=object)) for k, v in data.items()}
-    bounds = {"s2": 2 ** 100, "k1": 500 * KEY_RANGE, "k2": 500 * KEY_RANGE, "c": 1000, "s": 10 ** 12}
+    bounds = {"s2": 2 ** 100, "s2t": 2 ** 41, "k1": 500 * KEY_RANGE, "k2": 500 * KEY_RANGE, "c": 1000,
+              "s": 10 ** 12, "t": 10 ** 6}
     out = await perturb_moments(mpc, _spec(policy), moments, bounds)
-    return {k: [int(x) for x in await mpc.output(out[k])] for k in ("c", "s")}
+    return {k: [int(x) for x in await mpc.output(out[k])] for k in ("c", "s", "t")}
 
 
 @pytest.mark.mpc
@@ -152,12 +154,15 @@ def test_noise_in_mpc_equals_the_documented_functions(policy):
             "s": [int(v) for v in rng.integers(-10 ** 12, 10 ** 12, G)],
             "k1": [int(v) for v in rng.integers(0, 500 * KEY_RANGE, G)],
             "k2": [int(v) for v in rng.integers(0, 500 * KEY_RANGE, G)],
-            "s2": [0, 1, 5] + [int(v) ** 6 for v in rng.integers(1, 10 ** 5, G - 3)]}
+            "s2": [0, 1, 5] + [int(v) ** 6 for v in rng.integers(1, 10 ** 5, G - 3)],
+            "t": [int(v) for v in rng.integers(-10 ** 6, 10 ** 6, G)],
+            "s2t": [0, 2 ** 41 - 1] + [int(v) for v in rng.integers(1, 2 ** 41, G - 2)]}
     got = run_parties(_perturb_party, 3, args=(data, policy))[0]
     table = perturbation_table(policy, 10)
     assert got["c"] == [c + table.count_noise(c, (a + b) % KEY_RANGE)
                         for c, a, b in zip(data["c"], data["k1"], data["k2"])]
     assert got["s"] == [s + magnitude_noise(policy, q, a % KEY_RANGE) for s, a, q in zip(data["s"], data["k1"], data["s2"])]
+    assert got["t"] == [t + magnitude_noise(policy, q, b % KEY_RANGE) for t, b, q in zip(data["t"], data["k2"], data["s2t"])]
 
 
 # -- the perturbed demo through real MPC --------------------------------------------------------------
@@ -210,9 +215,25 @@ def or_of_differences(conds: dict) -> str:
 @pytest.mark.mpc
 def test_ad_hoc_queries_are_perturbed_and_marked(perturbed):
     plan = compile("SELECT b.region, COUNT(*) FROM bureau.persons b GROUP BY b.region", perturbed)
-    assert plan.perturbation is not None and plan.mode == "join"
+    assert plan.perturbation is not None and plan.mode == "local"        # the owner still sums per cell
     assert {t.kind for t in plan.perturbation.targets} == {"count"}
-    assert any(l.what == "record keys" for l in plan.leakage)
+    assert {"record keys", "noise bit decompositions"} <= {l.what for l in plan.leakage}
+
+
+@pytest.mark.mpc
+def test_one_table_in_local_mode_gets_the_noise_of_the_same_persons_in_join_mode(embedded, perturbed, union):
+    """Local mode sums per cell at the owner, join mode in MPC: the same persons give the same cell keys,
+    so the same released values, and both stay within the documented noise of the exact ones."""
+    one = ("SELECT c.category, COUNT(*) AS claims, SUM(c.cost_eur) AS cost FROM insurer.claims c "
+           "WHERE c.year = 2024 GROUP BY c.category ORDER BY c.category")
+    joined = one.replace("FROM insurer.claims c", "FROM insurer.claims c LEFT JOIN bureau.persons b ON b.pid = c.pid")
+    assert compile(one, perturbed).mode == "local" and compile(joined, perturbed).mode == "join"
+    local, join = embedded.query(one), embedded.query(joined)
+    assert local.rows() == join.rows() and local.perturbed == ["claims", "cost"]
+    exact = run_oracle(one, perturbed, union).rows()
+    assert any(g != w for g, w in zip(local.rows(), exact))
+    for g, w in zip(local.rows(), exact):
+        assert g[0] == w[0] and abs(g[1] - w[1]) <= D, (g, w)
 
 
 @pytest.mark.mpc
