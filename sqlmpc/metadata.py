@@ -10,6 +10,8 @@ import pyarrow as pa
 
 from sqlmpc import errors
 from sqlmpc.catalog import Federation
+from sqlmpc.plan.compile import compile
+from sqlmpc.plan.explain import explain
 from sqlmpc.result import Result
 from sqlmpc.sql.statements import Describe, Explain, ShowPolicy, ShowTables
 
@@ -64,9 +66,6 @@ def describe(fed: Federation, statement: Describe) -> Result:
 
 
 def explain_text(fed: Federation, statement: Explain) -> str:
-    from sqlmpc.plan.compile import compile
-    from sqlmpc.plan.explain import explain
-
     # The query's tree carries positions in the whole statement's text, so errors point right.
     return explain(compile(statement.query, fed))
 

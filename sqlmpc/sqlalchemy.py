@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from sqlalchemy import types as sqltypes
 from sqlalchemy.engine import default
+from sqlalchemy.exc import NoSuchTableError
 from sqlalchemy.sql import compiler
 from sqlalchemy.sql.schema import Table
 
@@ -122,7 +123,6 @@ class SqlmpcDialect(default.DefaultDialect):
         party, _, name = (f"{schema}.{table_name}" if schema else table_name).rpartition(".")
         table = fed.table(party, name)
         if table is None:
-            from sqlalchemy.exc import NoSuchTableError
             raise NoSuchTableError(table_name)
         return [{"name": c.name, "type": _TYPES.get(c.type, sqltypes.String)(), "nullable": c.nullable,
                  "default": None, "comment": c.role.value} for c in table.columns]

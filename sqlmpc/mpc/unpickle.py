@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import sys
 import types
 
 from sqlmpc.mpc import runtime
@@ -88,7 +89,6 @@ def installed() -> bool:
 
 def installed_everywhere() -> list[str]:
     """Names of loaded mpyc modules that still hold the real pickle module (should be [])."""
-    import sys
     bad = []
     for name, mod in list(sys.modules.items()):
         if name.startswith("mpyc") and mod is not None:

@@ -15,7 +15,7 @@ from sqlmpc.plan.release import DominanceTest, contributor_conditions, extreme_v
 from sqlmpc.sql.params import literal
 from sqlmpc.sql.positions import node_position
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:      # annotations only: planner imports this module, so a run-time import would be a circle
     from sqlmpc.plan.planner import Planner
 
 

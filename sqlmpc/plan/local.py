@@ -71,7 +71,6 @@ class LocalColumns:
         if not self.group.nullable:
             return 0
         nulled = node.copy().transform(lambda n: exp.null() if isinstance(n, exp.Column) else n)
-        import duckdb
         value = duckdb.execute(exp.select(exp.func("coalesce", nulled, exp.false())).sql("duckdb")).fetchall()[0][0]
         return int(bool(value))
 

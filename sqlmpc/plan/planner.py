@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import duckdb
 from sqlglot import exp
 
 from sqlmpc import errors
@@ -211,7 +212,6 @@ class Planner:
     def absent_index(self, g) -> int:
         if not self.group_of[g.relation].nullable:
             return 0
-        import duckdb
         nulled = g.expr.copy().transform(lambda n: exp.null() if isinstance(n, exp.Column) else n)
         value = duckdb.execute(exp.select(nulled).sql("duckdb")).fetchall()[0][0]
         # A WHERE may have narrowed NULL out of the domain: then its flag drops the unmatched rows anyway.

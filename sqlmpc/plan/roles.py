@@ -14,7 +14,7 @@ from sqlmpc import errors
 from sqlmpc.catalog import Column, Role
 from sqlmpc.plan.query import AGGREGATES, BINNING, BoundQuery, is_aggregate, is_match_test
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:      # annotations only: bind imports this module, so a run-time import would be a circle
     from sqlmpc.plan.bind import Binder
 
 

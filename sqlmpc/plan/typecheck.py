@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import duckdb
 from sqlglot import exp
 
 from sqlmpc import errors
 from sqlmpc.catalog import Column, Role
+from sqlmpc.plan.query import BoundQuery
 from sqlmpc.sql.params import literal
 from sqlmpc.sql.positions import node_position
-
-if TYPE_CHECKING:                    # bind calls this module: no import back at run time
-    from sqlmpc.plan.query import BoundQuery
 
 SAMPLE_ROWS = 6          # rows per relation (fewer when the query has many relations)
 

@@ -184,7 +184,7 @@ class PostgresSource(EngineSource):
         self.label = f"postgresql {where}"
 
     def _params(self, *, with_password: bool) -> dict:
-        from psycopg.conninfo import conninfo_to_dict
+        from psycopg.conninfo import conninfo_to_dict    # lazy: optional extra [sources]; ~260 ms to import
 
         c = self.connection
         dsn = c.dsn if c.dsn is not None else os.environ.get(c.dsn_env or "")
@@ -220,8 +220,8 @@ class PostgresSource(EngineSource):
         return [self.password] if self.password else []
 
     def _batches(self, sql: str):
-        import adbc_driver_postgresql.dbapi as adbc
-        from psycopg.conninfo import make_conninfo
+        import adbc_driver_postgresql.dbapi as adbc     # lazy: optional extra [sources]; ~1 s to import
+        from psycopg.conninfo import make_conninfo      # lazy: optional extra [sources]
 
         connection = adbc.connect(make_conninfo(**self._params(with_password=True)))
         cursor = connection.cursor()
@@ -264,7 +264,7 @@ class SparkSource(EngineSource):
         return self._session
 
     def _start(self):
-        from pyspark.sql import SparkSession
+        from pyspark.sql import SparkSession     # lazy: optional extra [sources]; ~240 ms to import
 
         builder = (SparkSession.builder.master(self.connection.master).appName(f"sqlmpc-{self.party}")
                    .config("spark.ui.enabled", "false")
