@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue as queue_mod
+import socket
 import time
 import traceback
 
@@ -44,14 +45,27 @@ def _child(fn, pid, addresses, args, q, session_kwargs, open_session=True):
         q.put((pid, False, traceback.format_exc() + causes))
 
 
+def free_ports(m: int, host: str = "127.0.0.1") -> list[int]:
+    """m currently free TCP ports on host (best effort: they are released before use)."""
+    socks, ports = [], []
+    try:
+        for _ in range(m):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
 def run_parties(fn, m: int = 3, args=(), *, timeout: float = 120.0, session_kwargs=None,
                 open_session: bool = True) -> list:
     """Run ``await fn(mpc, pid, *args)`` in m parties; returns their results in pid order.
 
     With open_session=False no session is opened: fn(addresses, pid, *args) opens
     its own (e.g. to measure or repeat sessions)."""
-    from sqlmpc.mpc.session import free_ports
-
     ctx = mp.get_context("spawn")
     ports = free_ports(m)
     addresses = [("127.0.0.1", p) for p in ports]

@@ -24,12 +24,13 @@ import sqlmpc
 from sqlmpc import errors
 from sqlmpc.catalog import load_federation
 from sqlmpc.mpc import unpickle
-from sqlmpc.mpc.session import free_ports
 from sqlmpc.oracle import run_oracle
 from sqlmpc.party.client import RemoteConnection
 from sqlmpc.party.faults import FAIL_AFTER_OPENINGS, PAUSE_AFTER_OPENINGS, PAUSE_FILE
 from sqlmpc.party.keys import init_keys
 from sqlmpc.result import Result
+
+from mpc_parties import free_ports
 
 pytestmark = pytest.mark.mpc
 

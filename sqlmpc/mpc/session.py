@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -180,7 +181,6 @@ class MpcSession:
     def _ssl_context(self, server: bool):
         if self.tls is None:
             return None
-        import ssl
         purpose = ssl.Purpose.CLIENT_AUTH if server else ssl.Purpose.SERVER_AUTH
         ctx = ssl.create_default_context(purpose)
         ctx.load_cert_chain(self.tls.cert, keyfile=self.tls.key)
@@ -221,22 +221,6 @@ class MpcSession:
             self._server.close()
             self._server = None
         rt.start_time = time.time()
-
-
-def free_ports(m: int, host: str = "127.0.0.1") -> list[int]:
-    """m currently free TCP ports on host (best effort: they are released before use)."""
-    import socket
-    socks, ports = [], []
-    try:
-        for _ in range(m):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
 
 
 def session_open() -> bool:
