@@ -16,7 +16,13 @@ def explain(plan: Plan) -> str:
     out.append("")
     out.append("Secure part (MPC between the parties):")
     step = 1
-    if plan.mode == "local":
+    if plan.mode == "local" and plan.perturbation is not None:
+        keyed = sum(m.kind == "cellkey" for m in plan.moments)
+        out.append(f"  {step}. secret-share each party's per-cell totals ({plan.grid.size} cells × "
+                   f"{len(plan.moments) - keyed} moments) and add them up; for the cell keys, its rows (one per "
+                   f"person and cell: key hash, {keyed} × {plan.grid.size} weights), their record keys and "
+                   "Σ record key × weight per cell")
+    elif plan.mode == "local":
         out.append(f"  {step}. secret-share each party's per-cell totals ({plan.grid.size} cells × "
                    f"{len(plan.moments)} moments) and add them up")
     else:
