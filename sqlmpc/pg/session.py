@@ -267,24 +267,28 @@ class Session:
             self.send(m.ParameterDescription(type_oids=oids),
                       row_description(schema) if schema is not None else m.NoData())
             return
-        portal = self.portals.get(msg.name)
-        if portal is None:
-            return self.error(errors.ProgrammingError(f'portal "{msg.name}" does not exist'))
-        try:
-            answer = self.run_portal(portal)
-        except errors.Error as exc:
-            return self.error(exc, portal.sql)
+        portal, answer = self.answer_of(msg.name)
+        if answer is None:
+            return
         portal.description_sent = True
         self.send(row_description(answer.table.schema) if answer.table is not None else m.NoData())
 
-    def on_execute(self, msg: m.Execute) -> None:
-        portal = self.portals.get(msg.portal)
+    def answer_of(self, name: str):
+        """A portal and its answer; (portal, None) after reporting why there is no answer."""
+        portal = self.portals.get(name)
         if portal is None:
-            return self.error(errors.ProgrammingError(f'portal "{msg.portal}" does not exist'))
+            self.error(errors.ProgrammingError(f'portal "{name}" does not exist'))
+            return None, None
         try:
-            answer = self.run_portal(portal)
+            return portal, self.run_portal(portal)
         except errors.Error as exc:
-            return self.error(exc, portal.sql)
+            self.error(exc, portal.sql)
+            return portal, None
+
+    def on_execute(self, msg: m.Execute) -> None:
+        portal, answer = self.answer_of(msg.portal)
+        if answer is None:
+            return
         if not answer.tag:
             self.send(m.EmptyQueryResponse())
             return
