@@ -21,7 +21,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlmpc import errors
+import pyarrow.feather as feather
+import pyarrow.parquet as pq
+
+from sqlmpc import dbapi, errors
 from sqlmpc.cli.progress import StageProgress
 from sqlmpc.junit import write_junit
 from sqlmpc.output import SUPPRESSED_COLUMN, to_csv, to_json, to_markdown, with_suppressed
@@ -85,10 +88,8 @@ def write_result(result, directory: Path, stem: str, fmt: str) -> Path:
     out = directory / f"{stem}.{OUT_FORMATS[fmt]}"
     directory.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":
-        import pyarrow.parquet as pq
         pq.write_table(with_suppressed(result, perturbed_column=True), out)
     elif fmt == "arrow":
-        import pyarrow.feather as feather
         feather.write_feather(with_suppressed(result, perturbed_column=True), out)
     else:
         out.write_text({"csv": to_csv, "json": lambda r: to_json(r) + "\n", "markdown": to_markdown}[fmt](result))
@@ -125,11 +126,9 @@ class Outcome:
 
 
 def run_files(args, federation) -> int:
-    import sqlmpc
-
     files = query_files(args.files)
     outcomes: list[Outcome] = []
-    with sqlmpc.dbapi.connect(federation, oracle=getattr(args, "oracle", False)) as con:
+    with dbapi.connect(federation, oracle=getattr(args, "oracle", False)) as con:
         for path in files:
             outcome = _run_one(con, path, args)
             outcomes.append(outcome)
