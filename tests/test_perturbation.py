@@ -397,3 +397,29 @@ def test_csv_json_and_arrow_outputs_mark_the_perturbed_columns():
     assert "_perturbed" not in to_csv(exact) and "_perturbed" not in to_json(exact)
     assert "_perturbed" not in with_suppressed(exact, perturbed_column=True).column_names
     assert "_perturbed" not in with_suppressed(noisy).column_names      # the PostgreSQL wire's table as before
+
+
+@pytest.mark.mpc
+def test_union_of_three_owners_stays_in_local_mode_within_the_noise(tmp_path):
+    """UNION ALL of tables with their own key spaces: each owner sums its cells, MPC adds every part's
+    cell keys; counts within D of the exact ones, sums within the documented bound μ·m."""
+    from sqlmpc.demo import generate_horizontal
+    from sqlmpc.party.embedded import EmbeddedFederation
+    path = generate_horizontal(tmp_path, rows_per_party=300)
+    path.write_text(path.read_text().replace("[policy]", '[policy]\nperturbation = "cell_key"', 1))
+    fed = load_federation(path)
+    branches = " UNION ALL ".join(f"SELECT pid, ward, cost_eur FROM {p}.admissions" for p in fed.party_names)
+    sql = f"SELECT u.ward, COUNT(*) AS n, SUM(u.cost_eur) AS s FROM ({branches}) u GROUP BY u.ward ORDER BY u.ward"
+    plan = compile(sql, fed)
+    assert plan.mode == "local" and plan.perturbation is not None and len(plan.parts) == 3
+    with EmbeddedFederation(fed) as embedded:
+        got = embedded.query(sql).rows()
+    exact = run_oracle(sql, fed).rows()
+    from sqlmpc.local.data import open_union_database
+    s2 = dict(open_union_database(fed).execute(
+        f"SELECT ward, SUM(c * c) FROM (SELECT ward, pid, SUM(round(cost_eur * 100)) AS c FROM ({branches}) "
+        "GROUP BY ALL) GROUP BY ward").fetchall())
+    assert any(g != w for g, w in zip(got, exact))
+    for g, w in zip(got, exact):
+        m = 1 << -(-int(s2[w[0]]).bit_length() // 2)
+        assert g[0] == w[0] and abs(g[1] - w[1]) <= D and abs(g[2] - w[2]) <= m / 100, (g, w, m)
