@@ -24,14 +24,9 @@ import secrets
 import numpy as np
 from sqlglot import exp
 
-from sqlmpc.mpc.join import integers, padded_size
+from sqlmpc.mpc.join import integers
 from sqlmpc.mpc.prf import token_field
 from sqlmpc.mpc.record_keys import load_share, party_state, record_keys
-
-
-def perturbed_rows(table) -> int:
-    """The padded size of an owner's local result (one row per person and cell)."""
-    return padded_size(table.num_rows)
 
 
 async def perturbed_local_moments(engine, sizes) -> dict[str, object]:
@@ -51,16 +46,14 @@ async def perturbed_local_moments(engine, sizes) -> dict[str, object]:
             values, keys, W = _encode(t, part, f"key_{root}", plain, keyed, G, n)
         x = engine.input_matrix(part, G, len(plain), values)
         totals = x if totals is None else totals + x     # the parts' persons are disjoint: totals add up
-        k = engine.input_matrix(part, n, 1, keys, keyfield)
-        w = engine.input_matrix(part, n, len(keyed) * G, W)
-        if k is not None:
-            hashes.append(k[:, 0])
-            weights.append(w)
+        if keyed:
+            hashes.append(engine.input_matrix(part, n, 1, keys, keyfield)[:, 0])
+            weights.append(engine.input_matrix(part, n, len(keyed) * G, W))
     moments = {m.name: totals[:, j] for j, m in enumerate(plain)}
     if keyed:
         federation = getattr(getattr(plan, "query", None), "federation", None)
         share = load_share(party_state(getattr(federation, "path", None), engine.me))
-        x = hashes[0] if len(hashes) == 1 else np.concatenate(hashes)
+        x = hashes[0] if len(hashes) == 1 else engine.mpc.np_concatenate(hashes)
         r = await record_keys(x, share, engine.secint)        # one round of openings for every part
         cell_keys, at = None, 0
         for w in weights:

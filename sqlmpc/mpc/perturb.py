@@ -23,7 +23,7 @@ random bits and whose high part is a secret random number k bits wider than x (s
 hiding, as in MPyC's own comparisons); the bits of x are then those of (c − r) mod 2^l: a
 subtraction of secret bits from public ones, whose borrows are a parallel prefix (Kogge–Stone,
 ⌈log2 l⌉ rounds of whole-array multiplications).  MPyC's np_to_bits does the same with a
-recursive adder of many small operations, 3-4 times slower here.
+recursive adder of many small operations: twice as slow here (25 values of 108 bits: 1.8 s, 0.85 s).
 """
 
 from __future__ import annotations
