@@ -13,8 +13,6 @@ and each average between the extremes those two bounds allow.
 
 from __future__ import annotations
 
-import math
-
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
