@@ -259,7 +259,8 @@ class Planner:
         for alias in group.members:
             if alias in keys:
                 # The key enters MPC as a 64-bit hash; a LEFT JOIN's missing key as NULL (no token).
-                # In local mode it only counts distinct persons at its owner: no hash needed.
+                # Exact local mode only counts distinct persons at its owner: no hash needed (a
+                # perturbed one needs it for the record keys).
                 key = exp.column(q.relations[alias].key.name, table=alias)
                 if mode != "local" or sums is not None:
                     key = exp.func("md5_number_lower", exp.cast(key, "VARCHAR"))
