@@ -212,7 +212,7 @@ class JoinMode:
         per_call = max(1, self.batch * 8 // n)         # about 8 batches of elements per call
         uci = fresh_uci()
         for lo in range(0, len(columns), per_call):
-            columns[lo:lo + per_call] = await shuffle(columns[lo:lo + per_call], uci=uci)
+            columns[lo:lo + per_call] = await shuffle(columns[lo:lo + per_call], uci=uci, batch=self.batch)
             self.tick(min(len(columns), lo + per_call) * n, len(columns) * n, "values")
         values = self.stack_columns(columns[width:]) if len(columns) > width else None
         return self.stack_columns(columns[:width]), values

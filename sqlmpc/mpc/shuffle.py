@@ -60,7 +60,8 @@ def fresh_uci() -> bytes:
     return runtime.prss_uci()
 
 
-async def shuffle(columns: list, *, uci: bytes | None = None, _trace: dict | None = None) -> list:
+async def shuffle(columns: list, *, uci: bytes | None = None, batch: int = 1 << 16,
+                  _trace: dict | None = None) -> list:
     """Apply one common secret permutation to equal-length 1-D secure arrays.
 
     Columns may be of different secure types (each type is processed as one
@@ -102,20 +103,27 @@ async def shuffle(columns: list, *, uci: bytes | None = None, _trace: dict | Non
             sectype = X.sectype
             field = sectype.field
             k = X.shape[0]
+            v = None
             if member:
                 shares = await mpc.gather(X)
                 lam = lagrange_at_zero(field, S)[S.index(pid)]
                 v = shares.value[:, perm]
-                if v.dtype != object:
-                    v = v.astype(object)
-                part = field.array(v * lam % field.modulus)
-            else:
-                part = field.array(np.zeros((k, n), dtype=object), check=False)
-            inputs = mpc.input(sectype.array(part), senders=list(S))
-            acc = inputs[0]
-            for y in inputs[1:]:
-                acc = acc + y
-            new_blocks[st] = acc
+                del shares
+            chunks = []
+            for lo in range(0, n, batch):      # re-input a batch of rows at a time: the copies stay small
+                hi = min(n, lo + batch)
+                if member:
+                    w = v[:, lo:hi] if v.dtype == object else v[:, lo:hi].astype(object)
+                    part = field.array(w * lam % field.modulus)
+                else:
+                    part = field.array(np.zeros((k, hi - lo), dtype=object), check=False)
+                inputs = mpc.input(sectype.array(part), senders=list(S))
+                acc = inputs[0]
+                for y in inputs[1:]:
+                    acc = acc + y
+                chunks.append(acc)
+            del v
+            new_blocks[st] = chunks[0] if len(chunks) == 1 else mpc.np_hstack(chunks)
         blocks = new_blocks
 
     out = [None] * len(columns)
