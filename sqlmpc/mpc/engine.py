@@ -14,6 +14,8 @@ reveal.
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pyarrow as pa
 
@@ -127,6 +129,15 @@ class Engine(JoinMode, CellPhase):
     # -- driver ------------------------------------------------------------------
 
     async def run(self) -> pa.Table:
+        # Millions of field elements live in object arrays, which the cyclic garbage collector
+        # would traverse again and again; the engine makes few cycles, so it pauses during the run.
+        gc.disable()
+        try:
+            return await self._run()
+        finally:
+            gc.enable()
+
+    async def _run(self) -> pa.Table:
         self.progress("input")           # the input sizes are its first opening
         sizes = await self.sizes()
         # Row phase: the field holds 64-bit key hashes and every moment (a sum over at most
