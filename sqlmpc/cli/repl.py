@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -243,6 +244,9 @@ def repl(args) -> int:
 
     from sqlmpc.cli.history import StatementHistory
 
+    # Ctrl-C cancels the running query even when the shell was started with SIGINT ignored
+    # (as a background job of a non-interactive shell is): Python then installs no handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print("sqlmpc — federated SQL over MPC. Starting the parties ...", flush=True)
     with open_connection(args) as con:
         shell = Shell(con, interactive=True)
