@@ -12,13 +12,12 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-import duckdb
 from sqlglot import exp
 
 from sqlmpc import errors
 from sqlmpc.catalog import Role
 from sqlmpc.plan.query import BINNING, BoundQuery
-from sqlmpc.plan.typecheck import USER_ERRORS
+from sqlmpc.plan.typecheck import USER_ERRORS, scratch
 from sqlmpc.sql.params import literal
 from sqlmpc.sql.positions import node_position
 
@@ -116,7 +115,7 @@ def _evaluate_domain(expr: exp.Expression, columns: list[exp.Column], domains: l
     # Keep the first-seen order (the domain's declared order), not DuckDB's hash order.
     query = exp.select("v").from_(inner.subquery("q")).group_by("v").order_by("MIN(pos)")
     try:
-        return tuple(r[0] for r in duckdb.sql(query.sql("duckdb")).fetchall())
+        return tuple(r[0] for r in scratch().sql(query.sql("duckdb")).fetchall())
     except USER_ERRORS as exc:      # at a domain value the type check's samples did not hold
         raise errors.SqlTypeError(f"GROUP BY {expr.sql('duckdb')} cannot be evaluated on its domain: "
                                   f"{str(exc).splitlines()[0].partition(': ')[2]}", sql=sql, **node_position(expr),

@@ -10,10 +10,10 @@ from __future__ import annotations
 import decimal
 from dataclasses import dataclass, field
 
-import duckdb
 from sqlglot import exp
 
 from sqlmpc import errors
+from sqlmpc.plan.typecheck import scratch
 from sqlmpc.plan.query import BoundQuery, Join
 from sqlmpc.plan.plan import LocalColumn
 from sqlmpc.sql.functions import arguments, scalar_of
@@ -71,7 +71,7 @@ class LocalColumns:
         if not self.group.nullable:
             return 0
         nulled = node.copy().transform(lambda n: exp.null() if isinstance(n, exp.Column) else n)
-        value = duckdb.execute(exp.select(exp.func("coalesce", nulled, exp.false())).sql("duckdb")).fetchall()[0][0]
+        value = scratch().execute(exp.select(exp.func("coalesce", nulled, exp.false())).sql("duckdb")).fetchall()[0][0]
         return int(bool(value))
 
     def interval(self, node: exp.Expression) -> tuple[int, int]:
@@ -157,7 +157,7 @@ def rescale(node: exp.Expression, scale: int) -> exp.Expression:
 
 def constant(node: exp.Expression) -> exp.Expression:
     """A constant as an integer literal with its decimal scale (TRUE/FALSE as 1/0)."""
-    value = duckdb.execute(exp.select(node.copy()).sql("duckdb")).fetchall()[0][0]
+    value = scratch().execute(exp.select(node.copy()).sql("duckdb")).fetchall()[0][0]
     if value is None:
         raise errors.UnsupportedExpressionError(f"NULL constant {node.sql()} in a condition across parties",
                                                 **node_position(node))

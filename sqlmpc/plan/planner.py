@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import duckdb
 from sqlglot import exp
 
 from sqlmpc import errors
+from sqlmpc.plan.typecheck import scratch
 from sqlmpc.plan.query import BoundQuery, Join, Relation, RelationPart
 from sqlmpc.plan.build import ONE, is_flag, times
 from sqlmpc.plan.cells import CellGrid, cell_grid
@@ -213,7 +213,7 @@ class Planner:
         if not self.group_of[g.relation].nullable:
             return 0
         nulled = g.expr.copy().transform(lambda n: exp.null() if isinstance(n, exp.Column) else n)
-        value = duckdb.execute(exp.select(nulled).sql("duckdb")).fetchall()[0][0]
+        value = scratch().execute(exp.select(nulled).sql("duckdb")).fetchall()[0][0]
         # A WHERE may have narrowed NULL out of the domain: then its flag drops the unmatched rows anyway.
         return g.domain.index(value) if value in g.domain else 0
 

@@ -11,7 +11,7 @@ becomes a :class:`~sqlmpc.errors.SqlTypeError` that points at the expression.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+import threading
 
 import duckdb
 from sqlglot import exp
@@ -30,11 +30,16 @@ USER_ERRORS = (duckdb.BinderException, duckdb.ConversionException,
                duckdb.OutOfRangeException, duckdb.InvalidInputException)
 
 
-@lru_cache(maxsize=1)
-def _database(pid: int) -> duckdb.DuckDBPyConnection:
-    """One empty in-memory DuckDB per process for all checks (connecting anew costs ~60 ms, a cursor
-    nothing); keyed by process id so that a forked child never uses its parent's."""
-    return duckdb.connect()
+_scratch = threading.local()
+
+
+def scratch() -> duckdb.DuckDBPyConnection:
+    """This thread's empty in-memory DuckDB, for checks and constant folding (connecting anew costs
+    ~60 ms; DuckDB's default connection is one per process and refuses a second thread while busy).
+    Keyed by process id too, so that a forked child never uses its parent's."""
+    if getattr(_scratch, "pid", None) != os.getpid():
+        _scratch.con, _scratch.pid = duckdb.connect(), os.getpid()
+    return _scratch.con
 
 
 def _sample(column: Column, i: int):
@@ -97,7 +102,7 @@ def _combined(q: BoundQuery, source: exp.Select) -> list[exp.Select]:
 
 def check_types(q: BoundQuery) -> None:
     """Raise SqlTypeError for the first expression DuckDB cannot evaluate on public sample rows."""
-    con = _database(os.getpid()).cursor()        # its own connection: TEMP tables are private to it
+    con = scratch().cursor()        # its own connection: TEMP tables are private to it
     try:
         _sample_tables(q, con)
         tables = [exp.Table(this=exp.to_identifier(a, quoted=True)) for a in q.relations]
