@@ -28,6 +28,9 @@ class Role(enum.Enum):
 
 
 DEFAULT_BATCH_ROWS = 1 << 16     # chosen by measurement: BENCHMARKS.md, "Population scale"
+# Rows per key value assumed of a key column that declares neither `unique` nor `max_rows`: every
+# per-person sum, and so every field, is sized for it (docs/secure-execution.md §2.1).
+DEFAULT_ROWS_PER_KEY = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,12 @@ class Column:
     key_space: str | None = None                # key: e.g. "pseudonym"
     unique: bool = False                        # key: at most one row per key value
     nullable: bool = True                       # keys are never nullable
+    max_rows: int | None = None                 # key: at most this many rows per key value
+
+    @property
+    def rows_per_key(self) -> int:
+        """The most rows one key value may have, as declared (and checked when the data are read)."""
+        return 1 if self.unique else self.max_rows or DEFAULT_ROWS_PER_KEY
 
 
 @dataclass(frozen=True)
@@ -142,8 +151,9 @@ MIN_SECURE_PARTIES = 3
 RESERVED_PARTY_NAMES = frozenset({"main", "temp", "system", "memory", "information_schema", "pg_catalog"})
 # -- columns ------------------------------------------------------------------
 
-_COLUMN_KEYS = ("type", "role", "domain", "range", "scale", "key_space", "unique", "nullable", "description")
-_KEYS_OF_ROLE = {Role.KEY: ("key_space", "unique"), Role.DIMENSION: ("domain",),
+_COLUMN_KEYS = ("type", "role", "domain", "range", "scale", "key_space", "unique", "max_rows", "nullable",
+                "description")
+_KEYS_OF_ROLE = {Role.KEY: ("key_space", "unique", "max_rows"), Role.DIMENSION: ("domain",),
                  Role.MEASURE: ("range", "scale"), Role.ATTRIBUTE: ()}
 _ROLE_SPECIFIC = frozenset(k for keys in _KEYS_OF_ROLE.values() for k in keys)
 
@@ -186,7 +196,17 @@ def _key_column(node: Node, name: str, type_: str, nullable: bool) -> Column:
     if not key_space:
         raise node.error("'key_space' must not be empty", "key_space")
     unique = node.get("unique", bool, "true or false", default=False)
-    return Column(name, type_, Role.KEY, key_space=key_space, unique=unique, nullable=False)
+    max_rows = node.get("max_rows", int, "a positive integer: the most rows one key value may have")
+    if max_rows is not None:
+        if max_rows < 1:
+            raise node.error(f"'max_rows' must be a positive integer, not {max_rows!r}", "max_rows")
+        if unique:
+            raise node.error("give 'unique = true' or 'max_rows', not both (unique means max_rows = 1)",
+                             "max_rows")
+        if max_rows > DEFAULT_ROWS_PER_KEY:
+            raise node.error(f"'max_rows' may be at most {DEFAULT_ROWS_PER_KEY:,} (2^24, what an undeclared "
+                             "key is assumed to have)", "max_rows")
+    return Column(name, type_, Role.KEY, key_space=key_space, unique=unique, nullable=False, max_rows=max_rows)
 
 
 def _measure_column(node: Node, name: str, type_: str, nullable: bool) -> Column:
@@ -377,8 +397,11 @@ def _fingerprint(federation: Federation, base_dir: Path) -> str:
     """sha256 of a canonical JSON of the content; sources relative, so the hash is the same everywhere."""
 
     def column(c: Column) -> dict:
-        return {"name": c.name, "type": c.type, "role": c.role.value, "domain": c.domain, "range": c.range,
-                "scale": c.scale, "key_space": c.key_space, "unique": c.unique, "nullable": c.nullable}
+        out = {"name": c.name, "type": c.type, "role": c.role.value, "domain": c.domain, "range": c.range,
+               "scale": c.scale, "key_space": c.key_space, "unique": c.unique, "nullable": c.nullable}
+        if c.max_rows is not None:        # only when declared: older federation files keep their hash
+            out["max_rows"] = c.max_rows
+        return out
 
     def table(t: Table) -> dict:
         source = t.format if t.source is None else Path(os.path.relpath(t.source, base_dir)).as_posix()

@@ -70,7 +70,7 @@ address = "127.0.0.1:7701"
 [parties.h.tables.t]
 source = "h/t.parquet"
 [parties.h.tables.t.columns]
-pid  = {{ type = "VARCHAR", role = "key", key_space = "pseudonym" }}
+pid  = {{ type = "VARCHAR", role = "key", key_space = "pseudonym", max_rows = 2 }}
 g    = {{ type = "VARCHAR", role = "dimension", domain = ["a", "b", "c"] }}
 s    = {{ type = "VARCHAR", role = "dimension", domain = ["f", "m"], nullable = false }}
 x    = {{ type = "INTEGER", role = "measure", range = [-20, 50] }}
@@ -82,13 +82,13 @@ address = "127.0.0.1:7702"
 [parties.i.tables.c]
 source = "i/c.parquet"
 [parties.i.tables.c.columns]
-pid = {{ type = "VARCHAR", role = "key", key_space = "pseudonym" }}
+pid = {{ type = "VARCHAR", role = "key", key_space = "pseudonym", max_rows = 2 }}
 y   = {{ type = "INTEGER", role = "dimension", domain = {{ from = 2020, to = 2022 }}, nullable = false }}
 v   = {{ type = "DOUBLE", role = "measure", range = [0, 100], scale = 2 }}
 [parties.i.tables.t2]
 source = "i/t2.parquet"
 [parties.i.tables.t2.columns]
-pid  = {{ type = "VARCHAR", role = "key", key_space = "pseudonym" }}
+pid  = {{ type = "VARCHAR", role = "key", key_space = "pseudonym", max_rows = 2 }}
 g    = {{ type = "VARCHAR", role = "dimension", domain = ["a", "b", "c"] }}
 s    = {{ type = "VARCHAR", role = "dimension", domain = ["f", "m"], nullable = false }}
 x    = {{ type = "INTEGER", role = "measure", range = [-20, 50] }}

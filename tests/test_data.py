@@ -117,6 +117,17 @@ def test_duplicate_key(tmp_path):
     assert "2 rows repeat" in str(err)
 
 
+def test_key_over_max_rows(tmp_path):
+    """max_rows = 2: a third row of one key is refused at the row where it exceeds the bound."""
+    columns = (Column("pid", "VARCHAR", Role.KEY, key_space="pseudonym", nullable=False, max_rows=2),) + COLUMNS[1:]
+    data = with_value("pid", 2, "a")
+    register_table(duckdb.connect(), parquet_table(tmp_path, data, columns=columns))      # two rows: at the bound
+    data["pid"][3] = "a"
+    err = refused(parquet_table(tmp_path, data, columns=columns))
+    assert (err.column, err.row) == ("pid", 4)
+    assert "key 'a' has more rows than the column's max_rows = 2; 1 row is over the limit" in str(err)
+
+
 def test_duplicate_key_allowed_when_not_unique(tmp_path):
     columns = (Column("pid", "VARCHAR", Role.KEY, key_space="pseudonym", nullable=False),) + COLUMNS[1:]
     register_table(duckdb.connect(), parquet_table(tmp_path, with_value("pid", 3, "a"), columns=columns))

@@ -43,7 +43,7 @@ address = "127.0.0.1:7601"
 [parties.h.tables.t]
 source = "h/t.parquet"
 [parties.h.tables.t.columns]
-pid = {{ type = "VARCHAR", role = "key", key_space = "pseudonym" }}
+pid = {{ type = "VARCHAR", role = "key", key_space = "pseudonym", max_rows = 14 }}
 g   = {{ type = "VARCHAR", role = "dimension", domain = ["a", "b", "c"] }}
 x   = {{ type = "INTEGER", role = "measure", range = [-50, 50] }}
 
@@ -52,7 +52,7 @@ address = "127.0.0.1:7602"
 [parties.i.tables.c]
 source = "i/c.parquet"
 [parties.i.tables.c.columns]
-pid = {{ type = "VARCHAR", role = "key", key_space = "pseudonym" }}
+pid = {{ type = "VARCHAR", role = "key", key_space = "pseudonym", max_rows = 14 }}
 y   = {{ type = "INTEGER", role = "dimension", domain = {{ from = 2020, to = 2022 }} }}
 v   = {{ type = "DOUBLE", role = "measure", range = [0, 100], scale = 2 }}
 [parties.i.tables.t2]

@@ -7,6 +7,8 @@ mode: one session in this process, one in the insurer's party process.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import os
 import re
 import subprocess
@@ -167,6 +169,16 @@ def test_postgresql_table_that_does_not_fit_the_catalog_is_refused_precisely(cas
     with pytest.raises(errors.DataFileError, match=message) as err:
         source.validate(Table("hospital", "patients", None, "postgresql", PATIENT_COLUMNS, source_table=name))
     assert err.value.table == "hospital.patients" and f"table {name}" in err.value.source
+
+
+def test_postgresql_key_over_max_rows_is_refused(pg, monkeypatch):
+    pg_load(pg, "bad_max_rows", pa.table({"pid": ["a", "b", "a", "a", "b"], "diagnosis": ["IBD"] * 5,
+                                          "cost": [1.0] * 5}))
+    columns = (replace(PATIENT_COLUMNS[0], unique=False, max_rows=2),) + PATIENT_COLUMNS[1:]
+    source = PostgresSource("hospital", pg_connection(pg, monkeypatch))
+    with pytest.raises(errors.DataFileError, match=r"key 'a' has more rows than the column's max_rows = 2; "
+                                                    r"1 row is over the limit.*column pid"):
+        source.validate(Table("hospital", "patients", None, "postgresql", columns, source_table="bad_max_rows"))
 
 
 @pytest.mark.parametrize("case", ["domain", "duplicate"])

@@ -22,7 +22,7 @@ from sqlmpc.catalog import Column, Dominance, Party, Role, Table, load_federatio
 from sqlmpc.cli.approve import approvals
 from sqlmpc.demo.toml_writer import federation_toml
 
-DEMO_VERSION = 3      # bump when the generated data or federation file change (names the cache directory)
+DEMO_VERSION = 4      # bump when the generated data or federation file change (names the cache directory)
 SAVED_QUERIES = Path(__file__).resolve().parents[2] / "queries"   # approved in the demo (source tree)
 
 AGE_BANDS = ("0-17", "18-34", "35-49", "50-64", "65-79", "80+")
@@ -56,6 +56,11 @@ COST_MAX = 250_000.0
 DDD_MAX = 2000.0
 WARDS = ("cardiology", "surgery", "internal_medicine", "neurology", "oncology", "paediatrics")
 ADMISSION_COST_MAX = 1_000_000.0
+# At most this many claims, and dispensings, per person and year: the catalog declares the
+# product with the years as the tables' max_rows (it sizes the secure fields); the yearly
+# rates are a few, so the cap never binds in practice.
+ROWS_PER_YEAR_MAX = 40
+ROWS_PER_PERSON = ROWS_PER_YEAR_MAX * (YEARS[1] - YEARS[0] + 1)
 
 
 # -- small vectorised helpers ----------------------------------------------------
@@ -201,7 +206,7 @@ def _claims_table(seed: int, persons: _Persons, pt: _Patients) -> pa.Table:
     rng = _rng(seed, 5)
     # Costlier years have somewhat more claims and somewhat larger ones.
     rate = 1.0 + 0.8 * np.log1p(expected / 1000.0)
-    counts = rng.poisson(rate)
+    counts = np.minimum(rng.poisson(rate), ROWS_PER_YEAR_MAX)
     row_of = np.repeat(np.arange(len(person)), counts)
     category = _choice(rng, len(row_of), CATEGORY_SHARE)
     per_claim = expected[row_of] / np.maximum(counts[row_of], 1) * CATEGORY_WEIGHT[category]
@@ -217,7 +222,7 @@ def _drug_rows(rng: np.random.Generator, person: np.ndarray, diagnosis: np.ndarr
     years = np.arange(YEARS[0], YEARS[1] + 1)
     person_year = np.repeat(np.arange(len(person)), len(years))
     year = np.tile(years, len(person))
-    counts = rng.poisson(rate[person_year])
+    counts = np.minimum(rng.poisson(rate[person_year]), ROWS_PER_YEAR_MAX)
     row_of = np.repeat(np.arange(len(person_year)), counts)
     who = person_year[row_of]
     drug = rng.integers(0, len(DRUG_CLASSES), len(row_of))
@@ -254,8 +259,8 @@ def _drug_table(persons: _Persons, person, year, drug, ddd) -> pa.Table:
 
 # -- catalog of the demo ----------------------------------------------------------------
 
-def _key(space: str = "pseudonym", unique: bool = False) -> Column:
-    return Column("pid", "VARCHAR", Role.KEY, key_space=space, unique=unique, nullable=False)
+def _key(space: str = "pseudonym", unique: bool = False, max_rows: int | None = None) -> Column:
+    return Column("pid", "VARCHAR", Role.KEY, key_space=space, unique=unique, nullable=False, max_rows=max_rows)
 
 
 def _dim(name: str, type_: str, domain) -> Column:
@@ -271,7 +276,8 @@ def _years(lo_hi: tuple[int, int]) -> range:
 
 
 def _drug_columns() -> tuple[Column, ...]:
-    return (_key(), _dim("year", "INTEGER", _years(YEARS)), _dim("drug_class", "VARCHAR", DRUG_CLASSES),
+    return (_key(max_rows=ROWS_PER_PERSON), _dim("year", "INTEGER", _years(YEARS)),
+            _dim("drug_class", "VARCHAR", DRUG_CLASSES),
             _measure("ddd", "DOUBLE", 0, int(DDD_MAX), 1))
 
 
@@ -284,7 +290,8 @@ DEMO_SCHEMA: dict[str, dict[str, tuple[Column, ...]]] = {
         "medication": _drug_columns(),
     },
     "insurer": {
-        "claims": (_key(), _dim("year", "INTEGER", _years(YEARS)), _dim("category", "VARCHAR", CATEGORIES),
+        "claims": (_key(max_rows=ROWS_PER_PERSON), _dim("year", "INTEGER", _years(YEARS)),
+                   _dim("category", "VARCHAR", CATEGORIES),
                    _measure("cost_eur", "DOUBLE", 0, int(COST_MAX), 2)),
         "pharmacy": _drug_columns(),
     },

@@ -33,6 +33,8 @@ def _column(c: Column) -> dict:
         out["key_space"] = c.key_space
         if c.unique:
             out["unique"] = True
+        if c.max_rows is not None:
+            out["max_rows"] = c.max_rows
     elif c.role is Role.DIMENSION:
         out["domain"] = _domain(c.domain)
     elif c.role is Role.MEASURE:

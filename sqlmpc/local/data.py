@@ -170,8 +170,8 @@ def _validate(con: duckdb.DuckDBPyConnection, source: _Source, file_names: dict[
         scan = _row_numbered_scan(cur, source, file_names)
         _check_rows(cur, table, scan, converted)
         for column in table.columns:
-            if column.role is Role.KEY and column.unique:
-                _check_unique(cur, table, scan, column)
+            if column.role is Role.KEY and (column.unique or column.max_rows):
+                _check_rows_per_key(cur, table, scan, column)
     except duckdb.Error as exc:
         raise DataFileError(f"cannot read the data file: {exc}", path=source.path, table=table.qualified_name) from None
     finally:
@@ -248,28 +248,37 @@ def _check_rows(cur: duckdb.DuckDBPyConnection, table: Table, scan: exp.Select, 
                                 row=row)
 
 
-def _check_unique(cur: duckdb.DuckDBPyConnection, table: Table, scan: exp.Select, column: Column) -> None:
+def _check_rows_per_key(cur: duckdb.DuckDBPyConnection, table: Table, scan: exp.Select, column: Column) -> None:
+    """A key declared unique, or with max_rows, has no more rows per value (the fields are sized for it)."""
     key = _col(column.name)
+    limit = column.rows_per_key
     per_key = (exp.select(exp.Count(this=exp.Star()).as_("n")).from_(scan.subquery("scan"))
                .where(exp.Not(this=exp.Is(this=key.copy(), expression=exp.Null())))
-               .group_by(key.copy()).having(exp.GT(this=exp.Count(this=exp.Star()), expression=exp.Literal.number(1))))
-    repeats = exp.select(exp.Sum(this=exp.Sub(this=exp.column("n"), expression=exp.Literal.number(1)))).from_(
+               .group_by(key.copy()).having(exp.GT(this=exp.Count(this=exp.Star()),
+                                                   expression=exp.Literal.number(limit))))
+    excess = exp.select(exp.Sum(this=exp.Sub(this=exp.column("n"), expression=exp.Literal.number(limit)))).from_(
         per_key.subquery("per_key"))
-    extra = _run(cur, repeats)[0][0]
+    extra = _run(cur, excess)[0][0]
     if not extra:
         return
-    # Only on failure: find the first row whose key was already seen (a window, so slower, but rare).
+    # Only on failure: find the first row past the limit of its key (a window, so slower, but rare).
     nth = exp.Window(this=exp.RowNumber(), partition_by=[key.copy()], order=exp.Order(expressions=[
         exp.Ordered(this=_col(ROW))]))
     numbered = exp.select(_col(ROW), exp.cast(key.copy(), "VARCHAR").as_("k"), nth.as_("nth")).from_(
         scan.subquery("scan"))
     first = (exp.select(_col(ROW), exp.column("k")).from_(numbered.subquery("numbered"))
-             .where(exp.EQ(this=exp.column("nth"), expression=exp.Literal.number(2)))
+             .where(exp.EQ(this=exp.column("nth"), expression=exp.Literal.number(limit + 1)))
              .order_by(_col(ROW)).limit(1))
     row, value = _run(cur, first)[0]
-    raise DataFileError(f"duplicate key {_show(value)} in a column declared unique; "
-                        f"{_rows(int(extra), 'repeats', 'repeat')} an earlier key", path=str(table.source), table=table.qualified_name, column=column.name,
-                        row=row)
+    raise DataFileError(too_many_rows(value, int(extra), column), path=str(table.source),
+                        table=table.qualified_name, column=column.name, row=row)
+
+
+def too_many_rows(value: object, extra: int, column: Column) -> str:
+    if column.unique:
+        return f"duplicate key {_show(value)} in a column declared unique; {_rows(extra, 'repeats', 'repeat')} an earlier key"
+    return (f"key {_show(value)} has more rows than the column's max_rows = {column.max_rows:,}; "
+            f"{_rows(extra, 'is', 'are')} over the limit (raise max_rows in the federation file, or fix the data)")
 
 
 def _show(value: object) -> str:

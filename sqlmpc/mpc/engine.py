@@ -27,7 +27,6 @@ from sqlmpc.mpc.local_mode import perturbed_local_moments
 from sqlmpc.mpc.record_keys import key_bound
 from sqlmpc.mpc.reveal import current_ledger
 from sqlmpc.plan.plan import LocalPart, Plan
-from sqlmpc.plan.planner import ROWS_PER_KEY
 
 MAX_ROWS = 2 ** 40     # declared maximum of rows per party in local mode (sets bit lengths)
 
@@ -169,17 +168,27 @@ class Engine(JoinMode, CellPhase):
         if self.local_totals_only():
             return MAX_ROWS
         per_relation = [max(1, sum(n for (r, _), n in sizes.items() if r == rel)) for rel in self.plan.relations]
-        if self.keyed_once():
-            # A root row meets at most (cells × parts) rows of each other relation: those of its key.
-            fanout = [max(1, len(parts) * max(1, parts[0].column("cell").bound))
-                      for parts in map(self.plan.parts_of, self.plan.relations[1:])]
-            return per_relation[0] * int(np.prod(fanout, dtype=object))
-        return int(np.prod(per_relation, dtype=object))        # a many-to-many join: every combination
+        every_combination = int(np.prod(per_relation, dtype=object))     # a many-to-many join
+        if not all(sum(c.kind == "key" for c in p.columns) == 1 for p in self.plan.parts):
+            return every_combination
+        # One key column per relation, so every join is on it: a root row meets at most
+        # key_rows(r) rows of each other relation r, those of its key.
+        fanout = int(np.prod([self.key_rows(r) for r in self.plan.relations[1:]], dtype=object))
+        return min(every_combination, per_relation[0] * fanout)
 
-    def keyed_once(self) -> bool:
-        """Pre-aggregated per key and cell, one key column per relation: it is the join key."""
-        return self.plan.per_key and all(
-            sum(c.kind == "key" for c in p.columns) == 1 for p in self.plan.parts)
+    def key_rows(self, relation: str) -> int:
+        """The most rows of a relation's input that share one key value."""
+        declared = self.plan.rows_per_key[self.plan.relations.index(relation)]
+        if not self.plan.per_key:
+            return declared
+        parts = self.plan.parts_of(relation)     # pre-aggregated: one row per key and cell of each part
+        return min(declared, len(parts) * max(1, parts[0].column("cell").bound))
+
+    def person_rows(self) -> int:
+        """The most joined rows one person has in one cell: what one contribution sums over."""
+        if self.plan.per_key:                    # one row per key and cell of each part
+            return int(np.prod([len(self.plan.parts_of(r)) for r in self.plan.relations], dtype=object))
+        return int(np.prod([self.key_rows(r) for r in self.plan.relations], dtype=object))
 
     def max_expr_bound(self) -> int:
         locals_ = {(p.relation, c.name): c for p in self.plan.parts for c in p.columns}
@@ -196,8 +205,6 @@ class Engine(JoinMode, CellPhase):
                 out[m.name] = rows * e * key_bound(len(self.index))
             elif m.kind != "sum2":
                 out[m.name] = rows * e
-            elif self.one_row_per_person_and_cell():
-                out[m.name] = rows * e * e                   # each person's contribution is one row: |c| ≤ e
-            else:                                            # Σ c² ≤ Σ|c| · max|c|, one person's rows ≤ ROWS_PER_KEY
-                out[m.name] = rows * e * e * (ROWS_PER_KEY if self.plan.mode == "local" else rows)
+            else:                                            # Σ c² ≤ Σ|c| · max|c|, max|c| ≤ person_rows · e
+                out[m.name] = rows * e * e * self.person_rows()
         return out if self.plan.perturbation is None else self.plan.perturbation.inflate(out)

@@ -135,8 +135,9 @@ class Binder:
         if a.range is not None and b.range is not None:
             rng = (min(a.range[0], b.range[0]), max(a.range[1], b.range[1]))
         key_space = a.key_space if a.key_space == b.key_space else None
+        # A person may be in several branches: the union's rows per key are its parts' (Relation.rows_per_key).
         return Column(a.name, a.type, a.role, domain, rng, max(a.scale, b.scale), key_space,
-                      a.unique and b.unique, a.nullable or b.nullable)
+                      False, a.nullable or b.nullable)
 
     # -- columns -----------------------------------------------------------
 

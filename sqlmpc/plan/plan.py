@@ -119,6 +119,9 @@ class Plan:
     guards: tuple[Guard, ...] = ()         # what a cell must meet to be released (sqlmpc.plan.release)
     query: object = field(default=None, compare=False, repr=False)   # the BoundQuery planned (for the result)
     perturbation: object = None            # a PerturbationSpec (sqlmpc.plan.perturbation) or None: exact release
+    # Per relation: the most rows one key value may have in its local join, as the catalog declares
+    # (unique, max_rows); with the plan's sizes it bounds every moment, and so the fields' sizes.
+    rows_per_key: tuple[int, ...] = ()
 
     def parts_of(self, relation: str) -> tuple[LocalPart, ...]:
         return tuple(p for p in self.parts if p.relation == relation)
@@ -141,7 +144,7 @@ class Plan:
                         for m in self.moments],
             "outputs": [o.sql() for o in self.outputs],
             "having": self.having.sql() if self.having is not None else None,
-            "k": self.min_cell_size, "per_key": self.per_key,
+            "k": self.min_cell_size, "per_key": self.per_key, "rows_per_key": self.rows_per_key,
             "guards": [[g.kind, list(g.moments), str(g.constant)] for g in self.guards],
             "leakage": [l.__dict__ for l in self.leakage],
             **({"perturbation": self.perturbation.canonical()} if self.perturbation is not None else {}),

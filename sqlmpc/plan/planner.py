@@ -170,6 +170,7 @@ class Planner:
             leakage=self.leakage(mode, parts, outputs, having, perturbed=perturbation is not None)
             + (record_key_leak(mode) if perturbation else ()),
             per_key=per_key, guards=guards, query=q, perturbation=perturbation,
+            rows_per_key=tuple(self.rows_per_key(name) for name in self.groups),
         )
 
     def perturbation(self, formulas: Formulas) -> PerturbationSpec:
@@ -245,11 +246,18 @@ class Planner:
             absent *= c.absent if c.kind == "flag" else 0
         if agg == "MAX":
             return LocalColumn(f"s{i}", "flag", 0, 1, absent)
-        bound, scale = ROWS_PER_KEY, 0
+        bound, scale = self.rows_per_key(name), 0
         for c in cols:
             bound *= c.bound
             scale += c.scale
         return LocalColumn(f"s{i}", "value", scale, bound, absent)
+
+    def rows_per_key(self, name: str) -> int:
+        """The most rows one key value may have in a group's local join: the product over its members."""
+        out = 1
+        for alias in self.groups[name].members:
+            out *= self.q.relations[alias].rows_per_key
+        return out
 
     def local_parts(self, name: str, mode: str, moments, keys: set[str], sums=None) -> list[LocalPart]:
         q = self.q
@@ -392,9 +400,6 @@ class Planner:
                               "the result: each output of each released cell (ratios as num·r, den·r)",
                               per_cell=per_cell))
         return tuple(leaks)
-
-
-ROWS_PER_KEY = 2 ** 24   # declared bound on one person's rows in one table (sets bit lengths)
 
 
 def _factors(expr: exp.Expression) -> list[exp.Expression]:

@@ -56,6 +56,11 @@ class Relation:
     def key(self) -> Column:
         return next(c for c in self.columns if c.role is Role.KEY)
 
+    @property
+    def rows_per_key(self) -> int:
+        """The most rows one key value may have here, as its tables declare (a UNION ALL adds its parts)."""
+        return sum(p.table.key.rows_per_key for p in self.parts)
+
     def column(self, name: str) -> Column | None:
         lname = name.lower()
         return next((c for c in self.columns if c.name.lower() == lname), None)

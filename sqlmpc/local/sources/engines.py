@@ -24,7 +24,7 @@ from sqlglot import exp
 
 from sqlmpc.catalog import Connection, Role, Table
 from sqlmpc.errors import DataFileError, SourceError
-from sqlmpc.local.data import _checks, _col, _ident, _rows, _show, match_columns
+from sqlmpc.local.data import _checks, _col, _ident, _rows, _show, match_columns, too_many_rows
 from sqlmpc.local.sources.pushdown import DIALECTS, normalize, table_relation, transpile
 
 CONNECT_TIMEOUT = 5          # seconds: an unreachable database fails the query quickly
@@ -102,8 +102,8 @@ class EngineSource:
                                         f"{_rows(int(count), 'violates', 'violate')} this rule",
                                         table=table.qualified_name, column=check.column.name, source=self.where(table))
         for column in table.columns:
-            if column.role is Role.KEY and column.unique:
-                self._check_unique(table, scan, column)
+            if column.role is Role.KEY and (column.unique or column.max_rows):
+                self._check_rows_per_key(table, scan, column)
 
     def where(self, table: Table) -> str:
         return f"{self.label}, table {table.source_table}"
@@ -135,18 +135,18 @@ class EngineSource:
         self.found[table.qualified_name] = found
         return found
 
-    def _check_unique(self, table: Table, scan: exp.Subquery, column) -> None:
+    def _check_rows_per_key(self, table: Table, scan: exp.Subquery, column) -> None:
         key = _col(column.name)
+        limit = column.rows_per_key
         per_key = (exp.select(exp.Count(this=exp.Star()).as_("n"), key.copy().as_("k")).from_(scan.copy())
                    .where(exp.Not(this=exp.Is(this=key.copy(), expression=exp.Null())))
                    .group_by(key.copy()).having(exp.GT(this=exp.Count(this=exp.Star()),
-                                                       expression=exp.Literal.number(1))))
-        repeats = exp.select(exp.Sum(this=exp.Sub(this=exp.column("n"), expression=exp.Literal.number(1))),
-                             exp.Min(this=exp.column("k"))).from_(per_key.subquery("per_key"))
-        extra, value = self._fetch(repeats)[0]
+                                                       expression=exp.Literal.number(limit))))
+        excess = exp.select(exp.Sum(this=exp.Sub(this=exp.column("n"), expression=exp.Literal.number(limit))),
+                            exp.Min(this=exp.column("k"))).from_(per_key.subquery("per_key"))
+        extra, value = self._fetch(excess)[0]
         if extra:
-            raise DataFileError(f"duplicate key {_show(value)} in a column declared unique; "
-                                f"{_rows(int(extra), 'repeats', 'repeat')} an earlier key",
+            raise DataFileError(too_many_rows(value, int(extra), column),
                                 table=table.qualified_name, column=column.name, source=self.where(table))
 
     def _guarded(self, fn, *args):
