@@ -46,29 +46,19 @@ class JoinMode:
         keyfield = token_field()
         matrices, keymats, layouts = {}, {}, {}
         for rel in plan.relations:
-            parts = plan.parts_of(rel)
-            layout = self.layout(parts[0])
-            layouts[rel] = layout
-            blocks, keyblocks = [], []
-            for part in parts:
-                n = sizes[(rel, part.part)]
-                keys, values = self.encode(part, layout) if part.party == self.me else (None, None)
-                x = self.input_matrix(part, n, layout["width"], values)
-                kx = self.input_matrix(part, n, len(layout["keys"]), keys, keyfield)
-                if x is not None:
-                    blocks.append(x)
-                if kx is not None:
-                    keyblocks.append(kx)
-            matrices[rel] = _stack(blocks)
-            keymats[rel] = _stack(keyblocks)
+            layouts[rel] = self.layout(plan.parts_of(rel)[0])
+            matrices[rel], keymats[rel] = self.input_relation(rel, sizes, layouts[rel], keyfield)
 
         # One relation of one owner, one row per person and cell (a perturbed query on one table):
         # nothing to join and no person to tell apart, so neither shuffle nor tokens are needed.
         alone = len(plan.relations) == 1 and self.one_row_per_person_and_cell()
         self.progress("shuffle")
-        for rel, k in keymats.items():
-            if k is not None and k.shape[0] > 1 and not alone:
-                keymats[rel], matrices[rel] = await self.shuffle_relation(k, matrices[rel])
+        for rel in plan.relations:
+            if keymats[rel] is not None and keymats[rel].shape[0] > 1 and not alone:
+                # Handed over, not kept here: the old shares are freed before the new ones are stacked.
+                keymats[rel], matrices[rel] = await self.shuffle_relation(keymats.pop(rel), matrices.pop(rel))
+        keymats = {rel: keymats[rel] for rel in plan.relations}          # the relations' order again
+        matrices = {rel: matrices[rel] for rel in plan.relations}
 
         self.progress("join")
         record_keys_ = await self.record_keys(keymats, layouts) if plan.perturbation is not None else None
@@ -88,6 +78,7 @@ class JoinMode:
             tokens[(rel, name)] = toks
         index, matched = self.join_in_clear(tokens, {r: 0 if k is None else k.shape[0] for r, k in keymats.items()})
         person_keys = tokens[(plan.relations[0], f"key_{plan.relations[0]}")]
+        del keymats, columns_, opened                 # the keys' shares are not needed past their tokens
         return self.aggregate_rows(matrices, layouts, index, matched, person_keys, record_keys_)
 
     def aggregate_rows(self, matrices, layouts, index, matched, person_keys, record_keys_):
@@ -202,13 +193,27 @@ class JoinMode:
                 moments[m.name] = totals[j * G:(j + 1) * G]
         return moments
 
+    def input_relation(self, rel: str, sizes, layout: dict, keyfield):
+        """A relation's rows, every part's owner inputting its own: (values, keys) secure matrices."""
+        blocks, keyblocks = [], []
+        for part in self.plan.parts_of(rel):
+            n = sizes[(rel, part.part)]
+            keys, values = self.encode(part, layout) if part.party == self.me else (None, None)
+            x = self.input_matrix(part, n, layout["width"], values)
+            kx = self.input_matrix(part, n, len(layout["keys"]), keys, keyfield)
+            if x is not None:
+                blocks.append(x)
+            if kx is not None:
+                keyblocks.append(kx)
+        return _stack(blocks), _stack(keyblocks)
+
     async def shuffle_relation(self, keys, values):
         """One secret permutation of a relation's rows, a few columns at a time (memory: the batch)."""
         n, width = keys.shape
         columns = [keys[:, j] for j in range(width)]
         if values is not None:
             columns += [values[:, j] for j in range(values.shape[1])]
-        del keys, values                               # each column's old shares go once it is shuffled
+        del keys, values          # the old matrices go once their last column is shuffled (the caller keeps none)
         per_call = max(1, self.batch * 8 // n)         # about 8 batches of elements per call
         uci = fresh_uci()
         for lo in range(0, len(columns), per_call):

@@ -43,6 +43,19 @@ def subset_permutation(key: bytes, uci: bytes, subset: tuple[int, ...], n: int) 
     return np.argsort(r, kind="stable")
 
 
+_perms: dict = {}     # (key, uci, subset, n) -> π_S: the calls of one wide relation share a uci
+
+
+def cached_permutation(key: bytes, uci: bytes, subset: tuple[int, ...], n: int) -> np.ndarray:
+    """π_S of this uci, computed once for all the calls that shuffle one relation's columns."""
+    ident = (bytes(key), bytes(uci), subset, n)
+    if ident not in _perms:
+        if any(k[1] != ident[1] for k in _perms):
+            _perms.clear()                      # a new relation: the old permutations are done with
+        _perms[ident] = subset_permutation(key, uci, subset, n)
+    return _perms[ident]
+
+
 def lagrange_at_zero(field, subset: tuple[int, ...]) -> list[int]:
     return runtime.recombination_vector(field, tuple(j + 1 for j in subset), 0)
 
@@ -95,7 +108,7 @@ async def shuffle(columns: list, *, uci: bytes | None = None, batch: int = 1 << 
 
     for S in subsets(m, t):
         member = pid in S
-        perm = subset_permutation(runtime.prss_keys()[S], uci, S, n) if member else None
+        perm = cached_permutation(runtime.prss_keys()[S], uci, S, n) if member else None
         if _trace is not None:
             _trace[S] = perm
         new_blocks = {}
@@ -114,7 +127,7 @@ async def shuffle(columns: list, *, uci: bytes | None = None, batch: int = 1 << 
                 hi = min(n, lo + batch)
                 if member:
                     w = v[:, lo:hi] if v.dtype == object else v[:, lo:hi].astype(object)
-                    part = field.array(w * lam % field.modulus)
+                    part = field.array(w * lam)          # reduced mod p by the array itself
                 else:
                     part = field.array(np.zeros((k, hi - lo), dtype=object), check=False)
                 inputs = mpc.input(sectype.array(part), senders=list(S))
