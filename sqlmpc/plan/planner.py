@@ -326,44 +326,42 @@ class Planner:
         return sel.subquery(rel.alias)
 
     def pre_aggregate(self, rows: exp.Select, alias: str, moments) -> tuple[exp.Select, tuple]:
-        """Local mode: the owner sums each moment per cell itself; only cell totals enter MPC."""
+        """Local mode: the owner sums each moment per cell itself; only cell totals enter MPC.
+
+        Moments over persons (distinct persons, Σ of squared per-person totals) are summed per cell
+        from one row per person and cell: one GROUP BY (cell, key) instead of a COUNT(DISTINCT)
+        per moment, which DuckDB computes with a hash set each.
+        """
         def local(node):
             return node.copy().transform(
                 lambda n: exp.column(n.name, table="r") if isinstance(n, exp.Column) and n.table == alias else n)
-        items = [exp.column("cell", table="r")]
-        cols = [LocalColumn("cell", "cell")]
-        sum2 = []
+
+        def total(node):
+            return exp.Sum(this=exp.cast(local(node), "HUGEINT"))
+
+        cols = [LocalColumn("cell", "cell")] + [LocalColumn(m.name, m.kind) for m in moments.values()]
+        cell = exp.column("cell", table="r")
+        if not any(m.kind in ("persons", "sum2") for m in moments.values()):
+            items = [exp.alias_(exp.func("coalesce", total(m.expr), exp.Literal.number(0)), m.name)
+                     for m in moments.values()]
+            return exp.select(cell, *items).from_(rows.subquery("r")).where("r.cell >= 0").group_by(cell), tuple(cols)
+        per_person, outer = [], []
         for m in moments.values():
-            if m.kind == "persons":
-                key = exp.column(f"key_{self.q.root.alias}", table="r")
-                agg = exp.Count(this=exp.Distinct(expressions=[key]))
-                if not (isinstance(m.expr, exp.Literal)):
-                    agg = exp.Count(this=exp.Distinct(expressions=[exp.If(
-                        this=exp.EQ(this=local(m.expr), expression=ONE), true=key)]))
-            elif m.kind == "sum2":
-                sum2.append(m)
-                items.append(exp.alias_(exp.func("coalesce", exp.column(m.name, table="p"), exp.Literal.number(0)),
-                                        m.name))
-                cols.append(LocalColumn(m.name, m.kind))
-                continue
-            else:
-                agg = exp.Sum(this=exp.cast(local(m.expr), "HUGEINT"))
-            items.append(exp.alias_(exp.func("coalesce", agg, exp.Literal.number(0)), m.name))
-            cols.append(LocalColumn(m.name, m.kind))
-        query = exp.select(*items).from_(rows.subquery("r")).where("r.cell >= 0").group_by("r.cell")
-        if sum2:
-            # Σ over persons of the square of each person's total in the cell (for dominance).
-            key = exp.column(f"key_{self.q.root.alias}", table="r")
-            person = exp.select(exp.column("cell", table="r"), *[
-                exp.alias_(exp.Sum(this=exp.cast(local(m.expr), "HUGEINT")), m.name) for m in sum2
-            ]).from_(rows.subquery("r")).where("r.cell >= 0").group_by(exp.column("cell", table="r"), key)
-            squares = exp.select("q.cell", *[
-                exp.alias_(exp.Sum(this=exp.Mul(this=exp.column(m.name, table="q"),
-                                                expression=exp.column(m.name, table="q"))), m.name)
-                for m in sum2]).from_(person.subquery("q")).group_by("q.cell")
-            query = query.join(squares.subquery("p"), on="p.cell = r.cell", join_type="LEFT")
-            query.set("group", None)
-            query = query.group_by("r.cell", *[exp.column(m.name, table="p") for m in sum2])
+            q = exp.column(m.name, table="q")
+            if m.kind == "persons":          # 1 when any of the person's rows in the cell has expr = 1
+                flag = ONE if isinstance(m.expr, exp.Literal) else exp.Case(
+                    ifs=[exp.If(this=exp.EQ(this=local(m.expr), expression=ONE), true=ONE)],
+                    default=exp.Literal.number(0))
+                per_person.append(exp.alias_(exp.Max(this=flag), m.name))
+                agg = exp.Sum(this=q)
+            else:                            # sum: Σ of the totals; sum2: Σ of their squares
+                per_person.append(exp.alias_(total(m.expr), m.name))
+                agg = exp.Sum(this=exp.Mul(this=q, expression=q.copy()) if m.kind == "sum2" else q)
+            outer.append(exp.alias_(exp.func("coalesce", agg, exp.Literal.number(0)), m.name))
+        key = exp.column(f"key_{self.q.root.alias}", table="r")
+        persons = (exp.select(cell, *per_person).from_(rows.subquery("r")).where("r.cell >= 0")
+                   .group_by(cell, key))
+        query = exp.select(exp.column("cell", table="q"), *outer).from_(persons.subquery("q")).group_by("q.cell")
         return query, tuple(cols)
 
     def leakage(self, mode, parts, outputs, having, perturbed=False) -> tuple[Leak, ...]:
