@@ -187,3 +187,11 @@ def test_party_database_holds_only_its_own_tables(tmp_path):
     assert con.execute("SELECT COUNT(*) FROM hospital.patients").fetchall() == [(4,)]
     with pytest.raises(DataFileError):
         open_union_database(fed)
+
+
+def test_party_databases_draw_no_progress_bar(tmp_path):
+    """A party's long local query must not draw DuckDB's progress bar into the analyst's terminal."""
+    table = parquet_table(tmp_path, GOOD)
+    federation = Federation("f", (Party("hospital", "127.0.0.1:1", (table,)),))
+    for con in (open_party_database(federation, "hospital"), open_union_database(federation)):
+        assert con.execute("SELECT current_setting('enable_progress_bar')").fetchall() == [(False,)]

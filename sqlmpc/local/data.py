@@ -291,6 +291,14 @@ def _rows(count: int, singular_verb: str, plural_verb: str) -> str:
 
 # -- whole databases ---------------------------------------------------------------
 
+def quiet_duckdb() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB that draws no progress bar: from a party process the bar of a long local
+    query would cut through the analyst's shell (the embedded parties share its terminal)."""
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
 def open_party_database(federation: Federation, party_name: str, *, validate: bool = True
                         ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with only this party's tables as views (a party sees only its own files)."""
@@ -298,7 +306,7 @@ def open_party_database(federation: Federation, party_name: str, *, validate: bo
     if party is None:
         raise ConfigError(f"unknown party '{party_name}' (parties: {', '.join(federation.party_names)})",
                           path=str(federation.path) if federation.path else None)
-    con = duckdb.connect()
+    con = quiet_duckdb()
     for table in party.tables:
         register_table(con, table, validate=validate)
     return con
@@ -306,7 +314,7 @@ def open_party_database(federation: Federation, party_name: str, *, validate: bo
 
 def open_union_database(federation: Federation, *, validate: bool = True) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with every party's tables: the plaintext oracle's view of the world."""
-    con = duckdb.connect()
+    con = quiet_duckdb()
     for table in federation.tables:
         register_table(con, table, validate=validate)
     return con
