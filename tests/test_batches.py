@@ -94,3 +94,20 @@ def test_person_rows_lists_each_persons_rows_by_depth():
         real = [int(i) for i in rows[:, j] if i < n]
         assert real == sorted(real) and list(rows[:len(real), j]) == real
     assert person_rows(np.array([1, 2, 3], dtype=np.uint64)) is None  # everyone once
+
+
+@pytest.mark.mpc
+def test_a_failure_between_batches_names_the_stage_not_the_progress(small_batches, monkeypatch, tmp_path):
+    """The progress line says "join (64 of 1,936 keys)"; an error names the stage: "join"."""
+    from sqlmpc.party.embedded import EmbeddedFederation
+    from sqlmpc.party.faults import FAIL_AFTER_OPENINGS, FAIL_PARTY, FAIL_WITH
+
+    monkeypatch.setenv(FAIL_AFTER_OPENINGS, "2")     # input sizes, the first batch's tokens, then fail
+    monkeypatch.setenv(FAIL_PARTY, "bureau")
+    monkeypatch.setenv(FAIL_WITH, "MemoryError")
+    heard: list[str] = []
+    with EmbeddedFederation(small_batches, state=tmp_path) as fed:
+        with pytest.raises(errors.OutOfMemoryError, match="ran out of memory in stage 'join'; ") as err:
+            fed.query((QUERIES / "app_effectiveness.sql").read_text(), progress=heard.append)
+    assert err.value.stage == "join"
+    assert any(h.startswith("join (") for h in heard), heard        # it did fail between two batches

@@ -89,7 +89,7 @@ class PartyNode:
 
         def enter(name: str) -> None:        # where this party is: an error names it (``exc.stage``)
             nonlocal stage
-            stage = name
+            stage = name.partition(" (")[0]  # a batch's progress, "join (64 of 4,377 keys)", is in "join"
             if progress is not None:
                 progress(name)
 
