@@ -275,8 +275,10 @@ def _check_rows_per_key(cur: duckdb.DuckDBPyConnection, table: Table, scan: exp.
 
 
 def too_many_rows(value: object, extra: int, column: Column) -> str:
+    """The message for a key with more rows than its column declares (files and databases alike)."""
     if column.unique:
-        return f"duplicate key {_show(value)} in a column declared unique; {_rows(extra, 'repeats', 'repeat')} an earlier key"
+        return (f"duplicate key {_show(value)} in a column declared unique; "
+                f"{_rows(extra, 'repeats', 'repeat')} an earlier key")
     return (f"key {_show(value)} has more rows than the column's max_rows = {column.max_rows:,}; "
             f"{_rows(extra, 'is', 'are')} over the limit (raise max_rows in the federation file, or fix the data)")
 
