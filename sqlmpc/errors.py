@@ -256,15 +256,24 @@ class EvaluationError(DataError):
 
 
 class DataFileError(DataError):
-    """A party's data file does not match its catalog entry."""
+    """A party's data file does not match its catalog entry.
+
+    The message quotes the offending value or key for the party's operator; ``withheld`` is the
+    same message without it, which is all that leaves the party (:func:`shareable`): one value
+    or one person's key is data of fewer than k persons.
+    """
 
     def __init__(self, message: str, *, path: str | None = None, table: str | None = None,
-                 column: str | None = None, row: int | None = None, source: str | None = None):
+                 column: str | None = None, row: int | None = None, source: str | None = None,
+                 withheld: str | None = None):
         self.path = path
         self.source = source            # a database table (sqlmpc.local.sources) instead of a file
         self.table = table
         self.column = column
         self.row = row
+        named = ", ".join([f"table {table}"] * bool(table) + [f"column {column}"] * bool(column))
+        self.withheld = None if withheld is None else (
+            f"{withheld} ({named + '; ' if named else ''}the party's own log has the value)")
         where = []
         if table:
             where.append(f"table {table}")
@@ -277,6 +286,12 @@ class DataFileError(DataError):
         if source:
             where.append(f"source {source}")
         super().__init__(f"{message} ({', '.join(where)})" if where else message)
+
+
+def shareable(exc: BaseException) -> str:
+    """An error's message as it may leave its party, to peers, coordinator and analyst."""
+    withheld = getattr(exc, "withheld", None) if isinstance(exc, DataFileError) else None
+    return withheld or str(exc)
 
 
 class PartyError(OperationalError):

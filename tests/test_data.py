@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sqlmpc.catalog import Column, Federation, Party, Role, Table
-from sqlmpc.errors import DataFileError
+from sqlmpc.errors import DataFileError, shareable
 from sqlmpc.local.data import open_party_database, open_union_database, register_table
 
 COLUMNS = (
@@ -195,3 +195,16 @@ def test_party_databases_draw_no_progress_bar(tmp_path):
     federation = Federation("f", (Party("hospital", "127.0.0.1:1", (table,)),))
     for con in (open_party_database(federation, "hospital"), open_union_database(federation)):
         assert con.execute("SELECT current_setting('enable_progress_bar')").fetchall() == [(False,)]
+
+
+def test_what_leaves_the_party_quotes_no_value(tmp_path):
+    """A data error names the value for the party's operator; peers and analysts get the rule alone."""
+    err = refused(parquet_table(tmp_path, with_value("cost_eur", 2, 1234.5)))
+    assert "1234.5" in str(err) and "row 2" in str(err)
+    outside = shareable(err)
+    assert "1234.5" not in outside and "row 2" not in outside and str(tmp_path) not in outside
+    assert outside.startswith("a value is outside the declared range [0, 1000]; 1 row violates this rule")
+    assert "table hospital.patients, column cost_eur" in outside
+    duplicate = with_value("pid", 3, "a")
+    err = refused(parquet_table(tmp_path, duplicate))
+    assert "'a'" in str(err) and "'a'" not in shareable(err) and "duplicate keys" in shareable(err)

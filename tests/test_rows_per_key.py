@@ -130,8 +130,9 @@ def test_contributions_at_the_declared_bound_equal_the_oracle(sql, tmp_path):
     assert result.rows(), "the cells are released (k = 2), so the values are compared"
 
 
-def test_data_over_the_declared_bound_are_refused_before_any_query(tmp_path):
-    """One key with max_rows + 1 rows: the fields would be too small, so the data are refused."""
+def test_data_over_the_declared_bound_are_refused_before_any_query(tmp_path, capfd):
+    """One key with max_rows + 1 rows: the fields would be too small, so the data are refused.
+    The analyst learns the rule, table and column; only the party's operator sees the key."""
     from sqlmpc.party.embedded import EmbeddedFederation
 
     path = write_at_the_bound(tmp_path, max_rows=MAX_ROWS)
@@ -143,8 +144,12 @@ def test_data_over_the_declared_bound_are_refused_before_any_query(tmp_path):
             embedded.query("SELECT COUNT(*) FROM insurer.claims c")
     err = info.value
     assert err.party == "insurer"
-    assert "key 'p00' has more rows than the column's max_rows = 3; 1 row is over the limit" in str(err)
-    assert "table insurer.claims, column pid, row 38" in str(err)
+    assert "a key has more rows than the column's max_rows = 3; 1 row is over the limit" in str(err)
+    assert "table insurer.claims, column pid" in str(err)
+    assert "p00" not in str(err) and "row 38" not in str(err) and "claims.parquet" not in str(err)
+    operator = capfd.readouterr().err              # the party process's own console
+    assert "key 'p00' has more rows than the column's max_rows = 3" in operator
+    assert "table insurer.claims, column pid, row 38" in operator
 
 
 @pytest.mark.parametrize("value, fragment", [

@@ -73,6 +73,11 @@ class _Check:
     condition: exp.Expression
     value: exp.Expression
 
+    def withheld(self, count: int) -> str:
+        """The violation without the culprit's value: what may leave the party."""
+        what = self.problem if self.problem.startswith("NULL") else f"a value {self.problem}"
+        return f"{what}; {_rows(count, 'violates', 'violate')} this rule"
+
 
 class _Source:
     """Where a table's rows come from, as sqlglot relations."""
@@ -132,7 +137,7 @@ def _file_columns(con: duckdb.DuckDBPyConnection, source: _Source) -> list[_File
         rows = _run(con, exp.Describe(this=exp.select(exp.Star()).from_(source.raw())))
     except duckdb.Error as exc:
         raise DataFileError(f"cannot read the data file: {exc}", path=source.path,
-                            table=source.table.qualified_name) from None
+                            table=source.table.qualified_name, withheld="cannot read the data file") from None
     return [_FileColumn(name, type_) for name, type_, *_ in rows]
 
 
@@ -173,7 +178,8 @@ def _validate(con: duckdb.DuckDBPyConnection, source: _Source, file_names: dict[
             if column.role is Role.KEY and (column.unique or column.max_rows):
                 _check_rows_per_key(cur, table, scan, column)
     except duckdb.Error as exc:
-        raise DataFileError(f"cannot read the data file: {exc}", path=source.path, table=table.qualified_name) from None
+        raise DataFileError(f"cannot read the data file: {exc}", path=source.path, table=table.qualified_name,
+                            withheld="cannot read the data file") from None
     finally:
         cur.close()
 
@@ -245,7 +251,7 @@ def _check_rows(cur: duckdb.DuckDBPyConnection, table: Table, scan: exp.Select, 
         if count:
             raise DataFileError(f"value {_show(value)} {check.problem}; {_rows(count, 'violates', 'violate')} this rule",
                                 path=str(table.source), table=table.qualified_name, column=check.column.name,
-                                row=row)
+                                row=row, withheld=check.withheld(count))
 
 
 def _check_rows_per_key(cur: duckdb.DuckDBPyConnection, table: Table, scan: exp.Select, column: Column) -> None:
@@ -270,17 +276,20 @@ def _check_rows_per_key(cur: duckdb.DuckDBPyConnection, table: Table, scan: exp.
              .where(exp.EQ(this=exp.column("nth"), expression=exp.Literal.number(limit + 1)))
              .order_by(_col(ROW)).limit(1))
     row, value = _run(cur, first)[0]
-    raise DataFileError(too_many_rows(value, int(extra), column), path=str(table.source),
-                        table=table.qualified_name, column=column.name, row=row)
+    message, withheld = too_many_rows(value, int(extra), column)
+    raise DataFileError(message, path=str(table.source), table=table.qualified_name, column=column.name, row=row,
+                        withheld=withheld)
 
 
-def too_many_rows(value: object, extra: int, column: Column) -> str:
-    """The message for a key with more rows than its column declares (files and databases alike)."""
+def too_many_rows(value: object, extra: int, column: Column) -> tuple[str, str]:
+    """The messages for a key with more rows than its column declares (files and databases alike):
+    for the party's operator, naming the key, and without it (what leaves the party)."""
     if column.unique:
-        return (f"duplicate key {_show(value)} in a column declared unique; "
-                f"{_rows(extra, 'repeats', 'repeat')} an earlier key")
-    return (f"key {_show(value)} has more rows than the column's max_rows = {column.max_rows:,}; "
-            f"{_rows(extra, 'is', 'are')} over the limit (raise max_rows in the federation file, or fix the data)")
+        rule = f"{_rows(extra, 'repeats', 'repeat')} an earlier key"
+        return f"duplicate key {_show(value)} in a column declared unique; {rule}", f"duplicate keys; {rule}"
+    rule = (f"more rows than the column's max_rows = {column.max_rows:,}; {_rows(extra, 'is', 'are')} over the "
+            "limit (raise max_rows in the federation file, or fix the data)")
+    return f"key {_show(value)} has {rule}", f"a key has {rule}"
 
 
 def _show(value: object) -> str:

@@ -71,7 +71,7 @@ class PartyNode:
     async def check_local_stages(self, mpc, failed: errors.Error | None) -> None:
         """Every party tells whether its local stage ran; a party whose database failed (or whose
         table no longer fits the catalog) fails the query on every party at once, with its error."""
-        reports = await mpc.transfer(None if failed is None else (type(failed).__name__, str(failed)))
+        reports = await mpc.transfer(None if failed is None else (type(failed).__name__, errors.shareable(failed)))
         for name, report in zip(self.index, reports):
             if report is not None:
                 raise failed if name == self.party else rebuild({"error": report[0], "message": report[1]}, name)

@@ -60,6 +60,7 @@ def party_main(federation_path: str, party: str, conn: Channel) -> None:
         node = PartyNode(load_federation(federation_path), party)
         conn.send(json.dumps({"ready": True}))
     except Exception as exc:  # report start-up failures (bad data file, ...) to the client
+        print(f"sqlmpc party {party}: {exc}", file=sys.stderr)      # in full for its operator only
         conn.send(json.dumps(error_reply(exc, party)))
         return
     admitted = None             # (message, plan, audit record, start) of the proposal accepted last

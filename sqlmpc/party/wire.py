@@ -28,12 +28,13 @@ def from_ipc(data: bytes) -> pa.Table:
 
 
 def error_reply(exc: BaseException, party: str | None = None, *, ledger: list | None = None) -> dict:
-    """An error as JSON: its class name, message, the party it names (else ``party``), the stage that
-    party was in (``exc.stage``) and, when given, what the party opened before it.
+    """An error as JSON: its class name, message (as it may leave the party: a data error without the
+    value it quotes), the party it names (else ``party``), the stage that party was in (``exc.stage``)
+    and, when given, what the party opened before it.
 
     An error that is not an sqlmpc class keeps its own name: :func:`rebuild` turns it into a
     PartyError naming the party."""
-    reply = {"error": type(exc).__name__, "message": str(exc), "party": getattr(exc, "party", None) or party,
+    reply = {"error": type(exc).__name__, "message": errors.shareable(exc), "party": getattr(exc, "party", None) or party,
              "stage": getattr(exc, "stage", None)}
     if ledger is not None:
         reply["ledger"] = ledger

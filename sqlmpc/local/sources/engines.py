@@ -100,7 +100,8 @@ class EngineSource:
                 if count:
                     raise DataFileError(f"value {_show(value)} {check.problem}; "
                                         f"{_rows(int(count), 'violates', 'violate')} this rule",
-                                        table=table.qualified_name, column=check.column.name, source=self.where(table))
+                                        table=table.qualified_name, column=check.column.name, source=self.where(table),
+                                        withheld=check.withheld(int(count)))
         for column in table.columns:
             if column.role is Role.KEY and (column.unique or column.max_rows):
                 self._check_rows_per_key(table, scan, column)
@@ -146,8 +147,9 @@ class EngineSource:
                             exp.Min(this=exp.column("k"))).from_(per_key.subquery("per_key"))
         extra, value = self._fetch(excess)[0]
         if extra:
-            raise DataFileError(too_many_rows(value, int(extra), column),
-                                table=table.qualified_name, column=column.name, source=self.where(table))
+            message, withheld = too_many_rows(value, int(extra), column)
+            raise DataFileError(message, table=table.qualified_name, column=column.name, source=self.where(table),
+                                withheld=withheld)
 
     def _guarded(self, fn, *args):
         """Call into the engine; its failures become a SourceError without any secret in it."""
