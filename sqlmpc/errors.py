@@ -271,14 +271,14 @@ class DataFileError(DataError):
         self.table = table
         self.column = column
         self.row = row
-        named = ", ".join([f"table {table}"] * bool(table) + [f"column {column}"] * bool(column))
-        self.withheld = None if withheld is None else (
-            f"{withheld} ({named + '; ' if named else ''}the party's own log has the value)")
         where = []
         if table:
             where.append(f"table {table}")
         if column:
             where.append(f"column {column}")
+        # What may leave the party names the table and column, not the row, file or value.
+        named = ", ".join(where) + "; " if where else ""
+        self.withheld = None if withheld is None else f"{withheld} ({named}the party's own log has the value)"
         if row is not None:
             where.append(f"row {row}")
         if path:

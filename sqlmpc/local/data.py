@@ -73,10 +73,12 @@ class _Check:
     condition: exp.Expression
     value: exp.Expression
 
-    def withheld(self, count: int) -> str:
-        """The violation without the culprit's value: what may leave the party."""
+    def messages(self, value: object, count: int) -> tuple[str, str]:
+        """The violation for the party's operator, quoting the culprit's value, and without it
+        (what may leave the party)."""
+        rule = f"{_rows(count, 'violates', 'violate')} this rule"
         what = self.problem if self.problem.startswith("NULL") else f"a value {self.problem}"
-        return f"{what}; {_rows(count, 'violates', 'violate')} this rule"
+        return f"value {_show(value)} {self.problem}; {rule}", f"{what}; {rule}"
 
 
 class _Source:
@@ -249,9 +251,9 @@ def _check_rows(cur: duckdb.DuckDBPyConnection, table: Table, scan: exp.Select, 
     for i, check in enumerate(checks):
         count, row, value = result[3 * i: 3 * i + 3]
         if count:
-            raise DataFileError(f"value {_show(value)} {check.problem}; {_rows(count, 'violates', 'violate')} this rule",
-                                path=str(table.source), table=table.qualified_name, column=check.column.name,
-                                row=row, withheld=check.withheld(count))
+            message, withheld = check.messages(value, count)
+            raise DataFileError(message, path=str(table.source), table=table.qualified_name,
+                                column=check.column.name, row=row, withheld=withheld)
 
 
 def _check_rows_per_key(cur: duckdb.DuckDBPyConnection, table: Table, scan: exp.Select, column: Column) -> None:

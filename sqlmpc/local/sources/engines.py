@@ -24,7 +24,7 @@ from sqlglot import exp
 
 from sqlmpc.catalog import Connection, Role, Table
 from sqlmpc.errors import DataFileError, SourceError
-from sqlmpc.local.data import _checks, _col, _ident, _rows, _show, match_columns, too_many_rows
+from sqlmpc.local.data import _checks, _col, _ident, match_columns, too_many_rows
 from sqlmpc.local.sources.pushdown import DIALECTS, normalize, table_relation, transpile
 
 CONNECT_TIMEOUT = 5          # seconds: an unreachable database fails the query quickly
@@ -98,10 +98,9 @@ class EngineSource:
             for i, check in enumerate(checks):
                 count, value = result[2 * i: 2 * i + 2]
                 if count:
-                    raise DataFileError(f"value {_show(value)} {check.problem}; "
-                                        f"{_rows(int(count), 'violates', 'violate')} this rule",
-                                        table=table.qualified_name, column=check.column.name, source=self.where(table),
-                                        withheld=check.withheld(int(count)))
+                    message, withheld = check.messages(value, int(count))
+                    raise DataFileError(message, table=table.qualified_name, column=check.column.name,
+                                        source=self.where(table), withheld=withheld)
         for column in table.columns:
             if column.role is Role.KEY and (column.unique or column.max_rows):
                 self._check_rows_per_key(table, scan, column)
