@@ -1,6 +1,6 @@
 """Population scale: the saved app-effectiveness query from 10,000 to 1,000,000 persons.
 
-    python bench/scale.py [--persons 10000 100000 300000 1000000] [--cache DIR]
+    python bench/scale.py [--persons 10000 100000 300000 1000000] [--cache DIR] [--workers N]
 
 For each size: the demo federation's local DuckDB work (generation), the query end to
 end through the embedded 3-party federation, and per secure stage and party: wall and
@@ -9,7 +9,9 @@ multiplied and opened, by field size).  The *primitive floor* is the same count 
 inputs, multiplications and openings timed alone in a bare 3-party MPyC session of the
 same run; plain DuckDB is the same SQL on all data in one process.  Every secure result
 is checked against the plaintext oracle.  Writes the section "Population scale" of
-BENCHMARKS.md and the plot bench/scale.png (needs the `bench` extra: matplotlib).
+BENCHMARKS.md and the plot bench/scale.png (needs the `bench` extra: matplotlib).  With
+``--workers N`` every party declares ``workers = N`` and the section is "... with N workers"
+(no plot); a party's CPU seconds and bytes then include its worker processes'.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -37,6 +40,7 @@ from mpc_parties import run_parties  # noqa: E402  (the tests' 3-party launcher,
 QUERY = (ROOT / "queries" / "app_effectiveness.sql").read_text()
 STAGES = ["input", "shuffle", "join", "aggregate", "threshold", "reveal"]
 SECTION = "## Population scale (issue 14)"
+WORKERS_SECTION = "## Population scale with {n} workers per party"
 
 
 # -- the primitive floor ---------------------------------------------------------------
@@ -80,10 +84,14 @@ def split_key(key: str) -> tuple[str, int]:
 
 # -- one size ----------------------------------------------------------------------------
 
-def measure(persons: int, cache: Path) -> dict:
+def measure(persons: int, cache: Path, workers: int = 1) -> dict:
     started = time.perf_counter()
     path = generate(cache / f"scale-{persons}", persons=persons, perturbation="none")
     generation = time.perf_counter() - started
+    if workers > 1:               # a copy beside it (its sources are relative to the file)
+        text = re.sub(r'^(address = ".*")$', rf"\1\nworkers = {workers}", path.read_text(), flags=re.M)
+        path = path.with_name(f"federation-{workers}-workers.toml")
+        path.write_text(text)
     fed = load_federation(path)
     with EmbeddedFederation(fed, timeout=3600) as embedded:
         t0 = time.perf_counter()
@@ -108,14 +116,24 @@ def measure(persons: int, cache: Path) -> dict:
 
 # -- report ----------------------------------------------------------------------------
 
+def cpu_s(party: dict) -> float:
+    """A party's CPU seconds in the secure stages, its worker processes' included."""
+    return sum(v["cpu_s"] + v.get("worker_cpu_s", 0.0) for v in party["stages"].values())
+
+
+def peak_mb(party: dict) -> float:
+    """The peak RSS of the party's largest process (the party's own, or one of its workers)."""
+    return max([party["max_rss_mb"]] + [v.get("worker_peak_rss_mb", 0.0) for v in party["stages"].values()])
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| persons | local DuckDB (generate) s | secure s | s per 10⁶ persons | plain DuckDB s | × plain | "
              "CPU s per party | CPU µs per person and party | floor CPU s | × floor (CPU) | floor wall s | "
              "peak MB per party | = oracle |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        peaks = " / ".join(f"{s['max_rss_mb']:.0f}" for s in r["stats"].values())
-        cpus = [sum(v["cpu_s"] for v in s["stages"].values()) for s in r["stats"].values()]
+        peaks = " / ".join(f"{peak_mb(s):.0f}" for s in r["stats"].values())
+        cpus = [cpu_s(s) for s in r["stats"].values()]
         lines.append(f"| {r['persons']:,} | {r['generation']:.1f} | {r['secure']:.1f} | "
                      f"{r['secure'] / r['persons'] * 1e6:,.0f} | {r['plain']:.3f} | {r['secure'] / r['plain']:,.0f}× | "
                      f"{' / '.join(f'{c:.1f}' for c in cpus)} | {max(cpus) / r['persons'] * 1e6:.0f} | "
@@ -128,8 +146,10 @@ def table(rows: list[dict]) -> str:
             cells = []
             for stage in STAGES:
                 v = s["stages"].get(stage)
-                cells.append("–" if v is None else f"{v['seconds']:.1f} / {v['cpu_s']:.1f} / "
-                             f"{v['bytes_sent'] / 1e6:.0f} / {v['peak_rss_mb']:.0f}")
+                cells.append("–" if v is None else
+                             f"{v['seconds']:.1f} / {v['cpu_s'] + v.get('worker_cpu_s', 0):.1f} / "
+                             f"{(v['bytes_sent'] + v.get('worker_bytes_sent', 0)) / 1e6:.0f} / "
+                             f"{max(v['peak_rss_mb'], v.get('worker_peak_rss_mb', 0)):.0f}")
             lines.append(f"| {r['persons']:,} | {party} | " + " | ".join(cells) + " |")
     lines += ["", "Primitives per query (elements at each party, by kind and field bits):", "",
               "| persons | " + " | ".join(["inputs", "multiplications", "openings"]) + " |", "|---|---|---|---|"]
@@ -150,7 +170,7 @@ def plot(rows: list[dict], out: Path) -> None:
     n = [r["persons"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.loglog(n, [r["secure"] for r in rows], "o-", label="secure, end to end")
-    ax1.loglog(n, [max(sum(v["cpu_s"] for v in s["stages"].values()) for s in r["stats"].values()) for r in rows],
+    ax1.loglog(n, [max(cpu_s(s) for s in r["stats"].values()) for r in rows],
                "o--", label="secure stages, CPU s of the busiest party")
     ax1.loglog(n, [r["floor_cpu"] for r in rows], "s--", label="MPyC primitive floor, CPU s")
     ax1.loglog(n, [r["generation"] for r in rows], "^:", label="local DuckDB (generate)")
@@ -159,7 +179,7 @@ def plot(rows: list[dict], out: Path) -> None:
     ax1.set_ylabel("seconds")
     ax1.legend()
     ax1.grid(True, which="both", alpha=0.3)
-    ax2.loglog(n, [max(s["max_rss_mb"] for s in r["stats"].values()) for r in rows], "o-",
+    ax2.loglog(n, [max(peak_mb(s) for s in r["stats"].values()) for r in rows], "o-",
                label="largest party's peak RSS")
     ax2.axhline(2500, color="red", lw=0.8, ls="--", label="2,500 MB target")
     ax2.set_xlabel("persons")
@@ -188,33 +208,40 @@ def main() -> None:
     ap.add_argument("--plot", default=str(ROOT / "bench" / "scale.png"))
     ap.add_argument("--reuse", action="store_true", help="take sizes measured before from the cache")
     ap.add_argument("--notes", default="", help="text put under the table (what the run shows)")
+    ap.add_argument("--workers", type=int, default=1, help="workers = N at every party (default 1)")
     args = ap.parse_args()
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     rows = []
     for persons in args.persons:
-        saved = cache / f"result-{persons}.json"
+        saved = cache / (f"result-{persons}.json" if args.workers == 1 else f"result-{persons}-w{args.workers}.json")
         if args.reuse and saved.exists():          # a size measured by an earlier run (one size per run)
             rows.append(json.loads(saved.read_text()))
             continue
-        rows.append(measure(persons, cache))
+        rows.append(measure(persons, cache, args.workers))
         saved.write_text(json.dumps(rows[-1]))
         print(table(rows), flush=True)
     text = table(rows)
-    plot(rows, Path(args.plot))
-    section = (f"{SECTION}\n\nRun: `python bench/scale.py` (the `bench` extra draws bench/scale.png). "
-               f"The saved query queries/app_effectiveness.sql, 3 parties as local processes on one machine "
-               f"(2 cores shared by all three), batch_rows = default. Secure s is end to end (policy, local "
-               f"parts, MPC, release); the stage table is each party's own view (MPyC evaluates lazily: work "
-               f"is counted in the stage that first waits for it). × floor compares the busiest party's CPU "
-               f"seconds in the secure stages with the CPU seconds of the bare MPyC primitives the plan ran "
-               f"(the same counts by kind and field size, vectorised, in a bare 3-party session); CPU "
-               f"seconds, unlike wall seconds, do not depend on what else shares the cores.\n\n{text}\n\n![time and memory against "
-               f"persons](bench/scale.png)\n")
+    if args.workers > 1:
+        section = (f"{WORKERS_SECTION.format(n=args.workers)}\n\nRun: `python bench/scale.py --workers "
+                   f"{args.workers}`: as above, with `workers = {args.workers}` at every party, so the join tokens "
+                   f"run in {args.workers} MPC sessions per party. CPU seconds and MB sent include the worker "
+                   f"processes'; peak MB is the party's largest process.\n\n{text}\n")
+    else:
+        plot(rows, Path(args.plot))
+        section = (f"{SECTION}\n\nRun: `python bench/scale.py` (the `bench` extra draws bench/scale.png). "
+                   f"The saved query queries/app_effectiveness.sql, 3 parties as local processes on one machine "
+                   f"(2 cores shared by all three), batch_rows = default. Secure s is end to end (policy, local "
+                   f"parts, MPC, release); the stage table is each party's own view (MPyC evaluates lazily: work "
+                   f"is counted in the stage that first waits for it). × floor compares the busiest party's CPU "
+                   f"seconds in the secure stages with the CPU seconds of the bare MPyC primitives the plan ran "
+                   f"(the same counts by kind and field size, vectorised, in a bare 3-party session); CPU "
+                   f"seconds, unlike wall seconds, do not depend on what else shares the cores.\n\n{text}\n\n"
+                   f"![time and memory against persons](bench/scale.png)\n")
     if args.notes:
         section += "\n" + args.notes.strip() + "\n"
     write_section(section, Path(args.out))
-    print(f"wrote {args.out} and {args.plot}")
+    print(f"wrote {args.out}" + ("" if args.workers > 1 else f" and {args.plot}"))
 
 
 if __name__ == "__main__":

@@ -103,6 +103,7 @@ class Party:
     address: str                                # "host:port" of the party's control endpoint
     tables: tuple[Table, ...] = ()
     connections: tuple[Connection, ...] = ()    # one per database kind its tables use
+    workers: int = 1                            # processes for its share of the secure stages
 
     def connection(self, kind: str) -> Connection | None:
         return next((c for c in self.connections if c.kind == kind), None)
@@ -314,6 +315,13 @@ def _connection(node: Node, kind: str) -> Connection:
                       password_file=node.get("password_file", str, "the path of a file holding the password"))
 
 
+def positive_int(node: Node, key: str, default: int, what: str) -> int:
+    value = node.get(key, int, what, default=default)
+    if value < 1:
+        raise node.error(f"'{key}' must be a positive integer, not {value!r}", key)
+    return value
+
+
 def _address(node: Node) -> str:
     address = str(node.require("address", str, '"host:port"'))
     host, sep, port = address.rpartition(":")
@@ -328,8 +336,9 @@ def _party(node: Node, name: str, base_dir: Path) -> Party:
     check_name(node, name, "party")
     if name.lower() in RESERVED_PARTY_NAMES:
         raise node.error(f"'{name}' is reserved by DuckDB and cannot name a party")
-    node.allow(("address", "tables", "description", *SOURCE_KINDS))
+    node.allow(("address", "tables", "description", "workers", *SOURCE_KINDS))
     address = _address(node)
+    workers = positive_int(node, "workers", 1, "a positive integer (processes for the secure stages)")
     connections = tuple(_connection(node.child(kind), kind) for kind in SOURCE_KINDS if node.has(kind))
     tables: tuple[Table, ...] = ()
     if node.has("tables"):
@@ -340,7 +349,7 @@ def _party(node: Node, name: str, base_dir: Path) -> Party:
             raise tables_node.error(f"duplicate table name '{duplicate}' (names are case-insensitive)", duplicate)
     # Connections are the owner's business: they are not in the fingerprint, and another
     # party's copy of the file may leave them out (sqlmpc.local.sources checks the owner's).
-    return Party(name, address, tables, connections)
+    return Party(name, address, tables, connections, workers)
 
 
 # -- the whole file -------------------------------------------------------------
@@ -361,10 +370,8 @@ def load_federation(path: str | Path, *, local_policy: str | Path | None = None)
     fed_node.allow(("name", "insecure_demo", "description", "batch_rows"))
     name = str(fed_node.require("name", str, "the federation's name"))
     insecure_demo = bool(fed_node.get("insecure_demo", bool, "true or false", default=False))
-    batch_rows = fed_node.get("batch_rows", int, "a positive integer (rows per batch of the secure stages)",
-                              default=DEFAULT_BATCH_ROWS)
-    if batch_rows < 1:
-        raise fed_node.error(f"'batch_rows' must be a positive integer, not {batch_rows!r}", "batch_rows")
+    batch_rows = positive_int(fed_node, "batch_rows", DEFAULT_BATCH_ROWS,
+                              "a positive integer (rows per batch of the secure stages)")
 
     if not root.has("parties"):
         raise root.error("missing the [parties] table: a federation needs at least 3 parties", "parties",

@@ -395,7 +395,8 @@ def tls(demo_path, tmp_path_factory):
     tokens = init_keys(load_federation(fed.path), work / "keys")
     other = init_keys(load_federation(fed.path), work / "other-keys")
     fed.keys, fed.token, fed.other_token = work / "keys", tokens["analyst"], other["analyst"]
-    fed.start(extra=["--keys", str(work / "keys")])
+    # Two workers per node: the join tokens also run in worker sessions over mutual TLS.
+    fed.start(extra=["--keys", str(work / "keys"), "--workers", "2"])
     yield fed
     fed.stop()
 
@@ -407,6 +408,18 @@ def test_tls_query_with_token(tls, federation, union_db):
         secure = Result(cur.fetch_arrow_table(), cur.suppressed, cur.leakage)
     assert_equals_oracle(secure, sql, federation, union_db)
     assert tls.audit("hospital")[-1]["analyst"] == "analyst"
+
+
+def test_tls_query_runs_in_the_workers_sessions(tls, federation, union_db):
+    """`--workers 2` at every node: a join query runs in two MPC sessions per party, over TLS."""
+    sql = (QUERIES / "app_effectiveness.sql").read_text()
+    with sqlmpc.connect(tls.url(scheme="sqlmpc"), token=tls.token, ca=str(tls.keys / "ca.pem")) as con:
+        cur = con.execute(sql)
+        secure = Result(cur.fetch_arrow_table(), cur.suppressed, cur.leakage)
+    assert_equals_oracle(secure, sql, federation, union_db)
+    for party in ("hospital", "insurer", "bureau"):
+        record = last_record_soon(tls, party)
+        assert record["outcome"] == "ok" and record["sessions"] == 2, record
 
 
 def test_wrong_token_is_rejected_and_audited_without_the_token(tls):

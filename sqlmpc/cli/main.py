@@ -48,6 +48,17 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a bad one is a usage error before anything starts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return value
+
+
 def _federation(args):
     return load_federation(Path(args.federation) if args.federation else demo_federation_path(args.persons))
 
@@ -222,9 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bind", default="0.0.0.0", help="interface to listen on (default all; loopback if insecure)")
     p.add_argument("--analyst-port", type=int, help="analyst endpoint port (default: address port + 1)")
     p.add_argument("--mpc-port", type=int,
-                   help="first of the 16 MPC data plane ports used in turn, one per query (default: address port + 2)")
+                   help="first of the MPC data plane ports (16 per worker) used in turn, one per query and "
+                        "worker (default: address port + 2)")
     p.add_argument("--state", help="state directory with the audit log (default ./sqlmpc-state/PARTY)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before a silent party fails a query")
+    p.add_argument("--workers", type=positive_int, metavar="N",
+                   help="processes for this party's share of the secure stages (default: the party's "
+                        "'workers' in the federation file, else 1)")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("keys", help="key material for a federation")
     common(p, "--federation")

@@ -33,13 +33,14 @@ MAX_ROWS = 2 ** 40     # declared maximum of rows per party in local mode (sets 
 
 class Engine(JoinMode, CellPhase):
     def __init__(self, mpc, plan: Plan, party_index: dict[str, int], me: str,
-                 local: dict[tuple[str, int], pa.Table], progress=None):
+                 local: dict[tuple[str, int], pa.Table], progress=None, workers=None):
         self.mpc = mpc
         self.plan = plan
         self.index = party_index
         self.me = me
         self.local = local            # (relation, part) -> this party's local result
         self.report = progress or (lambda stage: None)
+        self.workers = workers        # sqlmpc.mpc.workers.Workers: more sessions for the per-row stages
         self.meter = StageMeter(mpc)
         self.stage = None
         federation = getattr(getattr(plan, "query", None), "federation", None)

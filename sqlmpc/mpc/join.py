@@ -72,7 +72,11 @@ class JoinMode:
         columns_ = [(rel, name, k[:, j]) for rel, k in keymats.items() if k is not None
                     for j, name in enumerate(layouts[rel]["keys"])]
         opened = await residue_tokens([c for _, _, c in columns_], bits=bits, batch=self.batch,
-                                      done=lambda i, n: self.tick(i, n, "keys")) if columns_ else []
+                                      done=lambda i, n: self.tick(i, n, "keys"),
+                                      workers=self.workers) if columns_ else []
+        if self.workers is not None:
+            self.meter.workers.extend(self.workers.costs)
+            self.workers.costs.clear()
         tokens = {(rel, name): np.zeros(0, dtype=np.uint64) for rel in matrices for name in layouts[rel]["keys"]}
         for (rel, name, _), toks in zip(columns_, opened):
             tokens[(rel, name)] = toks

@@ -21,6 +21,8 @@ tokens compare across relations.
 
 from __future__ import annotations
 
+import asyncio
+
 import gmpy2
 import numpy as np
 
@@ -82,12 +84,15 @@ def _root_index(p: int) -> dict:
     return _ROOTS
 
 
-async def residue_tokens(keys: list, *, bits: int, batch: int = 1 << 16, done=None,
+async def residue_tokens(keys: list, *, bits: int, batch: int = 1 << 16, done=None, workers=None,
                          why: str = "join on pseudonymous keys: match tokens in the clear") -> list[np.ndarray]:
     """64-bit-or-more tokens of secret keys (arrays of `token_field()`), one PRF key for all.
 
     Keys go through in batches of ``batch`` (the PRF key is drawn once), so memory is bounded by
-    the batch; ``done(keys so far, keys)`` hears each batch.  Tokens of at most 64 bits come back as uint64 arrays, longer ones as object arrays.
+    the batch; ``done(keys so far, keys)`` hears each batch.  With ``workers``
+    (:class:`sqlmpc.mpc.workers.Workers`) the keys are cut into as many contiguous slices as
+    there are sessions, and worker w tokenises slice w under the same PRF key.  Tokens of at
+    most 64 bits come back as uint64 arrays, longer ones as object arrays.
     """
     mpc = runtime.current()
     lengths = [a.shape[0] for a in keys]
@@ -95,13 +100,43 @@ async def residue_tokens(keys: list, *, bits: int, batch: int = 1 << 16, done=No
     digits = max(1, -(-bits // RESIDUE_BITS))
     if n == 0:
         return [np.zeros(0, dtype=np.uint64) for _ in keys]
-    sectype = keys[0].sectype
     k = keys[0] if len(keys) == 1 else mpc.np_concatenate(keys)
-    s = runtime.np_randoms(sectype, digits)                                 # the PRF key, unknown to all
-    wide = digits * RESIDUE_BITS > 64
-    tokens = np.zeros(n, dtype=object if wide else np.uint64)
+    s = runtime.np_randoms(k.sectype, digits)                               # the PRF key, unknown to all
     ledger = current_ledger()
     first = len(ledger.entries)
+    step = -(-n // (1 if workers is None else workers.count))
+    bounds = [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+    own = _tokens(mpc, k[:step], s, digits, batch, why,
+                  None if done is None else lambda i: done(min(n, i * len(bounds)), n))
+    if len(bounds) == 1:
+        tokens = await own
+    else:                   # the workers' slices: this party's shares of them, and of the PRF key
+        s_shares = (await mpc.gather(s)).value
+        jobs = [((await mpc.gather(k[lo:hi])).value, s_shares, digits, batch, why) for lo, hi in bounds[1:]]
+        slices = await asyncio.gather(own, workers.map(tokens_of_slice, jobs))
+        tokens = np.concatenate([slices[0], *slices[1]])
+    ledger.coalesce(first)                                 # one entry for the whole call, not one per batch
+    out, i = [], 0
+    for length in lengths:
+        out.append(tokens[i:i + length])
+        i += length
+    return out
+
+
+async def tokens_of_slice(mpc, job) -> np.ndarray:
+    """A worker's slice: its party's shares of the keys and of the PRF key, tokenised in its session."""
+    keys, key, digits, batch, why = job
+    sectype = token_field()
+    field = sectype.field
+    return await _tokens(mpc, sectype.array(field.array(keys)), sectype.array(field.array(key)),
+                         digits, batch, why)
+
+
+async def _tokens(mpc, k, s, digits: int, batch: int, why: str, done=None) -> np.ndarray:
+    """The tokens of keys k under the PRF key s, a batch at a time."""
+    n = k.shape[0]
+    wide = digits * RESIDUE_BITS > 64
+    tokens = np.zeros(n, dtype=object if wide else np.uint64)
     for lo in range(0, n, batch):
         hi = min(n, lo + batch)
         symbols = await _symbols(mpc, k[lo:hi], s, digits, why)
@@ -109,13 +144,8 @@ async def residue_tokens(keys: list, *, bits: int, batch: int = 1 << 16, done=No
             tokens[lo:hi] = tokens[lo:hi] * (1 << RESIDUE_BITS) + (symbols[:, j] if wide else
                                                                      symbols[:, j].astype(np.uint64))
         if done is not None:
-            done(hi, n)
-    ledger.coalesce(first)                                 # one entry for the whole call, not one per batch
-    out, i = [], 0
-    for length in lengths:
-        out.append(tokens[i:i + length])
-        i += length
-    return out
+            done(hi)
+    return tokens
 
 
 async def _symbols(mpc, k, s, digits: int, why: str) -> np.ndarray:

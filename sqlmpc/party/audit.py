@@ -2,8 +2,8 @@
 
 Each record says who asked what and what this party decided: time, query
 id, role (coordinator or participant), analyst, query text, plan hash,
-decision and reason, the leakage ledger (what was opened, how many values,
-why), outcome, duration.  It holds no data values: of the result only the
+decision and reason, the MPC sessions it ran (1 + its workers), the leakage
+ledger (what was opened, how many values, why), outcome, duration.  It holds no data values: of the result only the
 number of released and suppressed cells and a hash of the released table.
 A failed query's ledger lists what was opened before the failure.
 

@@ -61,13 +61,16 @@ class Transport(Protocol):
     def propose(self, proposal: dict, timeout: float) -> dict[str, dict]:
         """Every party's reply to the proposal, in federation order: accepted, ``{"busy": True}``, or an error."""
 
-    def addresses(self, replies: dict[str, dict]) -> list[tuple[str, int]]:
-        """The MPC address of every party, in federation order, for the accepted proposal."""
+    def addresses(self, replies: dict[str, dict]) -> list[list[tuple[str, int]]]:
+        """The MPC sessions of the accepted proposal: per session, every party's address in
+        federation order.  Session 0 is each party's own; one more per worker, as many as the
+        party with the fewest ``workers`` runs (:mod:`sqlmpc.mpc.workers`)."""
 
     def abort(self, qid: str, reason: str) -> None:
         """Tell every party to drop the proposal (those that accepted it write an 'aborted' record)."""
 
-    def execute(self, qid: str, plan: Plan, addresses: list[tuple[str, int]], ledger: Ledger, progress) -> None:
+    def execute(self, qid: str, plan: Plan, sessions: list[list[tuple[str, int]]], ledger: Ledger,
+                progress) -> None:
         """Start every party's share; a share run in this process records its openings in ``ledger``."""
 
     def next_answer(self, timeout: float) -> Answer | None:
@@ -121,7 +124,9 @@ class Coordinator:
             answers: dict[str, Answer] = {}
             self.running[qid] = (record, ledger)
             try:
-                self.transport.execute(qid, plan, self.transport.addresses(replies), ledger, progress)
+                sessions = self.transport.addresses(replies)
+                record["sessions"] = len(sessions)
+                self.transport.execute(qid, plan, sessions, ledger, progress)
                 cause = self._gather(answers)
             finally:
                 self.running.pop(qid, None)

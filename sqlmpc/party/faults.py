@@ -14,6 +14,10 @@ stall instead, just before its (n+1)-th opening: it creates the file and waits,
 holding up the MPC, until the file is removed (at most 120 s).  A test sets it for
 one party, waits for the file, and then knows the query is under way at that
 point — to kill or stop the party there, not after a guessed delay.
+
+``SQLMPC_FAIL_WORKER=path``: while the file exists, a worker process
+(:mod:`sqlmpc.mpc.workers`) fails before its first opening; the first to fail removes the
+file, so one worker of one party fails, once.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ FAIL_PARTY = "SQLMPC_FAIL_PARTY"        # with it, only that party fails
 FAIL_WITH = "SQLMPC_FAIL_WITH"          # "MemoryError": fail as a party out of memory does
 PAUSE_AFTER_OPENINGS = "SQLMPC_PAUSE_AFTER_OPENINGS"
 PAUSE_FILE = "SQLMPC_PAUSE_FILE"
+FAIL_WORKER = "SQLMPC_FAIL_WORKER"
 LONGEST_PAUSE = 120.0
 
 
@@ -71,6 +76,24 @@ def _limit(name: str) -> int | None:
         return int(value)
     except ValueError:
         raise errors.ConfigError(f"{name}={value!r}: expected a number of openings") from None
+
+
+@dataclass
+class _WorkerTripwire(Ledger):
+    flag: Path | None = None
+
+    def record(self, what: str, count: int, why: str):
+        try:
+            self.flag.unlink()
+        except FileNotFoundError:
+            return super().record(what, count, why)
+        raise InjectedFailure(f"injected failure ({FAIL_WORKER}) in a worker before opening {what!r}")
+
+
+def armed_worker(ledger: Ledger) -> Ledger:
+    """A worker's ledger, or (with ``SQLMPC_FAIL_WORKER`` set) one that fails while its file exists."""
+    flag = os.environ.get(FAIL_WORKER)
+    return _WorkerTripwire(entries=ledger.entries, flag=Path(flag)) if flag else ledger
 
 
 def armed(ledger: Ledger, party: str | None = None) -> Ledger:

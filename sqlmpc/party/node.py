@@ -21,6 +21,7 @@ from sqlmpc.mpc import session as mpc_session
 from sqlmpc.mpc.engine import Engine
 from sqlmpc.mpc.reveal import Ledger, ledger_scope
 from sqlmpc.mpc.session import MpcSession, run_in_fresh_loop
+from sqlmpc.mpc.workers import Workers, start_fork_server
 from sqlmpc.party import faults
 from sqlmpc.party.wire import rebuild
 from sqlmpc.plan.compile import compile
@@ -48,6 +49,8 @@ class PartyNode:
         # Own files in memory (no file access after this); own databases (PostgreSQL, Spark) connected.
         self.data = LocalData.open(federation, party)
         self.db: duckdb.DuckDBPyConnection = self.data.db
+        if federation.party(party).workers > 1:
+            start_fork_server()
 
     def admit(self, sql: str, digest: str | None) -> Plan:
         """This party's own decision on a proposed query: plan it and compare plan hashes."""
@@ -64,8 +67,8 @@ class PartyNode:
         """Run this party's local parts where its tables live (its DuckDB, PostgreSQL or Spark)."""
         return self.data.run_parts(plan.parts_at(self.party))
 
-    async def run_secure(self, mpc, plan: Plan, local, progress=None):
-        engine = Engine(mpc, plan, self.index, self.party, local, progress)
+    async def run_secure(self, mpc, plan: Plan, local, progress=None, workers=None):
+        engine = Engine(mpc, plan, self.index, self.party, local, progress, workers)
         return await engine.run(), engine.meter
 
     async def check_local_stages(self, mpc, failed: errors.Error | None) -> None:
@@ -77,8 +80,12 @@ class PartyNode:
                 raise failed if name == self.party else rebuild({"error": report[0], "message": report[1]}, name)
 
     def execute_plan(self, plan: Plan, addresses: list[tuple[str, int]], *, progress=None, timeout: float = 30.0,
-                     session=None, guard=None, ledger: Ledger | None = None) -> Outcome:
+                     session=None, guard=None, ledger: Ledger | None = None, workers=(),
+                     max_workers: int = 1) -> Outcome:
         """Run an admitted plan: local parts, then the secure part in a fresh MPC session.
+
+        ``workers``: the address lists of the query's further sessions, one per worker
+        (:mod:`sqlmpc.mpc.workers`); this party runs at most ``max_workers`` sessions.
 
         ``session`` replaces the plain loopback session (a networked node passes one with TLS);
         ``guard`` wraps the secure computation (a networked node's watchdog).  ``ledger``
@@ -94,7 +101,10 @@ class PartyNode:
                 progress(name)
 
         try:
-            return self._execute(plan, addresses, enter, timeout, session, guard, ledger)
+            if 1 + len(workers) > max_workers:
+                raise errors.PartyError(f"the query asks for {1 + len(workers)} MPC sessions per party; this "
+                                        f"party runs at most {max_workers} (its 'workers')", party=self.party)
+            return self._execute(plan, addresses, enter, timeout, session, guard, ledger, workers)
         except Exception as exc:
             if isinstance(exc, MemoryError) or any(isinstance(e, MemoryError) for e in mpc_session.errors):
                 exc = errors.OutOfMemoryError(
@@ -103,7 +113,7 @@ class PartyNode:
             exc.stage = getattr(exc, "stage", None) or stage
             raise exc
 
-    def _execute(self, plan: Plan, addresses, enter, timeout: float, session, guard, ledger) -> Outcome:
+    def _execute(self, plan: Plan, addresses, enter, timeout: float, session, guard, ledger, workers) -> Outcome:
         started = time.perf_counter()
         enter("local")
         try:
@@ -115,12 +125,14 @@ class PartyNode:
         # The plain session (embedded parties): listen on this party's own address only (loopback).
         session = session or MpcSession(me, addresses, timeout=timeout, listen_host=addresses[me][0])
         ledger = Ledger() if ledger is None else ledger
+        pool = Workers(me, tuple(tuple(map(tuple, w)) for w in workers), session.tls, timeout,
+                       session.listen_host) if workers else None
 
         async def main():
             with ledger_scope(faults.armed(ledger, self.party)):
                 async with session as mpc:
                     await self.check_local_stages(mpc, failed)
-                    secure = self.run_secure(mpc, plan, local, enter)
+                    secure = self.run_secure(mpc, plan, local, enter, pool)
                     cells, meter = await (guard(secure) if guard is not None else secure)
                 return cells, list(ledger.entries), meter
 

@@ -92,25 +92,30 @@ class FlightTransport:
                 replies[name] = error_reply(exc, name)
         return replies
 
-    def addresses(self, replies: dict[str, dict]) -> list[tuple[str, int]]:
+    def addresses(self, replies: dict[str, dict]) -> list[list[tuple[str, int]]]:
         node = self.node
-        out = []
-        for p in node.federation.parties:
-            if p.name == node.party:
-                out.append((split_address(p.address)[0], node.take_mpc_port()))
-            else:
-                out.append((self.peers[p.name][0], int(replies[p.name]["mpc_port"])))
-        return [("127.0.0.1", port) for _, port in out] if node.insecure else out
+        count = min([node.workers] + [1 + len(replies[name].get("worker_ports", [])) for name in self.peers])
+        sessions = []
+        for w in range(count):
+            out = []
+            for p in node.federation.parties:
+                if p.name == node.party:
+                    out.append((split_address(p.address)[0], node.take_mpc_port()))
+                else:
+                    reply = replies[p.name]
+                    out.append((self.peers[p.name][0], int(reply["mpc_port"] if w == 0 else reply["worker_ports"][w - 1])))
+            sessions.append([("127.0.0.1", port) for _, port in out] if node.insecure else out)
+        return sessions
 
     def abort(self, qid: str, reason: str) -> None:
         self._tell_all("abort", {"qid": qid, "reason": reason})     # also those that did not answer
         self.node.release(qid)
 
-    def execute(self, qid: str, plan: Plan, addresses, ledger: Ledger, progress) -> None:
+    def execute(self, qid: str, plan: Plan, sessions, ledger: Ledger, progress) -> None:
         self._qid, self._ledger = qid, ledger
-        body = {"qid": qid, "addresses": [list(a) for a in addresses]}
+        body = {"qid": qid, "addresses": sessions[0], "workers": sessions[1:]}
         self._pending = {self.pool.submit(self.call, name, "execute", body, None): name for name in self.peers}
-        self._pending[self.pool.submit(self.node.run_mpc, plan, addresses, ledger)] = self.node.party
+        self._pending[self.pool.submit(self.node.run_mpc, plan, sessions, ledger)] = self.node.party
 
     def next_answer(self, timeout: float) -> Answer | None:
         done, _ = wait(self._pending, timeout=timeout, return_when=FIRST_COMPLETED)

@@ -154,21 +154,23 @@ class PipeTransport:
     def propose(self, proposal: dict, timeout: float) -> dict[str, dict]:
         return self._ask_all(timeout, lambda p: {"op": "propose", **proposal, "audit": str(self.audit_paths[p.name])})
 
-    def addresses(self, replies: dict[str, dict]) -> list[tuple[str, int]]:
-        self._ports = reserve_ports(len(self.parties))
-        return [(LOOPBACK, s.getsockname()[1]) for s in self._ports]
+    def addresses(self, replies: dict[str, dict]) -> list[list[tuple[str, int]]]:
+        m, sessions = len(self.parties), min(p.workers for p in self.federation.parties)
+        self._ports = reserve_ports(m * sessions)
+        ports = [(LOOPBACK, s.getsockname()[1]) for s in self._ports]
+        return [ports[w * m:(w + 1) * m] for w in range(sessions)]
 
     def abort(self, qid: str, reason: str) -> None:
         for p in self.parties:
             self._send(p, {"op": "abort", "qid": qid, "reason": reason})
 
-    def execute(self, qid: str, plan: Plan, addresses, ledger: Ledger, progress) -> None:
+    def execute(self, qid: str, plan: Plan, sessions, ledger: Ledger, progress) -> None:
         self._progress = progress
         self._waiting, self._lost = {}, []
         self.running = True
         for i, p in enumerate(self.parties):
             failed = self._send(p, {"op": "execute", "qid": qid, "timeout": self.timeout,
-                                    "addresses": [list(a) for a in addresses],
+                                    "addresses": sessions[0], "workers": sessions[1:],
                                     "progress": i == 0 and progress is not None})
             if failed is not None:
                 self._lost.append(Answer(p.name, failed))

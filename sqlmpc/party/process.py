@@ -122,7 +122,7 @@ def _execute(node: PartyNode, proposal: dict, plan, record: dict, since: float, 
         if msg.get("progress"):
             conn.send(json.dumps({"progress": stage}))
 
-    record = {**record, "decision": "accepted"}
+    record = {**record, "decision": "accepted", "sessions": 1 + len(msg.get("workers", []))}
     ledger = Ledger()
     log = AuditLog(proposal["audit"])
     _running = (log, record, ledger, since)
@@ -130,7 +130,9 @@ def _execute(node: PartyNode, proposal: dict, plan, record: dict, since: float, 
         with audited(log, record, since=since):
             try:
                 out = node.execute_plan(plan, [tuple(a) for a in msg["addresses"]], ledger=ledger,
-                                        timeout=msg.get("timeout", 30.0), progress=progress)
+                                        timeout=msg.get("timeout", 30.0), progress=progress,
+                                        workers=msg.get("workers", []),
+                                        max_workers=node.federation.party(node.party).workers)
             finally:
                 record["ledger"] = opened(ledger.entries)
             ipc = to_ipc(out.cells)

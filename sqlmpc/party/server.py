@@ -50,6 +50,7 @@ from sqlmpc.catalog import load_federation
 from sqlmpc.mpc import runtime, unpickle
 from sqlmpc.mpc.reveal import Ledger
 from sqlmpc.mpc.session import MpcSession, SessionError, TlsFiles, session_open
+from sqlmpc.mpc.workers import start_fork_server
 from sqlmpc.party import watchdog
 from sqlmpc.party.audit import AuditLog, audited, auth_failure, opened, query_record
 from sqlmpc.party.coordinator import Coordinator
@@ -83,7 +84,8 @@ class NodeServer:
     def __init__(self, federation_path: str | Path, party: str, *, local_policy: str | Path | None = None,
                  keys: str | Path | None = None, tokens: str | Path | None = None,
                  insecure_loopback: bool = False, bind: str = "0.0.0.0", analyst_port: int | None = None,
-                 mpc_port: int | None = None, state_dir: str | Path | None = None, timeout: float = 30.0):
+                 mpc_port: int | None = None, state_dir: str | Path | None = None, timeout: float = 30.0,
+                 workers: int | None = None):
 
         self.federation = load_federation(federation_path, local_policy=local_policy)
         self.node = PartyNode(self.federation, party)
@@ -117,7 +119,12 @@ class NodeServer:
         host, port = split_address(self.federation.party(self.party).address)
         self.port = port
         self.analyst_port = analyst_port or port + 1
-        self.mpc_port = mpc_port or port + 2       # first of MPC_PORTS ports, one per query in turn
+        # Sessions this node runs per query (sqlmpc.mpc.workers): --workers, else the federation file's.
+        self.workers = workers or self.federation.party(self.party).workers
+        self.mpc_port = mpc_port or port + 2       # first of MPC_PORTS ports per worker, taken in turn
+        self.mpc_ports = MPC_PORTS * self.workers
+        if self.workers > 1:
+            start_fork_server()
         self._mpc_turn = -1
         state = Path(state_dir) if state_dir else Path("sqlmpc-state") / self.party
         self.audit = AuditLog(state / "audit.jsonl")
@@ -204,13 +211,13 @@ class NodeServer:
         return results(meta, to_ipc(result.table))
 
     def take_mpc_port(self) -> int:
-        """The MPC port for the next query: the next free one of MPC_PORTS ports from --mpc-port.
+        """An MPC port for the next query: the next free one of MPC_PORTS ports per worker from --mpc-port.
 
         A fresh port per query means a failed query's lingering connections can never
         meet the next query's (a party that was killed or stalled may still hold them).
         """
-        for _ in range(MPC_PORTS):
-            self._mpc_turn = (self._mpc_turn + 1) % MPC_PORTS
+        for _ in range(self.mpc_ports):
+            self._mpc_turn = (self._mpc_turn + 1) % self.mpc_ports
             port = self.mpc_port + self._mpc_turn
             with socket.socket() as probe:
                 try:
@@ -218,7 +225,7 @@ class NodeServer:
                     return port
                 except OSError:
                     continue
-        raise errors.OperationalError(f"no free MPC port in {self.mpc_port}..{self.mpc_port + MPC_PORTS - 1}")
+        raise errors.OperationalError(f"no free MPC port in {self.mpc_port}..{self.mpc_port + self.mpc_ports - 1}")
 
     # -- the query slot (one query at a time per node) ----------------------------
 
@@ -275,9 +282,10 @@ class NodeServer:
 
     # -- running one party's share -----------------------------------------------
 
-    def run_mpc(self, plan, addresses: list[tuple[str, int]], ledger: Ledger) -> pa.Table:
+    def run_mpc(self, plan, sessions: list[list[tuple[str, int]]], ledger: Ledger) -> pa.Table:
         """This party's share of the query (PartyNode.execute_plan) with TLS and a watchdog.
 
+        ``sessions``: every party's address per MPC session (the first its own, then one per worker).
         ``ledger`` receives the openings as they happen (after a failure: those before it).
         """
 
@@ -295,11 +303,13 @@ class NodeServer:
                                     if p.pid != rt.pid and p.protocol is None]
                 super().abort()
 
+        addresses = sessions[0]
         session = Session(pid, addresses, tls=self.tls.files if self.tls else None,
                           timeout=self.timeout, listen_host=self.bind)
         self.sessions_opened += 1
         try:
             out = self.node.execute_plan(plan, addresses, session=session, timeout=self.timeout, ledger=ledger,
+                                         workers=sessions[1:], max_workers=self.workers,
                                          guard=lambda secure: watchdog.guard(secure, peers, self.timeout))
         except SessionError as exc:
             who = session.missing[0] if session.missing else None
@@ -335,7 +345,8 @@ class NodeServer:
         self._pending[qid] = {"plan": plan, "record": {**record, "plan_hash": plan.digest}, "started": started,
                               "timer": timer}
         timer.start()
-        return results({"ok": True, "mpc_port": self.take_mpc_port()})
+        return results({"ok": True, "mpc_port": self.take_mpc_port(),
+                        "worker_ports": [self.take_mpc_port() for _ in range(self.workers - 1)]})
 
     def _expire(self, qid: str) -> None:
         p = self._pending.pop(qid, None)
@@ -365,13 +376,14 @@ class NodeServer:
             return results(error_reply(errors.PartyError("no accepted proposal with this id (expired?)"),
                                        self.party))
         p["timer"].cancel()
-        record = {**p["record"], "decision": "accepted"}
+        record = {**p["record"], "decision": "accepted", "sessions": 1 + len(msg.get("workers", []))}
         ledger = Ledger()
         try:
             with audited(self.audit, record, since=p["started"]):
                 self._running[qid] = (record, ledger)
                 try:
-                    cells = self.run_mpc(p["plan"], [tuple(a) for a in msg["addresses"]], ledger)
+                    sessions = [msg["addresses"], *msg.get("workers", [])]
+                    cells = self.run_mpc(p["plan"], [[tuple(a) for a in s] for s in sessions], ledger)
                 finally:
                     self._running.pop(qid, None)
                     record["ledger"] = opened(ledger.entries)
@@ -432,11 +444,12 @@ def serve(args) -> int:
     t0 = time.perf_counter()
     node = NodeServer(args.federation, args.party, local_policy=args.policy, keys=args.keys, tokens=args.tokens,
                       insecure_loopback=args.insecure_loopback, bind=args.bind, analyst_port=args.analyst_port,
-                      mpc_port=args.mpc_port, state_dir=args.state, timeout=args.timeout)
+                      mpc_port=args.mpc_port, state_dir=args.state, timeout=args.timeout, workers=args.workers)
     node.start()
     mode = "PLAINTEXT on 127.0.0.1 (--insecure-loopback)" if node.insecure else "mutual TLS / TLS + token"
     print(f"sqlmpc node '{node.party}' ready in {time.perf_counter() - t0:.2f} s: peers on port {node.port}, "
-          f"analysts on port {node.analyst_port}, MPC on port {node.mpc_port}; {mode}; "
+          f"analysts on port {node.analyst_port}, MPC on port {node.mpc_port}; {node.workers} worker"
+          f"{'s' if node.workers > 1 else ''}; {mode}; "
           f"audit log {node.audit.path}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
