@@ -6,10 +6,12 @@ openings — since only the place where each row's work runs changes.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,6 +94,26 @@ def test_a_failing_worker_fails_the_query_in_its_stage_and_the_next_query_runs(
         assert "worker 1" in str(failure.value)
         assert not flag.exists()
         assert_same_result(embedded.query(sql), run_oracle(sql, federation, union_db), "after the failure")
+    assert no_worker_processes_soon(), "worker processes or fork servers outlived their parties"
+
+
+def command_lines() -> list[bytes]:
+    lines = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):          # a process that ended meanwhile
+            lines.append(path.read_bytes())
+    return lines
+
+
+def no_worker_processes_soon(timeout: float = 10.0) -> bool:
+    """Whether, within ``timeout`` seconds, no fork server of sqlmpc's workers (or worker forked
+    from one: it shares the command line) is left on the machine."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(b"forkserver" in line and b"sqlmpc.mpc.workers" in line for line in command_lines()):
+            return True
+        time.sleep(0.2)
+    return False
 
 
 @pytest.mark.parametrize("value, fragment", [("0", "must be a positive integer, not 0"),

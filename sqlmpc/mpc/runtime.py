@@ -192,13 +192,18 @@ def count_primitives(mpc) -> dict:
 _EXTRA_BYTES = 8    # 64 bits beyond the modulus: each value is within 2^-64 of uniform
 
 
-def uniform_below(order: int, count: int) -> np.ndarray:
-    """``count`` independent uniform integers in [0, order) (object array)."""
+def uniform_below(order: int, count: int, *, reduced: bool = True) -> np.ndarray:
+    """``count`` independent uniform integers in [0, order) (object array).
+
+    ``reduced=False``: integers below 2^64·order instead, each within 2^-64 of uniform mod order,
+    for a caller that reduces mod order anyway (one bigint remainder per value saved)."""
     width = (int(order).bit_length() + 7) // 8 + _EXTRA_BYTES
-    buf = os.urandom(width * count)
+    view = memoryview(os.urandom(width * count))
     from_bytes = int.from_bytes
-    return np.fromiter((from_bytes(buf[i:i + width], "little") % order for i in range(0, width * count, width)),
-                       dtype=object, count=count)
+    values = (from_bytes(view[i:i + width], "little") for i in range(0, width * count, width))
+    if reduced:
+        values = (v % order for v in values)
+    return np.fromiter(values, dtype=object, count=count)
 
 
 def _np_random_split(field, s, t, m):
@@ -208,7 +213,7 @@ def _np_random_split(field, s, t, m):
     if isinstance(s, field.array):
         s = s.value
     n = len(s)
-    C = uniform_below(field.order, t * n).reshape(t, n)
+    C = uniform_below(field.order, t * n, reduced=False).reshape(t, n)     # the shares are reduced below
     shares = np.empty((m, n), dtype=object)
     if t == 1:                     # s + i·c for i = 1..m: one addition per share, no products
         acc = s

@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import multiprocessing.forkserver
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -107,12 +109,23 @@ def _receive(process, conn):
         return False, f"its process ended without an answer (exit code {process.exitcode})", [], {}
 
 
+def _exit_with_party(conn) -> None:
+    """The party never writes to its worker: the pipe ends when the party process does (a query
+    stopped, a node killed), and then so does the worker, instead of waiting on its peers."""
+    try:
+        conn.recv()
+    except (EOFError, OSError):
+        pass
+    os._exit(1)
+
+
 def _worker(conn, pid, addresses, tls, timeout, listen_host, fn, job) -> None:
     """Worker w's process: one MPC session with the other parties' worker w, one job."""
     from sqlmpc.mpc.session import MpcSession, run_in_fresh_loop
     from sqlmpc.party import faults
     from sqlmpc.mpc.session import errors as session_errors
 
+    threading.Thread(target=_exit_with_party, args=(conn,), daemon=True).start()
     ledger = Ledger()
 
     async def main():
