@@ -36,9 +36,10 @@ def with_workers(demo_path: Path, directory: Path, counts: dict[int, int]) -> Pa
     return path
 
 
-def worker_cpu(stats: dict) -> dict[str, float]:
-    """Per party, the CPU seconds its worker processes spent in the join stage (0: none ran)."""
-    return {party: s["stages"].get("join", {}).get("worker_cpu_s", 0.0) for party, s in stats.items()}
+def worker_cpu(stats: dict) -> dict[tuple[str, str], float]:
+    """Per party and sliced stage, the CPU seconds its worker processes spent (0: none ran)."""
+    return {(party, stage): s["stages"].get(stage, {}).get("worker_cpu_s", 0.0)
+            for party, s in stats.items() for stage in ("shuffle", "join")}
 
 
 @pytest.mark.mpc
@@ -62,7 +63,7 @@ def test_two_workers_give_exactly_the_result_and_openings_of_one(name, demo_path
     assert two_.table.equals(one.table) and two_.suppressed == one.suppressed
     assert two_.leakage == one.leakage                   # the same openings, counted once each
     assert all(v == 0 for v in cpu["one"].values()), cpu
-    assert all(v > 0 for v in cpu["two"].values()), cpu  # every party's worker tokenised a slice
+    assert all(v > 0 for v in cpu["two"].values()), cpu  # every party's worker shuffled and tokenised a slice
 
 
 @pytest.mark.mpc

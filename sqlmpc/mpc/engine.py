@@ -41,7 +41,7 @@ class Engine(JoinMode, CellPhase):
         self.local = local            # (relation, part) -> this party's local result
         self.report = progress or (lambda stage: None)
         self.workers = workers        # sqlmpc.mpc.workers.Workers: more sessions for the per-row stages
-        self.meter = StageMeter(mpc)
+        self.meter = StageMeter(mpc, workers)
         self.stage = None
         federation = getattr(getattr(plan, "query", None), "federation", None)
         self.batch = getattr(federation, "batch_rows", DEFAULT_BATCH_ROWS)    # rows per batch (bounds memory)

@@ -74,9 +74,6 @@ class JoinMode:
         opened = await residue_tokens([c for _, _, c in columns_], bits=bits, batch=self.batch,
                                       done=lambda i, n: self.tick(i, n, "keys"),
                                       workers=self.workers) if columns_ else []
-        if self.workers is not None:
-            self.meter.workers.extend(self.workers.costs)
-            self.workers.costs.clear()
         tokens = {(rel, name): np.zeros(0, dtype=np.uint64) for rel in matrices for name in layouts[rel]["keys"]}
         for (rel, name, _), toks in zip(columns_, opened):
             tokens[(rel, name)] = toks
@@ -221,7 +218,8 @@ class JoinMode:
         per_call = max(1, self.batch * 8 // n)         # about 8 batches of elements per call
         uci = fresh_uci()
         for lo in range(0, len(columns), per_call):
-            columns[lo:lo + per_call] = await shuffle(columns[lo:lo + per_call], uci=uci, batch=self.batch)
+            columns[lo:lo + per_call] = await shuffle(columns[lo:lo + per_call], uci=uci, batch=self.batch,
+                                                      workers=self.workers)
             self.tick(min(len(columns), lo + per_call) * n, len(columns) * n, "values")
         values = self.stack_columns(columns[width:]) if len(columns) > width else None
         return self.stack_columns(columns[:width]), values

@@ -45,13 +45,13 @@ def bytes_sent(mpc) -> int:
 class StageMeter:
     """Stages entered one after another; ``stats[stage]`` sums what each visit cost."""
 
-    def __init__(self, mpc):
+    def __init__(self, mpc, workers=None):
         self.mpc = mpc
+        self.pool = workers                 # sqlmpc.mpc.workers.Workers: their costs are the party's too
         self.stats: dict[str, dict[str, float]] = {}
         self._open = None
         self.counts = runtime.count_primitives(mpc) if hasattr(mpc, "parties") else {}
         self.before_mb = peak_rss_mb()      # node start and the local stage, before the first reset
-        self.workers: list[dict] = []       # the open stage's workers' costs (sqlmpc.mpc.workers)
 
     def enter(self, stage: str | None) -> None:
         now = (time.perf_counter(), time.process_time(), bytes_sent(self.mpc), dict(self.counts))
@@ -68,11 +68,12 @@ class StageMeter:
                 if done:
                     key = f"{kind}/{bits}"
                     s["primitives"][key] = s["primitives"].get(key, 0) + done
-            for costs in self.workers:        # worker processes: their CPU and bytes are this party's too
+            for costs in self.pool.costs if self.pool is not None else ():     # the stage's worker jobs
                 s["worker_cpu_s"] = s.get("worker_cpu_s", 0.0) + costs.get("cpu_s", 0.0)
                 s["worker_bytes_sent"] = s.get("worker_bytes_sent", 0) + costs.get("bytes_sent", 0)
                 s["worker_peak_rss_mb"] = max(s.get("worker_peak_rss_mb", 0.0), costs.get("peak_rss_mb", 0.0))
-            self.workers.clear()
+            if self.pool is not None:
+                self.pool.costs.clear()
         reset_peak()
         self._open = (stage, now) if stage else None
 

@@ -29,6 +29,7 @@ import numpy as np
 from sqlmpc.mpc import runtime
 from sqlmpc.mpc.reveal import current_ledger, reveal
 from sqlmpc.mpc.runtime import uniform_below
+from sqlmpc.mpc.workers import slices
 
 
 def token_bits(n_total: int) -> int:
@@ -104,17 +105,16 @@ async def residue_tokens(keys: list, *, bits: int, batch: int = 1 << 16, done=No
     s = runtime.np_randoms(k.sectype, digits)                               # the PRF key, unknown to all
     ledger = current_ledger()
     first = len(ledger.entries)
-    step = -(-n // (1 if workers is None else workers.count))
-    bounds = [(lo, min(n, lo + step)) for lo in range(0, n, step)]
-    own = _tokens(mpc, k[:step], s, digits, batch, why,
+    bounds = slices(n, 1 if workers is None else workers.count)
+    own = _tokens(mpc, k[slice(*bounds[0])], s, digits, batch, why,
                   None if done is None else lambda i: done(min(n, i * len(bounds)), n))
     if len(bounds) == 1:
         tokens = await own
     else:                   # the workers' slices: this party's shares of them, and of the PRF key
         s_shares = (await mpc.gather(s)).value
         jobs = [((await mpc.gather(k[lo:hi])).value, s_shares, digits, batch, why) for lo, hi in bounds[1:]]
-        slices = await asyncio.gather(own, workers.map(tokens_of_slice, jobs))
-        tokens = np.concatenate([slices[0], *slices[1]])
+        parts = await asyncio.gather(own, workers.map(tokens_of_slice, jobs))
+        tokens = np.concatenate([parts[0], *parts[1]])
     ledger.coalesce(first)                                 # one entry for the whole call, not one per batch
     out, i = [], 0
     for length in lengths:

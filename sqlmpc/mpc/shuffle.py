@@ -28,6 +28,7 @@ import itertools
 import numpy as np
 
 from sqlmpc.mpc import runtime
+from sqlmpc.mpc.workers import sliced_inputs
 
 _TAG = b"sqlmpc/shuffle/v1"
 
@@ -73,14 +74,15 @@ def fresh_uci() -> bytes:
     return runtime.prss_uci()
 
 
-async def shuffle(columns: list, *, uci: bytes | None = None, batch: int = 1 << 16,
+async def shuffle(columns: list, *, uci: bytes | None = None, batch: int = 1 << 16, workers=None,
                   _trace: dict | None = None) -> list:
     """Apply one common secret permutation to equal-length 1-D secure arrays.
 
     Columns may be of different secure types (each type is processed as one
     stacked block, all with the same permutation).  Returns new secure arrays in
     the same order.  Calls given the same ``uci`` (from :func:`fresh_uci`) apply the
-    same permutation: a wide relation can be shuffled a few columns at a time.
+    same permutation: a wide relation can be shuffled a few columns at a time.  With ``workers``
+    (:class:`sqlmpc.mpc.workers.Workers`) worker w re-inputs slice w of the rows.
     `_trace` (tests only) receives this party's π_S per subset (None where it is
     not a member).
     """
@@ -122,21 +124,12 @@ async def shuffle(columns: list, *, uci: bytes | None = None, batch: int = 1 << 
                 lam = lagrange_at_zero(field, S)[S.index(pid)]
                 v = shares.value[:, perm]
                 del shares
-            chunks = []
-            for lo in range(0, n, batch):      # re-input a batch of rows at a time: the copies stay small
-                hi = min(n, lo + batch)
-                if member:
-                    w = v[:, lo:hi] if v.dtype == object else v[:, lo:hi].astype(object)
-                    part = field.array(w * lam)          # reduced mod p by the array itself
-                else:
-                    part = field.array(np.zeros((k, hi - lo), dtype=object), check=False)
-                inputs = mpc.input(sectype.array(part), senders=list(S))
-                acc = inputs[0]
-                for y in inputs[1:]:
-                    acc = acc + y
-                chunks.append(acc)
+            if v is not None and v.dtype != object:
+                v = v.astype(object)                 # a small field's int64 shares: no overflow below
+            # Re-input a batch of rows at a time (the copies stay small), slice w in worker w's session.
+            new_blocks[st] = await sliced_inputs(mpc, workers, sectype, v, S, (k, n), batch=batch, axis=1,
+                                                 scale=lam if member else 1)
             del v
-            new_blocks[st] = chunks[0] if len(chunks) == 1 else mpc.np_hstack(chunks)
         blocks = new_blocks
 
     out = [None] * len(columns)

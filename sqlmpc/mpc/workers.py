@@ -1,19 +1,21 @@
-"""A party's workers: slices of a secure stage's rows on more cores.
+"""A party's workers: slices of the per-row secure stages on more cores.
 
 A query's secure part runs in W MPC sessions per party, W the smallest ``workers`` count of
 the parties (docs/federation.md): session 0 is the party's own (the engine), and session
-w ≥ 1 is a process of its own whose MPyC runtime talks only to the other parties' worker w.
-A stage that is independent per row (the join tokens) gives slice w of its rows to session
-w; the slices are contiguous, of sizes every party computes from the stage's public row
-count, so the partition opens nothing.
+w ≥ 1 lives in a worker process of its own whose MPyC runtime talks only to the other
+parties' worker w.  A stage that is independent per row (inputs, the shuffle's re-inputs,
+the join tokens) gives slice w of its rows to session w; the slices are contiguous, of sizes
+every party computes from the stage's public row count, so the partition opens nothing.
 
-Shares cross from the engine to its workers as they are: a Shamir share at the party's point
-is a share in every session of the same parties and threshold, so a worker continues the
-computation on the very sharing the engine holds.  What a worker opens goes through the
-reveal gateway in its process and is entered in the engine's ledger.
+Shares cross from the engine to its workers and back as they are: a Shamir share at the
+party's point is a share in every session of the same parties and threshold, so a worker
+continues the computation on the very sharing the engine holds.  What a worker opens goes
+through the reveal gateway in its process and is entered in the engine's ledger.
 
-Workers are forked from a fork server (started once per party process, with the MPC modules
-preloaded) a fresh process per query, and killed if the query fails.
+The workers of a query are forked, at its first sliced stage, from a fork server (started
+once per party process, with the MPC modules preloaded); they keep their sessions for the
+query's stages and end with it.  A worker whose party process ends (a query stopped, a node
+killed) ends too.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import multiprocessing.forkserver
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+
+import numpy as np
 
 from sqlmpc import errors
 from sqlmpc.mpc.meter import bytes_sent, peak_rss_mb
@@ -37,7 +40,7 @@ def _fork_server():
     global _context
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(["sqlmpc.mpc.workers", "sqlmpc.mpc.prf"])
+        _context.set_forkserver_preload(["sqlmpc.mpc.workers", "sqlmpc.mpc.prf", "sqlmpc.mpc.shuffle"])
     return _context
 
 
@@ -47,21 +50,111 @@ def start_fork_server() -> None:
     multiprocessing.forkserver.ensure_running()
 
 
-@dataclass(frozen=True)
+# -- a stage's slices ------------------------------------------------------------------
+
+def describe_type(sectype) -> tuple:
+    """What a worker needs to rebuild a secure type: its field's modulus and, for an integer
+    type, its bit length."""
+    bits = sectype.bit_length if sectype.__name__.startswith("SecInt") else None
+    return int(sectype.field.modulus), bits
+
+
+def rebuild_type(mpc, description: tuple):
+    modulus, bits = description
+    return mpc.SecFld(modulus) if bits is None else mpc.SecInt(bits, p=modulus)
+
+
+def summed_inputs(mpc, sectype, values, senders, shape: tuple, *, batch: int, axis: int = 0, scale: int = 1):
+    """Σ over ``senders`` of their inputs of ``scale`` · values (this party's values, or None at a
+    party that sends nothing), a batch along ``axis`` at a time: the copies stay small."""
+    field = sectype.field
+    chunks = []
+    for lo in range(0, shape[axis], batch):
+        hi = min(shape[axis], lo + batch)
+        rows = (slice(lo, hi),) if axis == 0 else (slice(None), slice(lo, hi))
+        if values is not None:
+            part = field.array(values[rows] * scale if scale != 1 else values[rows])    # reduced mod p
+        else:
+            size = list(shape)
+            size[axis] = hi - lo
+            part = field.array(np.zeros(size, dtype=object), check=False)
+        inputs = mpc.input(sectype.array(part), senders=list(senders))
+        total = inputs[0]
+        for x in inputs[1:]:
+            total = total + x
+        chunks.append(total)
+    if len(chunks) == 1:
+        return chunks[0]
+    return mpc.np_vstack(chunks) if axis == 0 else mpc.np_hstack(chunks)
+
+
+async def input_slice(mpc, job) -> np.ndarray:
+    """A worker's slice of a :func:`summed_inputs`: its party's shares of the sum."""
+    description, values, senders, shape, batch, axis, scale = job
+    sectype = rebuild_type(mpc, description)
+    total = summed_inputs(mpc, sectype, values, senders, shape, batch=batch, axis=axis, scale=scale)
+    return (await mpc.gather(total)).value
+
+
+async def sliced_inputs(mpc, workers, sectype, values, senders, shape: tuple, *, batch: int, axis: int = 0,
+                        scale: int = 1):
+    """:func:`summed_inputs` with slice w of the rows (along ``axis``) input in worker w's session."""
+    bounds = slices(shape[axis], 1 if workers is None else workers.count)
+    if len(bounds) == 1:
+        return summed_inputs(mpc, sectype, values, senders, shape, batch=batch, axis=axis, scale=scale)
+
+    def cut(lo: int, hi: int):
+        rows = (slice(lo, hi),) if axis == 0 else (slice(None), slice(lo, hi))
+        size = list(shape)
+        size[axis] = hi - lo
+        return (None if values is None else values[rows]), tuple(size)
+
+    own = summed_inputs(mpc, sectype, cut(*bounds[0])[0], senders, cut(*bounds[0])[1], batch=batch, axis=axis,
+                        scale=scale)
+    description = describe_type(sectype)
+    jobs = [(description, *cut(lo, hi)[:1], senders, cut(lo, hi)[1], batch, axis, scale) for lo, hi in bounds[1:]]
+    shares = await workers.map(input_slice, jobs)
+    parts = [own] + [sectype.array(sectype.field.array(x, check=False)) for x in shares]
+    return mpc.np_vstack(parts) if axis == 0 else mpc.np_hstack(parts)
+
+
+def slices(n: int, count: int) -> list[tuple[int, int]]:
+    """Rows 0..n cut into at most ``count`` contiguous slices of (nearly) equal size: slice w is
+    session w's.  Every party computes the same from the public n."""
+    step = max(1, -(-n // count))
+    return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+
+
 class Workers:
     """This party's worker sessions of one query: ``sessions[w - 1]`` is worker w's address list
     (every party's worker w, in federation order)."""
-    pid: int
-    sessions: tuple[tuple[tuple[str, int], ...], ...]
-    tls: object = None              # sqlmpc.mpc.session.TlsFiles of the party, or None
-    timeout: float = 30.0
-    listen_host: str | None = None
-    costs: list = field(default_factory=list, compare=False)    # per finished job: cpu_s, bytes_sent, peak_rss_mb
+
+    def __init__(self, pid: int, sessions, tls=None, timeout: float = 30.0, listen_host: str | None = None):
+        self.pid = pid
+        self.sessions = [list(map(tuple, s)) for s in sessions]
+        self.tls = tls                  # sqlmpc.mpc.session.TlsFiles of the party, or None
+        self.timeout = timeout
+        self.listen_host = listen_host
+        self.costs: list[dict] = []     # per job done: cpu_s, bytes_sent, peak_rss_mb (drained by the meter)
+        self._running: list = []        # (process, jobs pipe, life pipe) per worker, once started
 
     @property
     def count(self) -> int:
         """W: the sessions of the query, the party's own included."""
         return 1 + len(self.sessions)
+
+    def _start(self) -> None:
+        context = _fork_server()
+        for addresses in self.sessions:
+            ours, theirs = context.Pipe()
+            life, life_end = context.Pipe(duplex=False)      # never written: it ends with this process
+            process = context.Process(target=_worker, daemon=True, name="sqlmpc-worker",
+                                      args=(theirs, life, self.pid, addresses, self.tls, self.timeout,
+                                            self.listen_host))
+            process.start()
+            theirs.close()
+            life.close()
+            self._running.append((process, ours, life_end))
 
     async def map(self, fn, jobs: list) -> list:
         """``await fn(mpc, job)`` for jobs[w - 1] in worker w's session, all at once; their results.
@@ -70,24 +163,12 @@ class Workers:
         ``fn`` must be a module-level coroutine function (it is sent to the worker by name)."""
         if len(jobs) > len(self.sessions):
             raise ValueError(f"{len(jobs)} jobs for {len(self.sessions)} workers")
-        context = _fork_server()
-        started = []
-        try:
-            for addresses, job in zip(self.sessions, jobs):
-                ours, theirs = context.Pipe()
-                process = context.Process(target=_worker, daemon=True, name="sqlmpc-worker",
-                                          args=(theirs, self.pid, addresses, self.tls, self.timeout,
-                                                self.listen_host, fn, job))
-                process.start()
-                theirs.close()
-                started.append((process, ours))
-            replies = await asyncio.gather(*(asyncio.to_thread(_receive, p, c) for p, c in started))
-        finally:
-            for process, conn in started:
-                if process.is_alive():
-                    process.kill()            # a failed query's workers (or one that never answered)
-                process.join()
-                conn.close()
+        if not self._running:
+            self._start()
+        busy = self._running[:len(jobs)]
+        for (_, conn, _), job in zip(busy, jobs):
+            conn.send((fn, job))
+        replies = await asyncio.gather(*(asyncio.to_thread(_receive, p, c) for p, c, _ in busy))
         ledger = current_ledger()
         out = []
         for w, (ok, value, openings, costs) in enumerate(replies, start=1):
@@ -99,53 +180,89 @@ class Workers:
             out.append(value)
         return out
 
+    async def close(self) -> None:
+        """The query is done: every worker closes its session (a barrier with its peers) and ends."""
+        running, self._running = self._running, []
+        for _, conn, _ in running:
+            conn.send(None)
+        try:
+            replies = await asyncio.gather(*(asyncio.to_thread(_receive, p, c) for p, c, _ in running))
+            failed = next((value for ok, value, _, _ in replies if not ok), None)
+            if failed is not None:
+                raise errors.PartyError(f"a worker failed to end its session: {failed}")
+        finally:
+            _end(running)
+
+    def kill(self) -> None:
+        """After a failure: end every worker at once."""
+        running, self._running = self._running, []
+        _end(running)
+
+
+def _end(running) -> None:
+    for process, conn, life in running:
+        if process.is_alive():
+            process.kill()
+        process.join()
+        conn.close()
+        life.close()
+
 
 def _receive(process, conn):
-    """A worker's one reply: (ok, result or error message, its openings)."""
+    """A worker's reply: (ok, result or error message, its openings, its costs)."""
     try:
         return conn.recv()
-    except EOFError:
+    except (EOFError, OSError):
         process.join()
         return False, f"its process ended without an answer (exit code {process.exitcode})", [], {}
 
 
-def _exit_with_party(conn) -> None:
-    """The party never writes to its worker: the pipe ends when the party process does (a query
-    stopped, a node killed), and then so does the worker, instead of waiting on its peers."""
+def _exit_with_party(life) -> None:
+    """The party never writes to ``life``: it ends when the party process does, and then so
+    does the worker, instead of waiting on its peers."""
     try:
-        conn.recv()
+        life.recv()
     except (EOFError, OSError):
         pass
     os._exit(1)
 
 
-def _worker(conn, pid, addresses, tls, timeout, listen_host, fn, job) -> None:
-    """Worker w's process: one MPC session with the other parties' worker w, one job."""
+def _worker(conn, life, pid, addresses, tls, timeout, listen_host) -> None:
+    """Worker w's process: one MPC session with the other parties' worker w, for the jobs the
+    engine sends until it sends None."""
     from sqlmpc.mpc.session import MpcSession, run_in_fresh_loop
-    from sqlmpc.party import faults
     from sqlmpc.mpc.session import errors as session_errors
+    from sqlmpc.party import faults
 
-    threading.Thread(target=_exit_with_party, args=(conn,), daemon=True).start()
-    ledger = Ledger()
+    threading.Thread(target=_exit_with_party, args=(life,), daemon=True).start()
+    ledger = faults.armed_worker(Ledger())
+    state = {"cpu": time.process_time(), "sent": 0, "jobs": 0}
+
+    def reply(ok: bool, value, mpc=None) -> None:
+        sent = bytes_sent(mpc) if mpc is not None else state["sent"]
+        costs = {"cpu_s": time.process_time() - state["cpu"], "bytes_sent": sent - state["sent"],
+                 "peak_rss_mb": peak_rss_mb()}
+        state.update(cpu=time.process_time(), sent=sent)
+        conn.send((ok, value, [(e.what, e.count, e.why) for e in ledger.entries], costs))
+        ledger.entries.clear()
 
     async def main():
-        with ledger_scope(faults.armed_worker(ledger)):
+        with ledger_scope(ledger):
             session = MpcSession(pid, list(addresses), tls=tls, timeout=timeout,
                                  listen_host=listen_host if listen_host is not None else addresses[pid][0])
             async with session as mpc:
-                result = await fn(mpc, job)
-                sent[0] = bytes_sent(mpc)
-                return result
+                while (message := await asyncio.to_thread(conn.recv)) is not None:
+                    fn, job = message
+                    reply(True, await fn(mpc, job), mpc)
+            reply(True, None)             # the session closed
 
-    sent = [0]
-    openings = lambda: [(e.what, e.count, e.why) for e in ledger.entries]     # noqa: E731
-    costs = lambda: {"cpu_s": time.process_time(), "bytes_sent": sent[0], "peak_rss_mb": peak_rss_mb()}  # noqa: E731
     try:
-        result = run_in_fresh_loop(main())
+        run_in_fresh_loop(main())
     except BaseException as exc:       # noqa: BLE001 - every failure is the engine's to report
         exc = next(iter(session_errors), exc)     # MPyC stops the loop: the cause is kept there
-        conn.send((False, f"{type(exc).__name__}: {exc}", openings(), costs()))
-    else:
-        conn.send((True, result, openings(), costs()))
+        try:
+            reply(False, f"{type(exc).__name__}: {exc}")
+        except OSError:
+            pass
     finally:
         conn.close()

@@ -125,8 +125,7 @@ class PartyNode:
         # The plain session (embedded parties): listen on this party's own address only (loopback).
         session = session or MpcSession(me, addresses, timeout=timeout, listen_host=addresses[me][0])
         ledger = Ledger() if ledger is None else ledger
-        pool = Workers(me, tuple(tuple(map(tuple, w)) for w in workers), session.tls, timeout,
-                       session.listen_host) if workers else None
+        pool = Workers(me, workers, session.tls, timeout, session.listen_host) if workers else None
 
         async def main():
             with ledger_scope(faults.armed(ledger, self.party)):
@@ -134,6 +133,8 @@ class PartyNode:
                     await self.check_local_stages(mpc, failed)
                     secure = self.run_secure(mpc, plan, local, enter, pool)
                     cells, meter = await (guard(secure) if guard is not None else secure)
+                    if pool is not None:
+                        await pool.close()
                 return cells, list(ledger.entries), meter
 
         try:
@@ -145,6 +146,9 @@ class PartyNode:
             if cause is None or isinstance(exc, mpc_session.SessionError):
                 raise
             raise cause from exc
+        finally:
+            if pool is not None:
+                pool.kill()             # a failed query's workers (after a success: none are left)
         timings = {"local": local_seconds, **meter.seconds}
         return Outcome(cells, entries, plan.digest, time.perf_counter() - started, timings, meter.stats,
                        meter.peak_mb)
