@@ -302,6 +302,11 @@ class PartyError(OperationalError):
         super().__init__(f"party '{party}': {message}" if party else message)
 
 
+class PeerLostError(PartyError):
+    """A party lost its MPC connection to a peer mid-query: the consequence of a failure elsewhere,
+    which the coordinator reports instead when it hears of it in time."""
+
+
 class SourceError(PartyError):
     """A party's database (PostgreSQL, Spark) failed: unreachable, refused the login, no such
     table, or an SQL error inside it.  Names the party and the source, never a password."""

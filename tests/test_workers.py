@@ -92,7 +92,9 @@ def test_a_failing_worker_fails_the_query_in_its_stage_and_the_next_query_runs(
             embedded.query(sql)
         assert failure.value.stage == "join", failure.value
         assert failure.value.party in {"hospital", "insurer", "bureau"}
-        assert "worker 1" in str(failure.value)
+        # The party whose worker failed is the cause, not a peer that lost its session with it.
+        assert "worker 1 failed: InjectedFailure: injected failure" in str(failure.value), failure.value
+        assert not isinstance(failure.value, errors.PeerLostError)
         assert not flag.exists()
         assert_same_result(embedded.query(sql), run_oracle(sql, federation, union_db), "after the failure")
     assert no_worker_processes_soon(), "worker processes or fork servers outlived their parties"
@@ -115,6 +117,21 @@ def no_worker_processes_soon(timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+@pytest.mark.mpc
+def test_a_worker_out_of_memory_is_the_party_out_of_memory(demo_path, tmp_path, monkeypatch):
+    from sqlmpc.party.embedded import EmbeddedFederation
+
+    flag = tmp_path / "fail-a-worker"
+    monkeypatch.setenv("SQLMPC_FAIL_WORKER", str(flag))
+    monkeypatch.setenv("SQLMPC_FAIL_WITH", "MemoryError")
+    two = load_federation(with_workers(demo_path, tmp_path / "two", {7471: 2, 7472: 2, 7473: 2}))
+    with EmbeddedFederation(two, timeout=10) as embedded:
+        flag.touch()
+        with pytest.raises(errors.OutOfMemoryError, match=r"ran out of memory in stage 'join'") as failure:
+            embedded.query((QUERIES / "app_effectiveness.sql").read_text())
+        assert failure.value.party in {"hospital", "insurer", "bureau"}
 
 
 @pytest.mark.parametrize("value, fragment", [("0", "must be a positive integer, not 0"),

@@ -176,7 +176,7 @@ class Workers:
                 ledger.record(what, count, why)
             self.costs.append(costs)
             if not ok:
-                raise errors.PartyError(f"worker {w} failed: {value}")
+                raise _failure(w, *value)
             out.append(value)
         return out
 
@@ -187,9 +187,9 @@ class Workers:
             conn.send(None)
         try:
             replies = await asyncio.gather(*(asyncio.to_thread(_receive, p, c) for p, c, _ in running))
-            failed = next((value for ok, value, _, _ in replies if not ok), None)
+            failed = next((w for w, (ok, _, _, _) in enumerate(replies, start=1) if not ok), None)
             if failed is not None:
-                raise errors.PartyError(f"a worker failed to end its session: {failed}")
+                raise _failure(failed, *replies[failed - 1][1])
         finally:
             _end(running)
 
@@ -197,6 +197,21 @@ class Workers:
         """After a failure: end every worker at once."""
         running, self._running = self._running, []
         _end(running)
+
+
+# What a worker's session raises when a peer's worker went away (a failure elsewhere).
+_LOST = ("ConnectionResetError", "ConnectionAbortedError", "BrokenPipeError", "IncompleteReadError",
+         "InvalidStateError", "EOFError")
+
+
+def _failure(w: int, kind: str, message: str) -> BaseException:
+    """The error a failed worker stands for, at its party."""
+    if kind == "MemoryError" or kind == "killed":          # killed: by the OOM killer, as a rule
+        return MemoryError(f"worker {w}: {message}")          # the party reports it as out of memory
+    if kind in _LOST:
+        return errors.PeerLostError(f"worker {w} lost its session with the other parties' worker {w} "
+                                    f"(a failure elsewhere): {kind}: {message}")
+    return errors.PartyError(f"worker {w} failed: {kind}: {message}")
 
 
 def _end(running) -> None:
@@ -214,7 +229,8 @@ def _receive(process, conn):
         return conn.recv()
     except (EOFError, OSError):
         process.join()
-        return False, f"its process ended without an answer (exit code {process.exitcode})", [], {}
+        kind = "killed" if process.exitcode == -9 else "ended"
+        return False, (kind, f"its process ended without an answer (exit code {process.exitcode})"), [], {}
 
 
 def _exit_with_party(life) -> None:
@@ -259,9 +275,10 @@ def _worker(conn, life, pid, addresses, tls, timeout, listen_host) -> None:
     try:
         run_in_fresh_loop(main())
     except BaseException as exc:       # noqa: BLE001 - every failure is the engine's to report
-        exc = next(iter(session_errors), exc)     # MPyC stops the loop: the cause is kept there
+        if isinstance(exc, RuntimeError) and session_errors:
+            exc = session_errors[0]        # MPyC stopped the loop ("Event loop stopped ..."): the cause
         try:
-            reply(False, f"{type(exc).__name__}: {exc}")
+            reply(False, (type(exc).__name__, str(exc)))
         except OSError:
             pass
     finally:

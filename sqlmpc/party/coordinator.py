@@ -92,6 +92,11 @@ class Released:
     answers: dict[str, dict]
 
 
+def consequence(answer: Answer) -> bool:
+    """Whether a failure is the consequence of another's (a party that lost its MPC peer)."""
+    return answer.reply.get("error") == "PeerLostError"
+
+
 class Coordinator:
     def __init__(self, name: str, federation: Federation, transport: Transport, audit: AuditLog, *,
                  timeout: float = 30.0):
@@ -170,7 +175,8 @@ class Coordinator:
             time.sleep(random.uniform(0.05, 0.5))
 
     def _gather(self, answers: dict[str, Answer]) -> Answer | None:
-        """Every party's answer into ``answers``, in the order they arrive; the first failure (the cause).
+        """Every party's answer into ``answers``, in the order they arrive; the first failure (the
+        cause), unless it only lost its peer (:class:`errors.PeerLostError`) and another reports.
 
         When one fails, the others (perhaps waiting in the MPC for it) get FAIL_GRACE seconds to
         answer; then they are stopped and answer with who stopped them."""
@@ -183,8 +189,8 @@ class Coordinator:
                 break
             waiting.remove(answer.party)
             answers[answer.party] = answer
-            if answer.failed and cause is None:
-                cause = answer
+            if answer.failed and (cause is None or consequence(cause) and not consequence(answer)):
+                cause = answer              # a party that lost its peer is not the cause when the peer reports
                 deadline = min(deadline, time.monotonic() + FAIL_GRACE)
         if waiting:
             why = (f"stopped by the coordinator: party '{cause.party}' failed" if cause is not None

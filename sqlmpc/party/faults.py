@@ -17,7 +17,7 @@ point — to kill or stop the party there, not after a guessed delay.
 
 ``SQLMPC_FAIL_WORKER=path``: while the file exists, a worker process
 (:mod:`sqlmpc.mpc.workers`) fails before its first opening; the first to fail removes the
-file, so one worker of one party fails, once.
+file, so one worker of one party fails, once (as out of memory with ``SQLMPC_FAIL_WITH``).
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ class _WorkerTripwire(Ledger):
             self.flag.unlink()
         except FileNotFoundError:
             return super().record(what, count, why)
-        raise InjectedFailure(f"injected failure ({FAIL_WORKER}) in a worker before opening {what!r}")
+        message = f"injected failure ({FAIL_WORKER}) in a worker before opening {what!r}"
+        raise MemoryError(message) if os.environ.get(FAIL_WITH) == "MemoryError" else InjectedFailure(message)
 
 
 def armed_worker(ledger: Ledger) -> Ledger:
