@@ -12,7 +12,7 @@ party's point is a share in every session of the same parties and threshold, so 
 continues the computation on the very sharing the engine holds.  What a worker opens goes
 through the reveal gateway in its process and is entered in the engine's ledger.
 
-The workers of a query are forked, at its first sliced stage, from a fork server (started
+The workers of a query are forked, when its secure part starts, from a fork server (started
 once per party process, with the MPC modules preloaded); they keep their sessions for the
 query's stages and end with it.  A worker whose party process ends (a query stopped, a node
 killed) ends too.
@@ -64,6 +64,15 @@ def rebuild_type(mpc, description: tuple):
     return mpc.SecFld(modulus) if bits is None else mpc.SecInt(bits, p=modulus)
 
 
+def _along(axis: int, lo: int, hi: int) -> tuple:
+    """The index of rows lo..hi along ``axis`` (0: rows of a matrix, 1: its columns)."""
+    return (slice(lo, hi),) if axis == 0 else (slice(None), slice(lo, hi))
+
+
+def _resized(shape: tuple, axis: int, n: int) -> tuple:
+    return tuple(n if i == axis else d for i, d in enumerate(shape))
+
+
 def summed_inputs(mpc, sectype, values, senders, shape: tuple, *, batch: int, axis: int = 0, scale: int = 1):
     """Σ over ``senders`` of their inputs of ``scale`` · values (this party's values, or None at a
     party that sends nothing), a batch along ``axis`` at a time: the copies stay small."""
@@ -71,13 +80,11 @@ def summed_inputs(mpc, sectype, values, senders, shape: tuple, *, batch: int, ax
     chunks = []
     for lo in range(0, shape[axis], batch):
         hi = min(shape[axis], lo + batch)
-        rows = (slice(lo, hi),) if axis == 0 else (slice(None), slice(lo, hi))
         if values is not None:
-            part = field.array(values[rows] * scale if scale != 1 else values[rows])    # reduced mod p
+            part = values[_along(axis, lo, hi)]
+            part = field.array(part * scale if scale != 1 else part)          # reduced mod p
         else:
-            size = list(shape)
-            size[axis] = hi - lo
-            part = field.array(np.zeros(size, dtype=object), check=False)
+            part = field.array(np.zeros(_resized(shape, axis, hi - lo), dtype=object), check=False)
         inputs = mpc.input(sectype.array(part), senders=list(senders))
         total = inputs[0]
         for x in inputs[1:]:
@@ -99,21 +106,15 @@ async def input_slice(mpc, job) -> np.ndarray:
 async def sliced_inputs(mpc, workers, sectype, values, senders, shape: tuple, *, batch: int, axis: int = 0,
                         scale: int = 1):
     """:func:`summed_inputs` with slice w of the rows (along ``axis``) input in worker w's session."""
-    bounds = slices(shape[axis], 1 if workers is None else workers.count)
-    if len(bounds) == 1:
-        return summed_inputs(mpc, sectype, values, senders, shape, batch=batch, axis=axis, scale=scale)
-
-    def cut(lo: int, hi: int):
-        rows = (slice(lo, hi),) if axis == 0 else (slice(None), slice(lo, hi))
-        size = list(shape)
-        size[axis] = hi - lo
-        return (None if values is None else values[rows]), tuple(size)
-
-    own = summed_inputs(mpc, sectype, cut(*bounds[0])[0], senders, cut(*bounds[0])[1], batch=batch, axis=axis,
-                        scale=scale)
+    cut = [(None if values is None else values[_along(axis, lo, hi)], _resized(shape, axis, hi - lo))
+           for lo, hi in slices(shape[axis], 1 if workers is None else workers.count)]
+    (mine, size), theirs = cut[0], cut[1:]
+    own = summed_inputs(mpc, sectype, mine, senders, size, batch=batch, axis=axis, scale=scale)
+    if not theirs:
+        return own
     description = describe_type(sectype)
-    jobs = [(description, *cut(lo, hi)[:1], senders, cut(lo, hi)[1], batch, axis, scale) for lo, hi in bounds[1:]]
-    shares = await workers.map(input_slice, jobs)
+    shares = await workers.map(input_slice, [(description, v, senders, size, batch, axis, scale)
+                                             for v, size in theirs])
     parts = [own] + [sectype.array(sectype.field.array(x, check=False)) for x in shares]
     return mpc.np_vstack(parts) if axis == 0 else mpc.np_hstack(parts)
 
@@ -122,7 +123,7 @@ def slices(n: int, count: int) -> list[tuple[int, int]]:
     """Rows 0..n cut into at most ``count`` contiguous slices of (nearly) equal size: slice w is
     session w's.  Every party computes the same from the public n."""
     step = max(1, -(-n // count))
-    return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+    return [(lo, min(n, lo + step)) for lo in range(0, n, step)] or [(0, 0)]
 
 
 class Workers:
@@ -143,7 +144,11 @@ class Workers:
         """W: the sessions of the query, the party's own included."""
         return 1 + len(self.sessions)
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Fork the workers; each connects to its peers at once (every party starts them at the same
+        point of the query, so that none waits for another's longer than the session timeout)."""
+        if self._running:
+            return
         context = _fork_server()
         for addresses in self.sessions:
             ours, theirs = context.Pipe()
@@ -163,12 +168,11 @@ class Workers:
         ``fn`` must be a module-level coroutine function (it is sent to the worker by name)."""
         if len(jobs) > len(self.sessions):
             raise ValueError(f"{len(jobs)} jobs for {len(self.sessions)} workers")
-        if not self._running:
-            self._start()
-        busy = self._running[:len(jobs)]
-        for (_, conn, _), job in zip(busy, jobs):
-            conn.send((fn, job))
-        replies = await asyncio.gather(*(asyncio.to_thread(_receive, p, c) for p, c, _ in busy))
+        self.start()
+        # Off the event loop: a job larger than the pipe's buffer waits for its worker to read it, and
+        # the worker waits for its peers' workers, whose parties need this party's messages meanwhile.
+        replies = await asyncio.gather(*(asyncio.to_thread(_call, p, c, (fn, job))
+                                         for (p, c, _), job in zip(self._running, jobs)))
         ledger = current_ledger()
         out = []
         for w, (ok, value, openings, costs) in enumerate(replies, start=1):
@@ -183,10 +187,8 @@ class Workers:
     async def close(self) -> None:
         """The query is done: every worker closes its session (a barrier with its peers) and ends."""
         running, self._running = self._running, []
-        for _, conn, _ in running:
-            conn.send(None)
         try:
-            replies = await asyncio.gather(*(asyncio.to_thread(_receive, p, c) for p, c, _ in running))
+            replies = await asyncio.gather(*(asyncio.to_thread(_call, p, c, None) for p, c, _ in running))
             failed = next((w for w, (ok, _, _, _) in enumerate(replies, start=1) if not ok), None)
             if failed is not None:
                 raise _failure(failed, *replies[failed - 1][1])
@@ -223,9 +225,10 @@ def _end(running) -> None:
         life.close()
 
 
-def _receive(process, conn):
-    """A worker's reply: (ok, result or error message, its openings, its costs)."""
+def _call(process, conn, message):
+    """Send a worker a message; its reply: (ok, result or (error type, message), openings, costs)."""
     try:
+        conn.send(message)
         return conn.recv()
     except (EOFError, OSError):
         process.join()

@@ -131,6 +131,8 @@ class PartyNode:
             with ledger_scope(faults.armed(ledger, self.party)):
                 async with session as mpc:
                     await self.check_local_stages(mpc, failed)
+                    if pool is not None:
+                        pool.start()            # the workers connect to their peers meanwhile
                     secure = self.run_secure(mpc, plan, local, enter, pool)
                     cells, meter = await (guard(secure) if guard is not None else secure)
                     if pool is not None:
