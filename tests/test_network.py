@@ -401,22 +401,23 @@ def tls(demo_path, tmp_path_factory):
     fed.stop()
 
 
-def test_tls_query_with_token(tls, federation, union_db):
-    sql = (QUERIES / "claim_categories.sql").read_text()
+def tls_query(tls, name: str, federation, union_db) -> None:
+    """Run a saved query through the TLS federation with the analyst's token; it must equal the oracle."""
+    sql = (QUERIES / f"{name}.sql").read_text()
     with sqlmpc.connect(tls.url(scheme="sqlmpc"), token=tls.token, ca=str(tls.keys / "ca.pem")) as con:
         cur = con.execute(sql)
         secure = Result(cur.fetch_arrow_table(), cur.suppressed, cur.leakage)
     assert_equals_oracle(secure, sql, federation, union_db)
+
+
+def test_tls_query_with_token(tls, federation, union_db):
+    tls_query(tls, "claim_categories", federation, union_db)
     assert tls.audit("hospital")[-1]["analyst"] == "analyst"
 
 
 def test_tls_query_runs_in_the_workers_sessions(tls, federation, union_db):
     """`--workers 2` at every node: a join query runs in two MPC sessions per party, over TLS."""
-    sql = (QUERIES / "app_effectiveness.sql").read_text()
-    with sqlmpc.connect(tls.url(scheme="sqlmpc"), token=tls.token, ca=str(tls.keys / "ca.pem")) as con:
-        cur = con.execute(sql)
-        secure = Result(cur.fetch_arrow_table(), cur.suppressed, cur.leakage)
-    assert_equals_oracle(secure, sql, federation, union_db)
+    tls_query(tls, "app_effectiveness", federation, union_db)
     for party in ("hospital", "insurer", "bureau"):
         record = last_record_soon(tls, party)
         assert record["outcome"] == "ok" and record["sessions"] == 2, record
