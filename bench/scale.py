@@ -192,12 +192,16 @@ def plot(rows: list[dict], out: Path) -> None:
 
 
 def write_section(text: str, out: Path) -> None:
+    """Put a section (its first line its heading) into ``out``: in place of the section of that
+    heading, else at the end."""
     old = out.read_text() if out.exists() else "# Benchmarks\n"
-    if SECTION in old:
-        start = old.index(SECTION)
+    heading, text = text.splitlines()[0], text.rstrip("\n") + "\n"
+    if heading + "\n" in old:
+        start = old.index(heading + "\n")
         end = old.find("\n## ", start + 1)
-        old = old[:start].rstrip("\n") + ("\n\n" + old[end + 1:] if end != -1 else "\n")
-    out.write_text(old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n")
+        out.write_text(old[:start] + text + ("\n" + old[end + 1:] if end != -1 else ""))
+    else:
+        out.write_text(old.rstrip("\n") + "\n\n" + text)
 
 
 def main() -> None:
@@ -224,9 +228,9 @@ def main() -> None:
     text = table(rows)
     if args.workers > 1:
         section = (f"{WORKERS_SECTION.format(n=args.workers)}\n\nRun: `python bench/scale.py --workers "
-                   f"{args.workers}`: as above, with `workers = {args.workers}` at every party, so the join tokens "
-                   f"run in {args.workers} MPC sessions per party. CPU seconds and MB sent include the worker "
-                   f"processes'; peak MB is the party's largest process.\n\n{text}\n")
+                   f"{args.workers}`: as above, with `workers = {args.workers}` at every party, so the shuffle's "
+                   f"re-inputs and the join tokens run in {args.workers} MPC sessions per party. CPU seconds and MB "
+                   f"sent include the worker processes'; peak MB is the party's largest process.\n\n{text}\n")
     else:
         plot(rows, Path(args.plot))
         section = (f"{SECTION}\n\nRun: `python bench/scale.py` (the `bench` extra draws bench/scale.png). "
