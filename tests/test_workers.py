@@ -42,6 +42,16 @@ def worker_cpu(stats: dict) -> dict[tuple[str, str], float]:
             for party, s in stats.items() for stage in ("shuffle", "join")}
 
 
+def primitives(stats: dict) -> dict[tuple[str, str], int]:
+    """Per party and primitive (kind/field bits), the elements its processes ran, over all stages."""
+    out: dict = {}
+    for party, s in stats.items():
+        for stage in s["stages"].values():
+            for key, n in stage.get("primitives", {}).items():
+                out[(party, key)] = out.get((party, key), 0) + n
+    return out
+
+
 @pytest.mark.mpc
 @pytest.mark.parametrize("name", ["app_effectiveness", "cost_by_diagnosis_region"])
 def test_two_workers_give_exactly_the_result_and_openings_of_one(name, demo_path, federation, union_db, tmp_path):
@@ -51,11 +61,12 @@ def test_two_workers_give_exactly_the_result_and_openings_of_one(name, demo_path
     assert [p.workers for p in two.parties] == [2, 2, 2]
     assert two.fingerprint == federation.fingerprint      # an operational setting, not the catalog
     sql = (QUERIES / f"{name}.sql").read_text()
-    results, cpu = {}, {}
+    results, cpu, work = {}, {}, {}
     for label, fed in (("one", federation), ("two", two)):
         with EmbeddedFederation(fed) as embedded:
             results[label] = embedded.query(sql)
             cpu[label] = worker_cpu(embedded.last_stats)
+            work[label] = primitives(embedded.last_stats)
             audit = embedded.state / "hospital" / "audit.jsonl"
             assert f'"sessions": {1 if label == "one" else 2}' in audit.read_text().splitlines()[-1]
     assert_same_result(results["two"], run_oracle(sql, federation, union_db), name)
@@ -64,6 +75,7 @@ def test_two_workers_give_exactly_the_result_and_openings_of_one(name, demo_path
     assert two_.leakage == one.leakage                   # the same openings, counted once each
     assert all(v == 0 for v in cpu["one"].values()), cpu
     assert all(v > 0 for v in cpu["two"].values()), cpu  # every party's worker shuffled and tokenised a slice
+    assert work["two"] == work["one"]                    # the same inputs, products and openings, elsewhere
 
 
 @pytest.mark.mpc

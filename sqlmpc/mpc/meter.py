@@ -72,6 +72,8 @@ class StageMeter:
                 s["worker_cpu_s"] = s.get("worker_cpu_s", 0.0) + costs.get("cpu_s", 0.0)
                 s["worker_bytes_sent"] = s.get("worker_bytes_sent", 0) + costs.get("bytes_sent", 0)
                 s["worker_peak_rss_mb"] = max(s.get("worker_peak_rss_mb", 0.0), costs.get("peak_rss_mb", 0.0))
+                for key, done in costs.get("primitives", {}).items():     # the plan's primitives, wherever run
+                    s["primitives"][key] = s["primitives"].get(key, 0) + done
             if self.pool is not None:
                 self.pool.costs.clear()
         reset_peak()

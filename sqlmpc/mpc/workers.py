@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 from sqlmpc import errors
+from sqlmpc.mpc import runtime
 from sqlmpc.mpc.meter import bytes_sent, peak_rss_mb
 from sqlmpc.mpc.reveal import Ledger, current_ledger, ledger_scope
 
@@ -255,13 +256,15 @@ def _worker(conn, life, pid, addresses, tls, timeout, listen_host) -> None:
 
     threading.Thread(target=_exit_with_party, args=(life,), daemon=True).start()
     ledger = faults.armed_worker(Ledger())
-    state = {"cpu": time.process_time(), "sent": 0, "jobs": 0}
+    state = {"cpu": time.process_time(), "sent": 0, "counts": {}}
 
     def reply(ok: bool, value, mpc=None) -> None:
         sent = bytes_sent(mpc) if mpc is not None else state["sent"]
+        counts = dict(runtime.count_primitives(mpc)) if mpc is not None else state["counts"]
+        done = {f"{kind}/{bits}": n - state["counts"].get((kind, bits), 0) for (kind, bits), n in counts.items()}
         costs = {"cpu_s": time.process_time() - state["cpu"], "bytes_sent": sent - state["sent"],
-                 "peak_rss_mb": peak_rss_mb()}
-        state.update(cpu=time.process_time(), sent=sent)
+                 "peak_rss_mb": peak_rss_mb(), "primitives": {k: n for k, n in done.items() if n}}
+        state.update(cpu=time.process_time(), sent=sent, counts=counts)
         conn.send((ok, value, [(e.what, e.count, e.why) for e in ledger.entries], costs))
         ledger.entries.clear()
 
@@ -270,6 +273,7 @@ def _worker(conn, life, pid, addresses, tls, timeout, listen_host) -> None:
             session = MpcSession(pid, list(addresses), tls=tls, timeout=timeout,
                                  listen_host=listen_host if listen_host is not None else addresses[pid][0])
             async with session as mpc:
+                runtime.count_primitives(mpc)             # the meter's counts, from the first job on
                 while (message := await asyncio.to_thread(conn.recv)) is not None:
                     fn, job = message
                     reply(True, await fn(mpc, job), mpc)
