@@ -81,7 +81,9 @@ async def guard(coro, peers: dict[int, str], timeout: float, tick: float = 0.2):
             lost = [pid for pid in peers if pid in _lost]
             culprit = None
             if lost:
-                culprit = errors.PartyError(_lost[lost[0]] + " during the query", party=peers[lost[0]])
+                # Most often the consequence of a failure at that peer (or at a third party that
+                # stopped it), which the coordinator reports instead when it hears of it in time.
+                culprit = errors.PeerLostError(_lost[lost[0]] + " during the query", party=peers[lost[0]])
             elif silent >= timeout:
                 pid = min(peers, key=lambda p: _last.get(p, 0.0))
                 culprit = errors.PartyError(f"no MPC message for {timeout:g} s (stalled or unreachable)",
