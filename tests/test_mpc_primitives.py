@@ -264,3 +264,34 @@ def test_residue_tokens():
     assert [e.count for e in ledger] == [2 * n * digits, n * digits]
     assert set(trace) <= ALLOWED
     assert token_bits(2) == 21 and token_bits(2 * 10**5) >= 55
+
+
+def test_residue_logs_are_the_discrete_logs_of_the_symbols():
+    import gmpy2
+
+    from sqlmpc.mpc.prf import RESIDUE_BITS, _root_index, _token_prime, residue_logs
+    p = _token_prime()
+    rng = random.Random(5)
+    values = [0, 1, p - 1] + [rng.randrange(p) for _ in range(3000)]
+    roots = _root_index(p)
+    expected = [0 if v == 0 else roots[int(gmpy2.powmod(v, (p - 1) >> RESIDUE_BITS, p))] for v in values]
+    assert residue_logs(np.array(values, dtype=object), p).tolist() == expected
+    assert len(set(expected)) > 2900                 # 16-bit logs, not a constant
+
+
+async def _logs_party(mpc, pid, n, liar):
+    from sqlmpc.mpc.prf import _token_prime, residue_logs, shared_residue_logs
+    p = _token_prime()
+    values = np.array([random.Random(9).randrange(p) for _ in range(n)], dtype=object)   # public, the same at all
+    if pid == liar:
+        await mpc.transfer(b"\x00" * 3)             # an odd-sized answer
+        return None
+    return (await shared_residue_logs(mpc, values, p)).tolist(), residue_logs(values, p).tolist()
+
+
+def test_shared_residue_logs_split_the_work_and_check_the_answers():
+    res = run_parties(_logs_party, args=(1001, None))
+    for shared, alone in res:
+        assert shared == alone                       # every party: all the logs, though it computed a third
+    with pytest.raises(PartyFailure, match=r"party 1 sent malformed join-token digits \(3 bytes, expected 668\)"):
+        run_parties(_logs_party, args=(1001, 1), timeout=30)

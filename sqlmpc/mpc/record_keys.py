@@ -28,10 +28,9 @@ import os
 import secrets
 from pathlib import Path
 
-import gmpy2
 import numpy as np
 
-from sqlmpc.mpc.prf import _root_index
+from sqlmpc.mpc.prf import residue_logs, shared_residue_logs
 from sqlmpc.mpc.reveal import reveal
 from sqlmpc.mpc.runtime import current, uniform_below
 
@@ -118,7 +117,6 @@ async def record_keys(x, share: list[int], sectype):
         k_i = mpc.input(keytype.array(field.array(mine)), senders=i)
         K = k_i if K is None else K + k_i
     y = x + K
-    roots, exponent = _root_index(p), (p - 1) >> BITS
     # The mask: parties 0..t each input a random nonzero ρ_i, and (as an integer) the discrete log
     # e_i of its symbol χ(ρ_i); no t parties know ρ = Π ρ_i (uniform on the nonzero elements)
     # nor e = Σ e_i, the log of χ(ρ).
@@ -127,7 +125,7 @@ async def record_keys(x, share: list[int], sectype):
         mine_rho = mine_log = np.zeros(n, dtype=object)
         if mpc.pid == i:
             mine_rho = uniform_below(p - 1, n) + 1
-            mine_log = np.fromiter((roots[int(gmpy2.powmod(v, exponent, p))] for v in mine_rho), dtype=object, count=n)
+            mine_log = residue_logs(mine_rho, p).astype(object)
         r_i = mpc.input(keytype.array(field.array(mine_rho)), senders=i)
         e_i = mpc.input(sectype.array(mine_log), senders=i)
         rho = r_i if rho is None else rho * r_i
@@ -135,6 +133,5 @@ async def record_keys(x, share: list[int], sectype):
     opened = await reveal(y * rho, what="record keys", raw=True,
                           why="power-residue PRF inputs masked by a random nonzero element: uniformly random "
                               "nonzero field elements, which tell nothing")
-    symbols = np.fromiter((roots.get(int(gmpy2.powmod(int(v), exponent, p)), 0) for v in opened.value),
-                          dtype=object, count=n)
+    symbols = (await shared_residue_logs(mpc, opened.value, p)).astype(object)
     return sectype.array(symbols + ((mpc.threshold + 1) << BITS)) - logs
