@@ -286,7 +286,7 @@ async def _logs_party(mpc, pid, n, liar):
     if pid == liar:
         await mpc.transfer(b"\x00" * 3)             # an odd-sized answer
         return None
-    return (await shared_residue_logs(mpc, values, p)).tolist(), residue_logs(values, p).tolist()
+    return (await shared_residue_logs(mpc, values, p, n)).tolist(), residue_logs(values, p).tolist()
 
 
 def test_shared_residue_logs_split_the_work_and_check_the_answers():

@@ -8,16 +8,23 @@ power residue symbol χ(y) = y^((p-1)/d) is a d-th root of unity, and with a mas
 of (k + s) and reveals χ(k + s) and nothing else.
 
 Keys live in their own 128-bit prime field with p ≡ 1 (mod 2^16) (`token_field`);
-the PRF key s_1..s_J is drawn fresh per call by PRSS (no party knows it); the
-mask ρ is the product of t+1 parties' secret inputs r_i^d, so no t parties know
-it.  The last product is not reshared: each party multiplies its shares locally
-(a degree-2t sharing of y), adds a pseudorandom degree-2t sharing of zero (PRZS,
-from MPyC's PRSS keys: no communication) and the m shares are opened with
-threshold 2t; the zero sharing makes the opened polynomial uniform given y.
+the PRF key s_1..s_J is drawn fresh per call by PRSS (no party knows it).
 
-The opened values are public, and so are their symbols: each party exponentiates a
-contiguous m-th of them and sends the others the 16-bit logs (``shared_residue_logs``),
-which saves two thirds of the exponentiations and tells nobody anything new.
+Only some parties see the masked values (`maskers`): parties 0..t−1 (at least one)
+each input r_i^d, and ρ is their product; the others, m − t ≥ t + 1 of them, receive
+y = (k + s)·ρ.  A coalition of at most t parties that receives y lacks at least one
+masker's factor, so y is uniform on its coset given the coalition's view; a coalition
+of maskers receives nothing.  For m = 3 that is one mask input and no resharing per
+digit, where masking by t + 1 parties and opening to all needed two inputs and one
+resharing.  The last product is not reshared: each party multiplies its shares
+locally (a degree-2t sharing of y), adds a pseudorandom degree-2t sharing of zero
+(PRZS, from MPyC's PRSS keys: no communication) and the m shares are opened to the
+receivers with threshold 2t; the zero sharing makes the opened polynomial uniform
+given y.
+
+The symbols are the tokens every party learns: the receivers split the
+exponentiations between them and send every party the 16-bit logs
+(``shared_residue_logs``), which tells nobody more than the tokens.
 
 Tokenise every key column of a query in one call: one PRF key for all, so that
 tokens compare across relations.
@@ -124,24 +131,35 @@ def residue_logs(values, p: int) -> np.ndarray:
     return logs[at]
 
 
-async def shared_residue_logs(mpc, values, p: int) -> np.ndarray:
-    """:func:`residue_logs` of public values, each party computing a contiguous m-th of them and
-    sending the others its 16-bit logs: the same array at every party, for a third of the
-    exponentiations (the logs are functions of values every party holds, so nothing new is told)."""
-    m, n = len(mpc.parties), len(values)
-    cut = [n * i // m for i in range(m + 1)]
-    mine = residue_logs(values[cut[mpc.pid]:cut[mpc.pid + 1]], p)
-    if m == 1:
-        return mine
-    parts = await mpc.transfer(mine.astype("<u2").tobytes())
+async def shared_residue_logs(mpc, values, p: int, count: int, senders=None) -> np.ndarray:
+    """:func:`residue_logs` of ``count`` public values, held by the parties ``senders`` (default:
+    all): each of them computes a contiguous share of the logs and sends it to every party as
+    16-bit integers.  The same array at every party, for a fraction of the exponentiations; the
+    logs are functions of values their senders hold, which every party may learn."""
+    senders = list(range(len(mpc.parties))) if senders is None else list(senders)
+    cut = [count * i // len(senders) for i in range(len(senders) + 1)]
+    mine = None
+    if mpc.pid in senders:
+        w = senders.index(mpc.pid)
+        mine = residue_logs(values[cut[w]:cut[w + 1]], p).astype("<u2").tobytes()
+    parts = await mpc.transfer(mine, senders=senders)
     out = []
-    for i, part in enumerate(parts):
-        expected = 2 * (cut[i + 1] - cut[i])
+    for w, part in enumerate(parts):
+        expected = 2 * (cut[w + 1] - cut[w])
         if not isinstance(part, bytes) or len(part) != expected:
             size = len(part) if isinstance(part, bytes) else type(part).__name__
-            raise PartyError(f"party {i} sent malformed join-token digits ({size} bytes, expected {expected})")
+            raise PartyError(f"party {senders[w]} sent malformed join-token digits ({size} bytes, "
+                             f"expected {expected})")
         out.append(np.frombuffer(part, dtype="<u2"))
     return np.concatenate(out).astype(np.int64)
+
+
+def maskers(m: int, t: int) -> tuple[range, list[int]]:
+    """Who masks the PRF inputs and who sees them masked: parties 0..t−1 (at least one) each input
+    a random d-th power, and only the others receive the masked values.  Any ≤ t parties among
+    whom is a receiver lack at least one masker's factor (a federation of one opens to itself)."""
+    count = max(t, 1)
+    return range(count), list(range(count, m)) or [0]
 
 
 async def residue_tokens(keys: list, *, bits: int, batch: int = 1 << 16, done=None, workers=None,
@@ -217,9 +235,10 @@ async def _symbols(mpc, k, s, digits: int, why: str) -> np.ndarray:
     N = n * digits
     y = mpc.np_add(mpc.np_reshape(k, (n, 1)), mpc.np_reshape(s, (1, digits)))
     t = mpc.threshold
-    # Masks: parties 0..t each input ρ_i = r_i^d; their product is a random d-th power.
+    masking, receivers = maskers(len(mpc.parties), t)
+    # Masks: parties 0..t−1 each input ρ_i = r_i^d; their product is a random d-th power.
     masks = []
-    for i in range(t + 1):
+    for i in masking:
         mine = None
         if mpc.pid == i:
             r = uniform_below(p - 1, N) + 1
@@ -227,13 +246,15 @@ async def _symbols(mpc, k, s, digits: int, why: str) -> np.ndarray:
         data = mine if mine is not None else np.zeros(N, dtype=object)
         masks.append(mpc.np_reshape(mpc.input(sectype.array(field.array(data)), senders=i), (n, digits)))
     for mask in masks[:-1]:
-        y = mpc.np_multiply(y, mask)                                     # t resharing rounds
+        y = mpc.np_multiply(y, mask)                                     # t − 1 resharing rounds
     if t > 0 and not mpc.options.no_prss:
         # The last product is opened as a degree-2t sharing, re-randomised by a PRZS.
         y_sh, last_sh = await mpc.gather(y, masks[-1])
         z = runtime.pseudorandom_zero_shares(field, N)
         opened = await reveal(sectype.array(y_sh * last_sh + z.reshape((n, digits))), what="join tokens",
-                              why=why, raw=True, _threshold=2 * t)
+                              why=why, receivers=receivers, raw=True, _threshold=2 * t)
     else:
-        opened = await reveal(mpc.np_multiply(y, masks[-1]), what="join tokens", why=why, raw=True)
-    return (await shared_residue_logs(mpc, opened.value.reshape(-1), p)).reshape(n, digits)
+        opened = await reveal(mpc.np_multiply(y, masks[-1]), what="join tokens", why=why, receivers=receivers,
+                              raw=True)
+    values = None if opened is None else opened.value.reshape(-1)
+    return (await shared_residue_logs(mpc, values, p, N, senders=receivers)).reshape(n, digits)

@@ -133,5 +133,5 @@ async def record_keys(x, share: list[int], sectype):
     opened = await reveal(y * rho, what="record keys", raw=True,
                           why="power-residue PRF inputs masked by a random nonzero element: uniformly random "
                               "nonzero field elements, which tell nothing")
-    symbols = (await shared_residue_logs(mpc, opened.value, p)).astype(object)
+    symbols = (await shared_residue_logs(mpc, opened.value, p, n)).astype(object)
     return sectype.array(symbols + ((mpc.threshold + 1) << BITS)) - logs
