@@ -279,6 +279,29 @@ def test_residue_logs_are_the_discrete_logs_of_the_symbols():
     assert len(set(expected)) > 2900                 # 16-bit logs, not a constant
 
 
+
+async def _przs_party(mpc, pid, n):
+    from sqlmpc.mpc import runtime
+    from sqlmpc.mpc.prf import token_field
+    field = token_field().field
+    first, second = runtime.pseudorandom_zero_shares(field, n), runtime.pseudorandom_zero_shares(field, n)
+    return await mpc.transfer([first.value.tolist(), second.value.tolist()])
+
+
+def test_pseudorandom_zero_shares_are_fresh_sharings_of_zero():
+    from sqlmpc.mpc import runtime
+    from sqlmpc.mpc.prf import _token_prime
+    p = _token_prime()
+    shares = run_parties(_przs_party, args=(500,))[0]          # every party's shares, as party 0 got them
+    lam = [int(c) for c in runtime.recombination_vector(runtime.module("finfields").GF(p), (1, 2, 3), 0)]
+    for call in range(2):
+        column = [shares[i][call] for i in range(3)]
+        assert all(sum(lam[i] * column[i][j] for i in range(3)) % p == 0 for j in range(500))   # zeros
+        assert len({v for c in column for v in c}) > 1490          # but random shares, not zeros
+        # degree 2: any two shares are independent of the secret, so no 2 points determine a line through 0
+        assert sum((2 * column[0][j] - column[1][j]) % p == 0 for j in range(500)) < 3
+    assert shares[0][0] != shares[0][1]                           # fresh per call
+
 async def _logs_party(mpc, pid, n, liar):
     from sqlmpc.mpc.prf import _token_prime, residue_logs, shared_residue_logs
     p = _token_prime()

@@ -13,7 +13,9 @@ installed MPyC, whose version pyproject.toml pins to the tested minor release.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
+import itertools
 import os
 import sys
 
@@ -26,8 +28,8 @@ RUNTIME_MODULES = ("sectypes", "asyncoro", "mpctools", "seclists", "secpols",
 INTERNALS = (
     ("mpyc.runtime", "Runtime._np_randoms"), ("mpyc.runtime", "Runtime._prss_uci"),
     ("mpyc.runtime", "Runtime.prfs"), ("mpyc.runtime", "Party"), ("mpyc.runtime", "pickle"),
-    ("mpyc.thresha", "np_pseudorandom_share_0"), ("mpyc.thresha", "np_random_split"),
-    ("mpyc.thresha", "_recombination_vector"), ("mpyc.runtime", "Runtime._reshare"),
+    ("mpyc.thresha", "np_random_split"),
+    ("mpyc.thresha", "_recombination_vector"), ("mpyc.thresha", "_f_S_i"), ("mpyc.runtime", "Runtime._reshare"),
     ("mpyc.asyncoro", "MessageExchanger.data_received"), ("mpyc.asyncoro", "MessageExchanger.connection_lost"),
     ("mpyc.asyncoro", "exception_handler"),
 )
@@ -130,10 +132,26 @@ def prss_keys() -> dict:
 
 
 def pseudorandom_zero_shares(field, N: int):
-    """Shares of N zeros from the PRSS keys, without communication."""
+    """This party's shares of N pseudorandom degree-2t sharings of zero (PRZS), without
+    communication: MPyC's construction (thresha.np_pseudorandom_share_0), Σ over the subsets S
+    of m−t parties that hold a PRSS key of r_S·f_S(i)·g(i), with the r_S drawn in bulk from
+    SHAKE-128(key_S ‖ tag ‖ uci) with 64 bits beyond the modulus and one reduction per share
+    (about twice as fast as MPyC's draw of one reduced value at a time)."""
     mpc = current()
-    return module("thresha").np_pseudorandom_share_0(field, len(mpc.parties), mpc.pid, mpc.prfs(field.order),
-                                                      mpc._prss_uci(), N)
+    thresha = module("thresha")
+    p, m, i = field.modulus, len(mpc.parties), mpc.pid
+    uci = mpc._prss_uci()
+    width = (int(p).bit_length() + 7) // 8 + _EXTRA_BYTES
+    total = None
+    for S, prf in mpc.prfs(field.order).items():
+        d = m - len(S)
+        f_S_i = int(thresha._f_S_i(field, m, i, S))
+        r = _ints(hashlib.shake_128(prf.key + _PRZS_TAG + uci).digest(width * N * d), width, N * d).reshape(N, d)
+        coefficients = np.array([f_S_i * (i + 1) ** j % p for j in range(1, d + 1)], dtype=object)
+        part = r @ coefficients if d > 1 else r[:, 0] * coefficients[0]
+        total = part if total is None else total + part
+    total %= p
+    return field.array(total, check=False)
 
 
 def recombination_vector(field, ids: tuple[int, ...], x: int = 0):
@@ -192,18 +210,26 @@ def count_primitives(mpc) -> dict:
 _EXTRA_BYTES = 8    # 64 bits beyond the modulus: each value is within 2^-64 of uniform
 
 
+_PRZS_TAG = b"sqlmpc/przs/v1"
+
+
+def _ints(raw: bytes, width: int, count: int) -> np.ndarray:
+    """``count`` little-endian integers of ``width`` bytes each from ``raw`` (object array): one
+    C-level loop, no Python bytecode per value."""
+    chunks = np.frombuffer(raw, dtype=f"V{width}", count=count).tolist()
+    return np.fromiter(map(int.from_bytes, chunks, itertools.repeat("little")), dtype=object, count=count)
+
+
 def uniform_below(order: int, count: int, *, reduced: bool = True) -> np.ndarray:
     """``count`` independent uniform integers in [0, order) (object array).
 
     ``reduced=False``: integers below 2^64·order instead, each within 2^-64 of uniform mod order,
     for a caller that reduces mod order anyway (one bigint remainder per value saved)."""
     width = (int(order).bit_length() + 7) // 8 + _EXTRA_BYTES
-    view = memoryview(os.urandom(width * count))
-    from_bytes = int.from_bytes
-    values = (from_bytes(view[i:i + width], "little") for i in range(0, width * count, width))
+    values = _ints(os.urandom(width * count), width, count)
     if reduced:
-        values = (v % order for v in values)
-    return np.fromiter(values, dtype=object, count=count)
+        values %= order
+    return values
 
 
 def _np_random_split(field, s, t, m):
