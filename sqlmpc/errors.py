@@ -307,6 +307,12 @@ class PeerLostError(PartyError):
     which the coordinator reports instead when it hears of it in time."""
 
 
+class PeerSilentError(PartyError):
+    """No MPC message for the timeout while a party waited on several peers (or on none): the peer
+    named, the one silent longest, is a guess, which the coordinator reports only if no party that
+    waited on one peer alone names it in time."""
+
+
 class SourceError(PartyError):
     """A party's database (PostgreSQL, Spark) failed: unreachable, refused the login, no such
     table, or an SQL error inside it.  Names the party and the source, never a password."""

@@ -13,6 +13,7 @@ installed MPyC, whose version pyproject.toml pins to the tested minor release.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import importlib
 import itertools
@@ -31,7 +32,7 @@ INTERNALS = (
     ("mpyc.thresha", "np_random_split"),
     ("mpyc.thresha", "_recombination_vector"), ("mpyc.thresha", "_f_S_i"), ("mpyc.runtime", "Runtime._reshare"),
     ("mpyc.asyncoro", "MessageExchanger.data_received"), ("mpyc.asyncoro", "MessageExchanger.connection_lost"),
-    ("mpyc.asyncoro", "exception_handler"),
+    ("mpyc.asyncoro", "exception_handler"), ("mpyc.asyncoro", "MessageExchanger.buffers"),
 )
 
 
@@ -113,6 +114,14 @@ def message_exchanger():
 
 
 # -- private helpers of the running runtime -------------------------------------------
+
+
+def awaited_peers() -> set[int]:
+    """The peers this party is waiting on a message from (MPyC keeps a Future per expected message
+    in the peer's MessageExchanger until the message arrives)."""
+    mpc = current()
+    return {party.pid for party in mpc.parties if party.pid != mpc.pid and party.protocol is not None
+            and any(isinstance(x, asyncio.Future) and not x.done() for x in party.protocol.buffers.values())}
 
 
 def np_randoms(sectype, n: int, bound: int | None = None):

@@ -83,7 +83,8 @@ def summed_inputs(mpc, sectype, values, senders, shape: tuple, *, batch: int, ax
         hi = min(shape[axis], lo + batch)
         if values is not None:
             part = values[_along(axis, lo, hi)]
-            part = field.array(part * scale if scale != 1 else part)          # reduced mod p
+            # λ·values unreduced: secret sharing reduces its shares anyway (one remainder saved)
+            part = field.array(part * scale, check=False) if scale != 1 else field.array(part)
         else:
             part = field.array(np.zeros(_resized(shape, axis, hi - lo), dtype=object), check=False)
         inputs = mpc.input(sectype.array(part), senders=list(senders))
@@ -204,7 +205,15 @@ class Workers:
 
 # What a worker's session raises when a peer's worker went away (a failure elsewhere).
 _LOST = ("ConnectionResetError", "ConnectionAbortedError", "BrokenPipeError", "IncompleteReadError",
-         "InvalidStateError", "EOFError")
+         "InvalidStateError", "EOFError", "PeerGone")
+
+
+def _peer_gone() -> bool:
+    """Whether this process's MPC session has lost the connection to a peer (MPyC unsets it)."""
+    if not runtime.loaded():
+        return False
+    mpc = runtime.current()
+    return any(party.protocol is None for party in mpc.parties if party.pid != mpc.pid)
 
 
 def _failure(w: int, kind: str, message: str) -> BaseException:
@@ -284,8 +293,13 @@ def _worker(conn, life, pid, addresses, tls, timeout, listen_host) -> None:
     except BaseException as exc:       # noqa: BLE001 - every failure is the engine's to report
         if isinstance(exc, RuntimeError) and session_errors:
             exc = session_errors[0]        # MPyC stopped the loop ("Event loop stopped ..."): the cause
+        kind, message = type(exc).__name__, str(exc)
+        if kind not in _LOST and not isinstance(exc, (errors.Error, MemoryError)) and _peer_gone():
+            # MPyC's own failure after a peer's worker closed its connection (it unsets the peer's
+            # protocol, and the next message to or from it fails): a consequence, not a cause
+            kind, message = "PeerGone", f"a peer's worker closed its connection ({kind}: {message})"
         try:
-            reply(False, (type(exc).__name__, str(exc)))
+            reply(False, (kind, message))
         except OSError:
             pass
     finally:

@@ -10,8 +10,8 @@ proposes {sql, plan hash, catalog fingerprint, k, analyst} to every party; each 
 again on its own and accepts or refuses.  Any refusal stops the query for all (the first in
 federation order is reported); a busy party makes the coordinator retry with a new attempt.
 Then every party runs its share and the answers are taken as they arrive: the first failure
-is the cause; the parties still working get FAIL_GRACE seconds to answer and are then
-stopped.  A failure is an sqlmpc error whose ``party`` and ``stage`` (admit, local, input,
+is the cause; the parties still working get FAIL_GRACE seconds to answer (GUESS_GRACE when
+the failure is only a consequence, or names a guessed culprit) and are then stopped.  A failure is an sqlmpc error whose ``party`` and ``stage`` (admit, local, input,
 shuffle, join, ...) are data from the failing party's reply, never read out of its text.
 Every party must have computed the same cell table, compared byte for byte (Arrow's
 ``equals`` calls NaN unequal to itself, and CORR of a constant is NaN); the coordinator
@@ -39,6 +39,7 @@ from sqlmpc.result import Result, finish
 from sqlmpc.sql import Query
 
 FAIL_GRACE = 1.0        # seconds the other parties get to answer after one failed
+GUESS_GRACE = 4.0       # ... after one failed only as a consequence, or naming a guessed culprit
 NO_ANSWER = 600.0       # seconds beyond the session timeout a party may compute before it counts as lost
 
 
@@ -93,8 +94,9 @@ class Released:
 
 
 def consequence(answer: Answer) -> bool:
-    """Whether a failure is the consequence of another's (a party that lost its MPC peer)."""
-    return answer.reply.get("error") == "PeerLostError"
+    """Whether a failure is the consequence of another's (a party that lost its MPC peer), or
+    names its culprit by a guess (a party that waited on several silent peers)."""
+    return answer.reply.get("error") in ("PeerLostError", "PeerSilentError")
 
 
 class Coordinator:
@@ -191,7 +193,11 @@ class Coordinator:
             answers[answer.party] = answer
             if answer.failed and (cause is None or consequence(cause) and not consequence(answer)):
                 cause = answer              # a party that lost its peer is not the cause when the peer reports
-                deadline = min(deadline, time.monotonic() + FAIL_GRACE)
+                # A party that waited on several silent peers guesses the culprit, and the party that
+                # knows may time out a few seconds later (its silence began when the guesser's last
+                # message reached it): it gets longer to answer.
+                grace = GUESS_GRACE if consequence(answer) else FAIL_GRACE
+                deadline = min(deadline, time.monotonic() + grace)
         if waiting:
             why = (f"stopped by the coordinator: party '{cause.party}' failed" if cause is not None
                    else f"no answer within {self.timeout + NO_ANSWER:.0f} s")

@@ -12,7 +12,10 @@ last activity, and a lost connection is recorded instead of raised.
   connection"), and
 * when no peer has sent anything for ``timeout`` seconds of *live* event
   loop time (a long local step that blocks the loop does not count as
-  silence); the peer that has been silent longest is named.
+  silence); the peer this party waits on is named.  A party that waits on
+  several peers cannot tell which one stalls: it names the one silent longest,
+  GUESS_DELAY seconds later, and the coordinator reports that guess only when
+  no party that waits on one peer alone has answered.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ _last: dict[int, float] = {}      # peer pid -> monotonic time of its last messa
 _lost: dict[int, str] = {}        # peer pid -> why its connection ended (during a guarded computation)
 _activity = 0                     # bumped on every received chunk
 _guarding = False
+GUESS_DELAY = 2.0                 # seconds a party that can only guess the stalled peer waits beyond the timeout
 
 
 def install() -> None:
@@ -85,9 +89,15 @@ async def guard(coro, peers: dict[int, str], timeout: float, tick: float = 0.2):
                 # stopped it), which the coordinator reports instead when it hears of it in time.
                 culprit = errors.PeerLostError(_lost[lost[0]] + " during the query", party=peers[lost[0]])
             elif silent >= timeout:
-                pid = min(peers, key=lambda p: _last.get(p, 0.0))
-                culprit = errors.PartyError(f"no MPC message for {timeout:g} s (stalled or unreachable)",
-                                            party=peers[pid])
+                # A party waiting on one peer alone knows who stalls; one waiting on several guesses,
+                # and only GUESS_DELAY later, so that a party that knows answers (and stops) first.
+                awaited = runtime.awaited_peers() & set(peers) if runtime.loaded() else set()
+                why = f"no MPC message for {timeout:g} s (stalled or unreachable)"
+                if len(awaited) == 1:
+                    culprit = errors.PartyError(why, party=peers[next(iter(awaited))])
+                elif silent >= timeout + GUESS_DELAY:
+                    pid = min(awaited or peers, key=lambda p: _last.get(p, 0.0))
+                    culprit = errors.PeerSilentError(why, party=peers[pid])
             if culprit is not None:
                 task.cancel()
                 try:
