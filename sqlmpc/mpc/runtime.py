@@ -124,6 +124,13 @@ def awaited_peers() -> set[int]:
             and any(isinstance(x, asyncio.Future) and not x.done() for x in party.protocol.buffers.values())}
 
 
+def lost_peers(mpc=None) -> set[int]:
+    """The peers a runtime (default: the current one) has no connection to: never made, or lost
+    (MPyC unsets a peer's protocol when its connection ends)."""
+    mpc = mpc or current()
+    return {party.pid for party in mpc.parties if party.pid != mpc.pid and party.protocol is None}
+
+
 def np_randoms(sectype, n: int, bound: int | None = None):
     """n secret uniformly random elements of sectype, unknown to every party (below ``bound``, a power
     of two, when given)."""

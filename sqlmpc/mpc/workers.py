@@ -208,14 +208,6 @@ _LOST = ("ConnectionResetError", "ConnectionAbortedError", "BrokenPipeError", "I
          "InvalidStateError", "EOFError", "PeerGone")
 
 
-def _peer_gone() -> bool:
-    """Whether this process's MPC session has lost the connection to a peer (MPyC unsets it)."""
-    if not runtime.loaded():
-        return False
-    mpc = runtime.current()
-    return any(party.protocol is None for party in mpc.parties if party.pid != mpc.pid)
-
-
 def _failure(w: int, kind: str, message: str) -> BaseException:
     """The error a failed worker stands for, at its party."""
     if kind == "MemoryError" or kind == "killed":          # killed: by the OOM killer, as a rule
@@ -294,7 +286,8 @@ def _worker(conn, life, pid, addresses, tls, timeout, listen_host) -> None:
         if isinstance(exc, RuntimeError) and session_errors:
             exc = session_errors[0]        # MPyC stopped the loop ("Event loop stopped ..."): the cause
         kind, message = type(exc).__name__, str(exc)
-        if kind not in _LOST and not isinstance(exc, (errors.Error, MemoryError)) and _peer_gone():
+        if kind not in _LOST and not isinstance(exc, (errors.Error, MemoryError)) and runtime.loaded() \
+                and runtime.lost_peers():
             # MPyC's own failure after a peer's worker closed its connection (it unsets the peer's
             # protocol, and the next message to or from it fails): a consequence, not a cause
             kind, message = "PeerGone", f"a peer's worker closed its connection ({kind}: {message})"

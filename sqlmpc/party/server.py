@@ -299,8 +299,7 @@ class NodeServer:
             def abort(self):
                 rt = self.mpc
                 if rt is not None:
-                    self.missing = [names[p.pid] for p in rt.parties
-                                    if p.pid != rt.pid and p.protocol is None]
+                    self.missing = [names[pid] for pid in sorted(runtime.lost_peers(rt))]
                 super().abort()
 
         addresses = sessions[0]
