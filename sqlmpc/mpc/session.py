@@ -8,6 +8,13 @@ builds a fresh ``Runtime`` for the given party and address list, installs it, in
 to the peers (optionally with TLS from explicit files, not MPyC's fixed
 ``.config/party_i.*`` paths) and on exit shuts the runtime down with a barrier.
 
+With TLS every connection authenticates its peer as the party at that position:
+``TlsFiles.parties`` names the party at each position, and a peer certificate must name that
+party (:func:`certificate_party`) — the connecting side checks the listener's
+certificate before it sends its pid or any PRSS key, the listening side checks the connecting
+party's certificate against the pid it announces before MPyC reads anything from it.  A peer that
+fails the check fails the session at once (``SessionError``); it is never retried.
+
 Only one session can be open per process at a time (MPyC's runtime is global);
 sessions may be opened and closed repeatedly in one process (session per
 query), also from different event loops (``asyncio.run`` per query).
@@ -30,10 +37,40 @@ from sqlmpc.mpc.runtime import make_options
 
 @dataclass(frozen=True)
 class TlsFiles:
-    """TLS material for the MPyC data plane: this party's certificate and key, and the CA."""
+    """TLS material for the MPyC data plane: this party's certificate and key, the CA, and the
+    party names by position (federation order): a peer's certificate must name the party at its
+    position.  Without names (``()``) peers are checked against the CA only."""
     cert: str
     key: str
     ca: str
+    parties: tuple[str, ...] = ()
+
+
+def certificate_party(peercert: dict | None) -> str | None:
+    """The name a verified peer certificate (``ssl.SSLSocket.getpeercert()``'s dict) stands for:
+    its first subjectAltName, else its common name; None without a certificate.
+
+    The same rule as gRPC's peer identity, which the control channel compares with a message's
+    ``from`` (``ServerCallContext.peer_identity()``), so that both channels know a peer by one name.
+    """
+    if not peercert:
+        return None
+    for _kind, value in peercert.get("subjectAltName", ()):
+        return str(value)
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+def names_party(identity: str | bytes | None, party: str) -> bool:
+    """Whether an authenticated peer identity (:func:`certificate_party`, or a Flight call's
+    ``peer_identity()``) is the certificate of ``party`` (names compare without case, as the
+    certificate carries the name in lower case)."""
+    if isinstance(identity, bytes):
+        identity = identity.decode(errors="replace")
+    return bool(identity) and identity.lower() == party.lower()
 
 
 class SessionError(RuntimeError):
@@ -75,6 +112,7 @@ class MpcSession:
         self.mpc = None
         self.stats = SessionStats()
         self._broken = False
+        self._refused: str | None = None      # why a peer failed authentication (the session then fails)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -188,16 +226,96 @@ class MpcSession:
         if server:
             ctx.verify_mode = ssl.CERT_REQUIRED
         else:
-            ctx.check_hostname = False  # peers are pinned by the federation's CA
+            # Not the host name: the exchanger checks that the listener's certificate names the party
+            # at its position (TlsFiles.parties), before it sends anything; the CA is checked here.
+            ctx.check_hostname = False
         return ctx
 
+    def _party(self, pid: int) -> str | None:
+        """The name of the party at position pid, when the TLS material names the parties."""
+        names = self.tls.parties if self.tls is not None else ()
+        return names[pid] if 0 <= pid < len(names) else None
+
+    def _refuse(self, rt, why: str) -> None:
+        """A peer failed authentication: the session fails at once (not after the timeout)."""
+        if self._refused is None:
+            self._refused = why
+        done = rt.parties[rt.pid].protocol
+        if isinstance(done, asyncio.Future) and not done.done():
+            done.set_exception(SessionError(why))
+
+    def _exchanger(self, rt):
+        """MPyC's MessageExchanger with the peer's certificate checked against the party at its
+        position before anything is sent to it (connecting side) or read from it (listening side)."""
+        session = self
+        base = runtime.message_exchanger()
+
+        class Authenticated(base):
+            refused = False
+
+            def connection_made(self, transport):
+                self.transport = transport
+                if self.peer_pid is not None:           # connecting: the listener is peer_pid
+                    why = session._check_certificate(transport, self.peer_pid, "listens at")
+                    if why is not None:
+                        self.refused = True
+                        transport.abort()
+                        session._refuse(rt, why)
+                        return
+                super().connection_made(transport)
+
+            def data_received(self, data):
+                if self.refused:
+                    return
+                if self.peer_pid is None and session.tls is not None:    # listening: check the announced pid
+                    head = bytes(self.bytes[:2]) + bytes(data[:2])
+                    if len(head) >= 2:
+                        pid = int.from_bytes(head[:2], "little")
+                        why = session._check_announced(self.transport, pid)
+                        if why is not None:
+                            self.refused = True
+                            self.transport.abort()
+                            session._refuse(rt, why)
+                            return
+                super().data_received(data)
+
+            def connection_lost(self, exc):
+                if self.refused or (self.peer_pid is None):
+                    return                              # never registered with the runtime
+                super().connection_lost(exc)
+
+        return Authenticated
+
+    def _check_certificate(self, transport, pid: int, verb: str) -> str | None:
+        """Why the peer on ``transport`` is not the party at position pid (None: it is)."""
+        name = self._party(pid)
+        if name is None:
+            return None
+        ssl_object = transport.get_extra_info("ssl_object")
+        identity = certificate_party(ssl_object.getpeercert() if ssl_object is not None else None)
+        if names_party(identity, name):
+            return None
+        return (f"party {self.pid}: the peer that {verb} the MPC address of party {pid} ('{name}') presented "
+                f"the certificate of '{identity}', not of '{name}'")
+
+    def _check_announced(self, transport, pid: int) -> str | None:
+        """Why a connecting peer announcing ``pid`` may not take that position (None: it may)."""
+        rt = self.mpc
+        if not 0 <= pid < self.pid:
+            return (f"party {self.pid}: a peer announced MPC position {pid}; only parties "
+                    f"0..{self.pid - 1} connect here")
+        if rt is not None and rt.parties[pid].protocol is not None:
+            return f"party {self.pid}: a second connection announced MPC position {pid}"
+        return self._check_certificate(transport, pid, "connected announcing")
+
     async def _connect(self, rt):
-        exchanger = runtime.message_exchanger()
+        exchanger = self._exchanger(rt)
         m = len(rt.parties)
         if m == 1:
             rt.start_time = time.time()
             return
         loop = rt._loop
+        self._refused = None
         for peer in rt.parties:
             peer.protocol = asyncio.Future(loop=loop) if peer.pid == rt.pid else None
         self._server = None
@@ -207,15 +325,24 @@ class MpcSession:
                                                     host=self.listen_host, port=port,
                                                     ssl=self._ssl_context(True), reuse_address=True)
         for peer in rt.parties[rt.pid + 1:]:  # connect to all parties > pid
+            name = self._party(peer.pid)
             while True:
+                if self._refused is not None:
+                    raise SessionError(self._refused)
                 try:
                     await loop.create_connection(
                         lambda peer=peer: exchanger(rt, peer.pid), peer.host, peer.port,
                         ssl=self._ssl_context(False),
-                        server_hostname=(f"MPyC party {peer.pid}" if self.tls else None))
+                        server_hostname=(None if not self.tls else name.lower() if name else f"MPyC party {peer.pid}"))
                     break
+                except ssl.SSLCertVerificationError as exc:      # not the federation's CA: no retry
+                    raise SessionError(f"party {self.pid}: the peer at the MPC address of party {peer.pid}"
+                                       f"{f' ({name!r})' if name else ''} presented a certificate that failed "
+                                       f"verification: {exc.verify_message or exc}") from None
                 except (ConnectionError, OSError):
                     await asyncio.sleep(0.02)
+            if self._refused is not None:
+                raise SessionError(self._refused)
         await rt.parties[rt.pid].protocol
         if self._server is not None:
             self._server.close()

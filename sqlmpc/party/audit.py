@@ -7,6 +7,11 @@ ledger (what was opened, how many values, why), outcome, duration.  It holds no 
 number of released and suppressed cells and a hash of the released table.
 A failed query's ledger lists what was opened before the failure.
 
+A peer action refused because of who sent it (a certificate that names no party, a
+``from`` that is not the calling party, an ``execute`` or ``abort`` by a party that did
+not propose the query) is a record too (``event: "peer action refused"``): the action,
+the authenticated caller, the party it claimed to be, the query id and the reason.
+
 Failed authentications are records too (``event: "authentication failed"``):
 the reason, the endpoint and action, the caller's address when known — never
 the token.
@@ -28,6 +33,7 @@ from pathlib import Path
 from sqlmpc import errors
 
 AUTH_FAILED = "authentication failed"
+PEER_REFUSED = "peer action refused"
 
 
 class AuditLog:
@@ -117,3 +123,11 @@ def auth_failure(log: AuditLog, *, reason: str, endpoint: str, action: str | Non
     software and claimed analyst name when known — never the credential itself."""
     log.write({"event": AUTH_FAILED, "reason": reason, "endpoint": endpoint, "action": action,
                "peer": peer, "client": client, "claimed": claimed})
+
+
+def peer_refusal(log: AuditLog, *, reason: str, action: str, caller: str | None, claimed: str | None = None,
+                 qid: str | None = None, peer: str | None = None) -> None:
+    """Record a peer action refused because of who sent it: the party its certificate names
+    (``caller``), the party the message claimed to come from, the query, the caller's address."""
+    log.write({"event": PEER_REFUSED, "reason": reason, "endpoint": "peer", "action": action, "caller": caller,
+               "claimed": claimed, "qid": qid, "peer": peer})

@@ -10,9 +10,10 @@ writes
     keys/tokens.json                     analyst name -> sha256 of the analyst's token (for nodes)
     keys/analysts/<name>.token           the analyst's bearer token (give it to the analyst only)
 
-A party certificate names the party (its CN and a DNS name equal to the party
-name, which peers check) and the host of its federation address, plus
-localhost / 127.0.0.1 so a loopback federation works.
+A party certificate names the party: its CN is the party name and its *first*
+subjectAltName is the party name in lower case (the identity peers check:
+:func:`sqlmpc.mpc.session.certificate_party`); further DNS names are the host of its federation
+address and localhost / 127.0.0.1, so a loopback federation works.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ def _write_cert(path: Path, cert) -> None:
 
 
 def _san(host: str, party: str):
-    names = {party.lower(), "localhost"}
+    """The party's name first (gRPC's peer identity is a certificate's first subjectAltName), then
+    the host of its address, localhost and the IP addresses."""
+    names = {"localhost"}
     ips = {"127.0.0.1"}
     h = host.strip("[]")
     try:
@@ -58,7 +61,8 @@ def _san(host: str, party: str):
         ips.add(h)
     except ValueError:
         names.add(h)
-    return x509.SubjectAlternativeName([x509.DNSName(n) for n in sorted(names)]
+    names.discard(party.lower())
+    return x509.SubjectAlternativeName([x509.DNSName(n) for n in [party.lower(), *sorted(names)]]
                                        + [x509.IPAddress(ipaddress.ip_address(i)) for i in sorted(ips)])
 
 

@@ -108,12 +108,12 @@ class FlightTransport:
         return sessions
 
     def abort(self, qid: str, reason: str) -> None:
-        self._tell_all("abort", {"qid": qid, "reason": reason})     # also those that did not answer
+        self._tell_all("abort", {"qid": qid, "from": self.node.party, "reason": reason})     # also those that did not answer
         self.node.release(qid)
 
     def execute(self, qid: str, plan: Plan, sessions, ledger: Ledger, progress) -> None:
         self._qid, self._ledger = qid, ledger
-        body = {"qid": qid, "addresses": sessions[0], "workers": sessions[1:]}
+        body = {"qid": qid, "from": self.node.party, "addresses": sessions[0], "workers": sessions[1:]}
         self._pending = {self.pool.submit(self.call, name, "execute", body, None): name for name in self.peers}
         self._pending[self.pool.submit(self.node.run_mpc, plan, sessions, ledger)] = self.node.party
 
@@ -142,7 +142,8 @@ class FlightTransport:
     def stop(self, parties: list[str], why: str) -> list[Answer]:
         """Peers are told to abort (one still computing fails on its own when its MPC peers are gone);
         this node's own share is waited for, since its MPC session lives in this process."""
-        self._tell_all("abort", {"qid": self._qid, "reason": why}, [p for p in parties if p != self.node.party])
+        self._tell_all("abort", {"qid": self._qid, "from": self.node.party, "reason": why},
+                       [p for p in parties if p != self.node.party])
         own = [f for f, p in self._pending.items() if p == self.node.party and p in parties]
         answers = [self._answer(f, self.node.party) for f in own]
         self._pending = {}

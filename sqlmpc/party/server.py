@@ -4,15 +4,23 @@ Three endpoints per node (ports default to the federation address's port P):
 
 * peer control, P (the federation ``address``): Arrow Flight with mutual TLS;
   only holders of a certificate from the federation's CA get through.  Actions
-  (JSON bodies): ``hello``, ``propose``, ``execute``, ``abort``.
+  (JSON bodies): ``hello``, ``propose``, ``execute``, ``abort``.  A caller is the
+  party its certificate names (gRPC's peer identity: the first subjectAltName,
+  ``sqlmpc.mpc.session.certificate_party``); ``propose`` is accepted only when its
+  ``from`` is that party, ``execute`` and ``abort`` only from the party that
+  proposed the query.  Every refusal of this kind is audited (``peer action refused``).
 * analyst control, ``--analyst-port`` (default P + 1): Arrow Flight with TLS and
   a bearer token (``authorization: Bearer ...``).  Actions: ``query``, ``status``.
 * MPC data plane, ``--mpc-port`` (default P + 2): MPyC's own TCP channels with
-  TLS, open only while a query runs (a fresh MpcSession per query).
+  TLS, open only while a query runs (a fresh MpcSession per query).  Each MPC
+  connection authenticates its peer as the party at that position (both directions);
+  a party's MPC host is the host of its federation address, and its port the one that
+  party announced when it accepted (relayed by the coordinator, checked by the TLS identity).
 
 The node that receives an analyst's query coordinates it (the one coordinator of
 :mod:`sqlmpc.party.coordinator`, over :mod:`sqlmpc.party.peers`): it parses, binds and
-plans, proposes {sql, digest, catalog fingerprint, k, analyst} to every peer;
+plans, proposes {sql, digest, catalog fingerprint, k, analyst} to every peer
+(all required: a proposal without one is refused);
 each peer decides on its own (own federation file + local policy,
 ``PartyNode.admit``) and answers with its MPC port or its reason.  Any refusal
 stops the query for all (the accepted peers are told to abort) and the analyst
@@ -49,10 +57,10 @@ from sqlmpc import errors
 from sqlmpc.catalog import load_federation
 from sqlmpc.mpc import runtime, unpickle
 from sqlmpc.mpc.reveal import Ledger
-from sqlmpc.mpc.session import MpcSession, SessionError, TlsFiles, session_open
+from sqlmpc.mpc.session import MpcSession, SessionError, TlsFiles, names_party, session_open
 from sqlmpc.mpc.workers import start_fork_server
 from sqlmpc.party import watchdog
-from sqlmpc.party.audit import AuditLog, audited, auth_failure, opened, query_record
+from sqlmpc.party.audit import AuditLog, audited, auth_failure, opened, peer_refusal, query_record
 from sqlmpc.party.coordinator import Coordinator
 from sqlmpc.party.endpoints import TokenAuth, results, split_address
 from sqlmpc.party.keys import load_tokens
@@ -103,7 +111,7 @@ class NodeServer:
                 if not f.exists():
                     raise errors.ConfigError(f"missing key material {f} (run: sqlmpc keys init)")
             self.tls = Tls(cert.read_bytes(), key.read_bytes(), ca.read_bytes(),
-                           TlsFiles(str(cert), str(key), str(ca)))
+                           TlsFiles(str(cert), str(key), str(ca), tuple(self.federation.party_names)))
             if tokens is None and (kdir / "tokens.json").exists():
                 tokens = kdir / "tokens.json"
         elif not insecure_loopback:
@@ -133,7 +141,7 @@ class NodeServer:
         self._slot_cond = threading.Condition()
         self._slot: str | None = None
         self._pending: dict[str, dict] = {}
-        self._aborted: list[str] = []
+        self._aborted: list[tuple[str | None, str]] = []      # (the proposer that aborted, qid)
         self._running: dict[str, tuple[dict, Ledger]] = {}     # qid -> audit record and ledger, while it runs
         self.sessions_opened = 0
         watchdog.install()
@@ -254,20 +262,33 @@ class NodeServer:
             raise errors.QueryRefusedError(f"analyst '{analyst}' may not query this party", party=self.party)
 
     def admit(self, msg: dict):
-        """This party's own decision on a proposal (plan hash compared by PartyNode.admit)."""
-        self._check_analyst(msg.get("analyst", ""))
-        k = msg.get("min_cell_size")
+        """This party's own decision on a proposal (plan hash compared by PartyNode.admit).
+
+        A proposal must carry the plan hash (``digest``), the catalog fingerprint and k
+        (``min_cell_size``): one without them is refused, never admitted unchecked."""
+        missing = [name for name, field in (("the plan hash", "digest"), ("the catalog fingerprint", "fingerprint"),
+                                            ("k", "min_cell_size"), ("the analyst", "analyst"), ("the SQL", "sql"))
+                   if msg.get(field) in (None, "")]
+        if missing:
+            raise errors.QueryRefusedError(f"the proposal lacks {', '.join(missing)}: a party admits only a "
+                                           "proposal it can check completely", party=self.party)
+        k = msg["min_cell_size"]
+        if not isinstance(k, int) or isinstance(k, bool) or not all(
+                isinstance(msg[f], str) for f in ("digest", "fingerprint", "analyst", "sql")):
+            raise errors.QueryRefusedError("the proposal is malformed (k must be an integer; the plan hash, "
+                                           "fingerprint, analyst and SQL strings)", party=self.party)
+        self._check_analyst(msg["analyst"])
         own_k = self.federation.policy.min_cell_size
-        if k is not None and k < own_k:
+        if k < own_k:
             raise errors.QueryRefusedError(
                 f"local policy requires min_cell_size = {own_k}; the proposed plan uses {k}", party=self.party)
-        fp = msg.get("fingerprint")
+        fp = msg["fingerprint"]
         catalogs = ""
-        if fp and fp != self.federation.fingerprint:
+        if fp != self.federation.fingerprint:
             catalogs = (f"catalog fingerprint differs ({self.federation.fingerprint[:12]} here, {fp[:12]} at "
                         f"'{msg.get('from')}'): the parties' federation files are not identical")
         try:
-            plan = self.node.admit(msg["sql"], msg.get("digest"))
+            plan = self.node.admit(msg["sql"], msg["digest"])
         except errors.QueryRefusedError as exc:
             if catalogs:
                 raise errors.QueryRefusedError(f"{exc.args[0].split(': ', 1)[-1]}; {catalogs}",
@@ -323,14 +344,48 @@ class NodeServer:
                         "sessions_opened": self.sessions_opened, "tls": self.tls is not None,
                         "restricted_unpickler": unpickle.installed() if runtime.loaded() else None})
 
-    def on_propose(self, msg: dict) -> list:
-        qid = msg["qid"]
-        if qid in self._aborted:
+    def peer_caller(self, identity: bytes | str | None, action: str, msg: dict, peer: str | None) -> str | None:
+        """The party calling a peer action: the one its client certificate names (None on a
+        plaintext loopback node, which knows no identities).  A certificate of the federation's CA
+        that names no other party of the federation may only say ``hello``: anything else is
+        refused (FlightUnauthenticatedError) and audited."""
+        if self.tls is None:
+            return None
+        if isinstance(identity, bytes):
+            identity = identity.decode(errors="replace")
+        caller = next((name for name in self.federation.party_names if names_party(identity, name)), None)
+        if caller is not None and caller != self.party or action == "hello":
+            return caller
+        reason = (f"the calling certificate names '{identity}', which is not another party of the federation"
+                  if caller is None else "the calling certificate is this party's own")
+        peer_refusal(self.audit, reason=reason, action=action, caller=identity or None,
+                     claimed=msg.get("from"), qid=msg.get("qid"), peer=peer)
+        raise flight.FlightUnauthenticatedError(reason)
+
+    def _impostor(self, caller: str | None, claimed) -> str | None:
+        """Why a message claiming to come from ``claimed`` may not come from ``caller`` (None: it may)."""
+        if caller is None or (isinstance(claimed, str) and names_party(caller, claimed)):
+            return None
+        return f"the message claims to come from '{claimed}' but the calling certificate is '{caller}'"
+
+    def on_propose(self, msg: dict, caller: str | None = None, peer: str | None = None) -> list:
+        qid = msg.get("qid")
+        claimed = msg.get("from")
+        proposer = caller if caller is not None else claimed
+        started = time.monotonic()
+        record = {**query_record(qid, "participant", proposer, msg.get("analyst"), msg.get("sql")), "peer": peer}
+        why = self._impostor(caller, claimed) or (None if isinstance(qid, str) and qid else "the proposal has no id")
+        if why is None and self.federation.party(str(proposer)) is None:
+            why = f"the proposal comes from '{proposer}', which is not a party of the federation"
+        if why is not None:
+            # Refused before it takes the query slot: who sent it is wrong, whatever it asks.
+            self.audit.write({**record, "claimed": claimed, "decision": "refused", "reason": why, "outcome": "refused",
+                              "duration_s": time.monotonic() - started})
+            return results(error_reply(errors.QueryRefusedError(why, party=self.party), self.party))
+        if (caller, qid) in self._aborted:
             return results({"error": "OperationalError", "message": "query already aborted", "party": self.party})
         if not self.acquire(qid, BUSY_WAIT):
             return results({"busy": True})
-        record = query_record(qid, "participant", msg.get("from"), msg.get("analyst"), msg.get("sql"))
-        started = time.monotonic()
         try:
             plan = self.admit(msg)
         except Exception as exc:
@@ -341,11 +396,11 @@ class NodeServer:
             return results(error_reply(exc, self.party))
         timer = threading.Timer(self.timeout + 5, self._expire, (qid,))
         timer.daemon = True
+        ports = [self.take_mpc_port() for _ in range(self.workers)]
         self._pending[qid] = {"plan": plan, "record": {**record, "plan_hash": plan.digest}, "started": started,
-                              "timer": timer}
+                              "timer": timer, "from": proposer, "ports": ports}
         timer.start()
-        return results({"ok": True, "mpc_port": self.take_mpc_port(),
-                        "worker_ports": [self.take_mpc_port() for _ in range(self.workers - 1)]})
+        return results({"ok": True, "mpc_port": ports[0], "worker_ports": ports[1:]})
 
     def _expire(self, qid: str) -> None:
         p = self._pending.pop(qid, None)
@@ -355,9 +410,25 @@ class NodeServer:
                               "outcome": "expired", "error": "the coordinator never started the query",
                               "duration_s": time.monotonic() - p["started"]})
 
-    def on_abort(self, msg: dict) -> list:
+    def _not_proposer(self, action: str, msg: dict, caller: str | None, peer: str | None) -> list | None:
+        """A refusal (audited) when ``caller`` is not the party that proposed the query ``msg`` names,
+        or the message claims another sender; None when the caller may act on it."""
+        qid = msg.get("qid")
+        p = self._pending.get(qid) if isinstance(qid, str) else None
+        why = self._impostor(caller, msg.get("from")) if "from" in msg else None
+        if why is None and p is not None and caller is not None and caller != p["from"]:
+            why = f"'{caller}' did not propose this query ('{p['from']}' did)"
+        if why is None:
+            return None
+        peer_refusal(self.audit, reason=why, action=action, caller=caller, claimed=msg.get("from"), qid=qid, peer=peer)
+        return results(error_reply(errors.QueryRefusedError(why, party=self.party), self.party))
+
+    def on_abort(self, msg: dict, caller: str | None = None, peer: str | None = None) -> list:
+        refused = self._not_proposer("abort", msg, caller, peer)
+        if refused is not None:
+            return refused
         qid = msg["qid"]
-        self._aborted.append(qid)
+        self._aborted.append((caller, qid))
         del self._aborted[:-1000]
         p = self._pending.pop(qid, None)
         if p is not None:
@@ -368,21 +439,65 @@ class NodeServer:
                               "duration_s": time.monotonic() - p["started"]})
         return results({"ok": True})
 
-    def on_execute(self, msg: dict) -> list:
+    def mpc_sessions(self, msg: dict, ports: list[int]) -> list[list[tuple[str, int]]]:
+        """The MPC sessions an ``execute`` asks for, every address checked against the federation file:
+        each party's host is the host of its federation address (127.0.0.1 on a plaintext loopback node),
+        this party's own ports are those it announced when it accepted; at most one session per
+        port it announced.  Anything else is refused (QueryRefusedError)."""
+        sessions = [msg.get("addresses"), *(msg.get("workers") or [])]
+        parties = self.federation.parties
+        if not 1 <= len(sessions) <= len(ports):
+            raise errors.QueryRefusedError(f"the execute message asks for {len(sessions)} MPC sessions; this party "
+                                           f"accepted the query with {len(ports)}", party=self.party)
+        out = []
+        for w, addresses in enumerate(sessions):
+            if not isinstance(addresses, list) or len(addresses) != len(parties):
+                raise errors.QueryRefusedError(f"the execute message's MPC session {w} does not list one address "
+                                               f"per party ({len(parties)})", party=self.party)
+            session = []
+            for party, address in zip(parties, addresses):
+                host = "127.0.0.1" if self.insecure else split_address(party.address)[0]
+                valid = (isinstance(address, list) and len(address) == 2 and address[0] == host
+                         and type(address[1]) is int and 0 < address[1] < 65536)
+                if not valid:
+                    raise errors.QueryRefusedError(
+                        f"the execute message gives '{party.name}' the MPC address {address!r}; its host in the "
+                        f"federation file is {host!r}", party=self.party)
+                port = address[1]
+                if party.name == self.party and port != ports[w]:
+                    raise errors.QueryRefusedError(
+                        f"the execute message gives this party the MPC port {port}; it announced {ports[w]}",
+                        party=self.party)
+                session.append((host, port))
+            out.append(session)
+        return out
+
+    def on_execute(self, msg: dict, caller: str | None = None, peer: str | None = None) -> list:
+        refused = self._not_proposer("execute", msg, caller, peer)
+        if refused is not None:
+            return refused
         qid = msg["qid"]
         p = self._pending.pop(qid, None)
         if p is None:
             return results(error_reply(errors.PartyError("no accepted proposal with this id (expired?)"),
                                        self.party))
         p["timer"].cancel()
-        record = {**p["record"], "decision": "accepted", "sessions": 1 + len(msg.get("workers", []))}
+        record = {**p["record"], "decision": "accepted", "sessions": 1 + len(msg.get("workers") or [])}
         ledger = Ledger()
+        try:
+            sessions = self.mpc_sessions(msg, p["ports"])
+        except errors.QueryRefusedError as exc:
+            # The proposer asked for MPC addresses that are not the federation's: the query ends here.
+            exc.stage = "execute"
+            self.release(qid)
+            self.audit.write({**record, "decision": "refused", "reason": str(exc), "outcome": "refused",
+                              "duration_s": time.monotonic() - p["started"]})
+            return results(error_reply(exc, self.party, ledger=[]))
         try:
             with audited(self.audit, record, since=p["started"]):
                 self._running[qid] = (record, ledger)
                 try:
-                    sessions = [msg["addresses"], *msg.get("workers", [])]
-                    cells = self.run_mpc(p["plan"], [[tuple(a) for a in s] for s in sessions], ledger)
+                    cells = self.run_mpc(p["plan"], sessions, ledger)
                 finally:
                     self._running.pop(qid, None)
                     record["ledger"] = opened(ledger.entries)
@@ -408,11 +523,15 @@ class _Endpoint(flight.FlightServerBase):
         msg = json.loads(action.body.to_pybytes() or b"{}")
         node = self.node
         if self.kind == "peer":
-            handler = {"hello": node.on_hello, "propose": node.on_propose, "execute": node.on_execute,
-                       "abort": node.on_abort}.get(action.type)
+            if action.type == "hello":
+                return node.on_hello(msg)
+            handler = {"propose": node.on_propose, "execute": node.on_execute, "abort": node.on_abort}.get(action.type)
             if handler is None:
                 raise flight.FlightServerError(f"unknown peer action '{action.type}'")
-            return handler(msg)
+            if not isinstance(msg, dict):
+                raise flight.FlightServerError(f"peer action '{action.type}': the body must be a JSON object")
+            caller = node.peer_caller(context.peer_identity(), action.type, msg, context.peer())
+            return handler(msg, caller, context.peer())
         caller = context.get_middleware("auth")
         if caller is None or caller.name is None:
             failure = caller.failure if caller is not None else "not authenticated"
