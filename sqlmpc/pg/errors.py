@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from sqlmpc import errors
+from sqlmpc.pg.catalog import CatalogAccessError
 from sqlmpc.pg.settings import UnknownSettingError
 
 # Most specific class first: the first match wins.
 SQLSTATES: list[tuple[type, str]] = [
+    (CatalogAccessError, "42501"),              # insufficient_privilege: not a catalog SELECT
     (UnknownSettingError, "42704"),             # undefined_object
     (errors.UnsupportedSqlError, "0A000"),      # feature_not_supported
     (errors.SqlSyntaxError, "42601"),           # syntax_error
@@ -29,6 +31,8 @@ PROTOCOL_VIOLATION = "08P01"
 INVALID_PASSWORD = "28P01"
 INVALID_AUTHORIZATION = "28000"
 FEATURE_NOT_SUPPORTED = "0A000"
+PROGRAM_LIMIT_EXCEEDED = "54000"
+TOO_MANY_CONNECTIONS = "53300"
 
 
 def sqlstate(exc: BaseException) -> str:

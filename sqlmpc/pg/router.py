@@ -5,7 +5,13 @@
 * A statement naming a party's table, or one of sqlmpc's own (SHOW TABLES, DESCRIBE,
   SHOW POLICY, EXPLAIN), runs on the federation through the DB-API connection.
 * Anything else (``pg_catalog``, ``information_schema``, ``SELECT version()``) is
-  answered from the catalog, which holds no data.
+  answered from the sealed catalog, which holds no data and runs only one SELECT over
+  its own relations (``sqlmpc.pg.catalog``); every other statement is refused there
+  with SQLSTATE 42501.
+
+Nothing that names a party's table reaches the catalog's DuckDB, Describe included:
+the result columns of a federation query are computed by sqlmpc's own binder
+(``describe``), never by running its text.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import re
 import threading
 from dataclasses import dataclass, field
 
+import logging
+
 import duckdb
 import pyarrow as pa
 import sqlglot
@@ -21,9 +29,11 @@ from sqlglot import exp
 
 from sqlmpc import errors
 from sqlmpc.output import with_suppressed
-from sqlmpc.pg.catalog import PgCatalog
+from sqlmpc.pg.catalog import CatalogAccessError, CatalogCursor, CatalogQueryError, PgCatalog
 from sqlmpc.pg.settings import show
 from sqlmpc.sql import Query, parse
+
+log = logging.getLogger("sqlmpc.pg")
 
 SUPPRESSED_OPTION = "sqlmpc.suppressed_column"
 
@@ -32,10 +42,6 @@ _SESSION_COMMAND = re.compile(r"^\s*(SET|RESET|BEGIN|START\s+TRANSACTION|COMMIT|
 _SET = re.compile(r"^\s*SET\s+(?:SESSION\s+|LOCAL\s+)?([\w.]+)\s*(?:=|\bTO\b)\s*'?([^';]*)'?", re.I)
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 _SHOW = re.compile(r"^\s*SHOW\s+(?!TABLES\b|POLICY\b)(\w[\w. ]*?)\s*;?\s*$", re.I)   # not sqlmpc's own SHOWs
-
-
-class CatalogQueryError(errors.ProgrammingError):
-    """A statement that names no party's table and that the catalog cannot answer either."""
 
 
 @dataclass
@@ -100,20 +106,30 @@ class Router:
             return bool(self._party_prefix.search(sql))
         return any(t.db.lower() in self._parties for tree in trees if tree for t in tree.find_all(exp.Table))
 
-    def run(self, sql: str, parameters: list, options: Options) -> Answer:
-        command = _SESSION_COMMAND.match(sql)
-        if command:
-            return self._session_command(sql, command.group(1).upper(), options)
-        setting = _SHOW.match(sql)
-        if setting:
-            name = setting.group(1)
+    def kind(self, sql: str) -> str:
+        """Where ``sql`` goes: "session" (SET, BEGIN, ...), "show", "federation" or "catalog"."""
+        if _SESSION_COMMAND.match(sql):
+            return "session"
+        if _SHOW.match(sql):
+            return "show"
+        if self.names_a_party(sql) or self._sqlmpc_statement(sql):
+            return "federation"
+        return "catalog"
+
+    def run(self, sql: str, parameters: list, options: Options, catalog: CatalogCursor) -> Answer:
+        """Answer one statement; ``catalog`` is the client's own cursor on the sealed catalog."""
+        kind = self.kind(sql)
+        if kind == "session":
+            return self._session_command(sql, _SESSION_COMMAND.match(sql).group(1).upper(), options)
+        if kind == "show":
+            name = _SHOW.match(sql).group(1)
             value = (("on" if options.suppressed_column else "off") if name.lower() == SUPPRESSED_OPTION
                      else show(name))
             column = "_".join(name.lower().split()).removesuffix("_level")     # as PostgreSQL names it
             return Answer("SHOW", pa.table({column: [value]}))
-        if self.names_a_party(sql) or self._sqlmpc_statement(sql):
+        if kind == "federation":
             return self._federation(sql, parameters, options)
-        return self._catalog(sql, parameters)
+        return self._catalog(sql, parameters, catalog)
 
     def _sqlmpc_statement(self, sql: str) -> bool:
         """SHOW TABLES, DESCRIBE, SHOW POLICY, EXPLAIN: sqlmpc's statements that need no party table."""
@@ -138,20 +154,61 @@ class Router:
         table = with_suppressed(result) if options.suppressed_column else result.table
         return Answer(f"SELECT {table.num_rows}", table, list(result.suppressed))
 
-    def _catalog(self, sql: str, parameters: list) -> Answer:
+    def _catalog(self, sql: str, parameters: list, catalog: CatalogCursor) -> Answer:
         try:
-            table = self.catalog.query(sql, parameters)
+            table = catalog.query(sql, parameters)
         except duckdb.Error as exc:
             raise CatalogQueryError(
                 f"{str(exc).splitlines()[0]} -- a statement that names no party's table is answered from the "
                 f"catalog only (parties {', '.join(sorted(self._parties))} are schemas)") from None
         return Answer(f"SELECT {table.num_rows}", table)
 
-    def describe(self, sql: str) -> pa.Schema | None:
-        """The result columns of a statement without running it on the federation (for Describe)."""
-        if _SESSION_COMMAND.match(sql):
+    def describe(self, sql: str, options: Options, catalog: CatalogCursor) -> pa.Schema | None:
+        """The result columns of a statement without running it (for Describe); None: not known before Execute.
+
+        A catalog query is checked like one and described over the empty catalog (a refused one raises
+        CatalogAccessError); a federation query is described by sqlmpc's binder, never run in the catalog.
+        """
+        kind = self.kind(sql)
+        if kind in ("session", "show"):
             return None
+        if kind == "federation":
+            return self._federation_schema(sql, options, catalog)
         try:
-            return self.catalog.describe(_PLACEHOLDER.sub("NULL", sql))
+            return catalog.describe(sql)
         except duckdb.Error:
             return None
+
+    def _federation_schema(self, sql: str, options: Options, catalog: CatalogCursor) -> pa.Schema | None:
+        """A federation statement's columns from its bound tree (parameters as NULL): no party is asked."""
+        from sqlmpc.metadata import run_metadata          # the planner's modules, only when a client describes
+        from sqlmpc.plan.compile import bind_query
+        from sqlmpc.result import result_types
+        try:
+            text, ordered = qmark(sql, [None] * placeholder_count(sql))
+            statement = parse(text)
+            if not isinstance(statement, Query):
+                result = run_metadata(self.connection.federation, statement)
+                return None if result is None else result.table.schema
+            bound = bind_query(statement, self.connection.federation, ordered)
+            names = [name for name, _ in bound.select]
+            types = result_types(bound)
+        except errors.Error:
+            return None                  # Execute reports it
+        except Exception:                # a describe must never take the connection down
+            log.exception("describing %r", sql)
+            return None
+        # The types as Arrow types: cast NULLs in the sealed catalog (no relation, nothing read).
+        casts = ", ".join(f"CAST(NULL AS {t}) AS {_ident(f'c{i}')}" for i, t in enumerate(types))
+        try:
+            schema = catalog.query(f"SELECT {casts}").schema if casts else pa.schema([])
+        except (duckdb.Error, CatalogAccessError):
+            return None
+        fields = [pa.field(name, f.type) for name, f in zip(names, schema)]
+        if options.suppressed_column:
+            fields.append(pa.field("_suppressed", pa.bool_()))
+        return pa.schema(fields)
+
+
+def _ident(name: str) -> str:
+    return exp.to_identifier(name, quoted=True).sql("duckdb")

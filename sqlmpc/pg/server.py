@@ -1,4 +1,8 @@
-"""``sqlmpc pg``: listen for PostgreSQL clients, one thread per connection, one shared federation."""
+"""``sqlmpc pg``: listen for PostgreSQL clients, one thread per connection, one shared federation.
+
+At most ``Limits.connections`` clients are served at once; one more gets SQLSTATE 53300
+(too_many_connections) at once, and the refusal is audited.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,15 @@ import sys
 import threading
 from pathlib import Path
 
+from pygwire import messages as m
+
 from sqlmpc import errors
-from sqlmpc.party.audit import AuditLog
+from sqlmpc.party.audit import AuditLog, auth_failure
 from sqlmpc.party.embedded import state_dir
 from sqlmpc.party.keys import load_tokens
 from sqlmpc.pg.router import Router
-from sqlmpc.pg.session import Auth, Session
+from sqlmpc.pg.errors import TOO_MANY_CONNECTIONS, fatal
+from sqlmpc.pg.session import Auth, Limits, Session
 
 log = logging.getLogger("sqlmpc.pg")
 
@@ -53,12 +60,14 @@ def audit_log(args, connection) -> AuditLog:
 
 
 class PgServer:
-    def __init__(self, router: Router, auth: Auth, host: str, port: int):
+    def __init__(self, router: Router, auth: Auth, host: str, port: int, limits: Limits = Limits()):
         self.router = router
         self.auth = auth
+        self.limits = limits
         self.listener = socket.create_server((host, port), reuse_port=False)
         self.port = self.listener.getsockname()[1]
         self._stopped = threading.Event()
+        self._slots = threading.BoundedSemaphore(limits.connections)
 
     def serve_forever(self) -> None:
         while not self._stopped.is_set():
@@ -68,7 +77,34 @@ class PgServer:
                 if self._stopped.is_set():
                     return
                 raise
-            threading.Thread(target=Session(sock, self.router, self.auth).serve, daemon=True).start()
+            if not self._slots.acquire(blocking=False):
+                self.refuse(sock)
+                continue
+            session = Session(sock, self.router, self.auth, self.limits)
+            threading.Thread(target=self._serve, args=(session,), daemon=True).start()
+
+    def _serve(self, session: Session) -> None:
+        try:
+            session.serve()
+        finally:
+            self._slots.release()
+
+    def refuse(self, sock: socket.socket) -> None:
+        """One connection too many: 53300 before anything is read (libpq shows it), audited."""
+        message = f"sorry, too many clients already ({self.limits.connections} connections)"
+        try:
+            peer = "%s:%s" % sock.getpeername()[:2]
+        except (OSError, TypeError):
+            peer = None
+        try:
+            sock.settimeout(1.0)
+            sock.sendall(m.ErrorResponse(fields=fatal(TOO_MANY_CONNECTIONS, message)).to_wire())
+        except OSError:
+            pass
+        finally:
+            sock.close()
+        if self.auth.audit is not None:
+            auth_failure(self.auth.audit, reason="too many connections", endpoint="pg", action="connect", peer=peer)
 
     def close(self) -> None:
         self._stopped.set()
