@@ -130,7 +130,9 @@ class PartyNode:
         async def main():
             with ledger_scope(faults.armed(ledger, self.party)):
                 async with session as mpc:
-                    await self.check_local_stages(mpc, failed)
+                    # The first wait on the peers: a peer that connected and stays silent fails it in time.
+                    checked = self.check_local_stages(mpc, failed)
+                    await (guard(checked) if guard is not None else checked)
                     if pool is not None:
                         pool.start()            # the workers connect to their peers meanwhile
                     secure = self.run_secure(mpc, plan, local, enter, pool)
