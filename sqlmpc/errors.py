@@ -288,17 +288,35 @@ class DataFileError(DataError):
         super().__init__(f"{message} ({', '.join(where)})" if where else message)
 
 
+WITHHELD = "the party's own log has its message"
+
+
 def shareable(exc: BaseException) -> str:
-    """An error's message as it may leave its party, to peers, coordinator and analyst."""
-    withheld = getattr(exc, "withheld", None) if isinstance(exc, DataFileError) else None
-    return withheld or str(exc)
+    """An error's message as it may leave its party, to peers, coordinator and analyst.
+
+    sqlmpc's own messages carry no data, except those that quote a value or an engine's text:
+    they set ``withheld``, the message without it.  Any other exception (DuckDB, PostgreSQL,
+    Spark, numpy, MPyC) is named by its class and the party's stage only, never by its text:
+    an engine quotes the row it failed on.
+    """
+    withheld = getattr(exc, "withheld", None)
+    if withheld:
+        return withheld
+    if isinstance(exc, Error):
+        return str(exc)
+    stage = getattr(exc, "stage", None)
+    return f"{type(exc).__name__}{f' in stage {stage!r}' if stage else ''} ({WITHHELD})"
 
 
 class PartyError(OperationalError):
-    """A party failed, refused, or could not be reached; ``party`` names it."""
+    """A party failed, refused, or could not be reached; ``party`` names it.
 
-    def __init__(self, message: str, *, party: str | None = None):
+    ``withheld``: the message as it may leave the party, where ``message`` quotes an engine's
+    text (:func:`shareable`)."""
+
+    def __init__(self, message: str, *, party: str | None = None, withheld: str | None = None):
         self.party = party
+        self.withheld = None if withheld is None else f"party '{party}': {withheld}" if party else withheld
         super().__init__(f"party '{party}': {message}" if party else message)
 
 
@@ -317,9 +335,11 @@ class SourceError(PartyError):
     """A party's database (PostgreSQL, Spark) failed: unreachable, refused the login, no such
     table, or an SQL error inside it.  Names the party and the source, never a password."""
 
-    def __init__(self, message: str, *, party: str | None = None, source: str | None = None):
+    def __init__(self, message: str, *, party: str | None = None, source: str | None = None,
+                 withheld: str | None = None):
         self.source = source
-        super().__init__(f"source {source}: {message}" if source else message, party=party)
+        where = f"source {source}: " if source else ""
+        super().__init__(where + message, party=party, withheld=None if withheld is None else where + withheld)
 
 
 class OutOfMemoryError(PartyError):

@@ -77,23 +77,23 @@ def test_well_typed_queries_pass(sql, federation):
 
 
 
-def test_a_failure_only_the_data_shows_is_an_evaluation_error_not_internal(demo_path):
-    # Three relations: the samples hold 2020..2022 only, so the type check passes; 2024 is in the data.
+def test_a_failure_only_the_data_would_show_is_refused_before_any_party_works(demo_path):
+    # Three relations: the samples hold 2020..2022 only, so the sample check passes; 2024 is in the
+    # data. A party's "Division by zero" would tell that some claim is of 2024: refused at bind time.
     sql = ("SELECT COUNT(*) FROM insurer.claims c JOIN bureau.persons b ON b.pid = c.pid "
            "JOIN hospital.patients p ON p.pid = c.pid WHERE c.year % (c.year - 2024) = 0")
     with sqlmpc.connect(demo_path, oracle=True) as con:
-        with pytest.raises(EvaluationError, match="fails on the data: .*Division by zero"):
+        with pytest.raises(SqlTypeError, match=r"can fail on a row: .*\(c.year - 2024\) may be 0 .*Division by zero"):
             con.execute(sql)
 
 
 def test_group_by_failing_at_a_domain_value_beyond_the_samples_is_a_type_error(federation):
-    # The type check samples 6 of the 10 deciles; decile 8 makes the cell grid's evaluation fail.
+    # The type check samples 6 of the 10 deciles; decile 8 would make the expression fail.
     sql = ("SELECT b.income_decile % (b.income_decile - 8) AS x, COUNT(*) AS n FROM bureau.persons b "
            "GROUP BY b.income_decile % (b.income_decile - 8)")
-    q = bind(parse_query(sql), federation, sql)
-    with pytest.raises(SqlTypeError, match="cannot be evaluated on its domain: Division by zero") as err:
-        cell_grid(q)
-    assert err.value.column - 1 == sql.index("GROUP BY ") + len("GROUP BY ")       # the GROUP BY expression
+    with pytest.raises(SqlTypeError, match="can fail on a row: .*may be 0 .*Division by zero") as err:
+        bind(parse_query(sql), federation, sql)
+    assert err.value.column - 1 == sql.index("b.income_decile % ")       # the first of the two
 
 
 def test_an_unbound_parameter_is_checked_as_null_so_explain_works(federation):

@@ -215,7 +215,8 @@ def _failure(w: int, kind: str, message: str) -> BaseException:
     if kind in _LOST:
         return errors.PeerLostError(f"worker {w} lost its session with the other parties' worker {w} "
                                     f"(a failure elsewhere): {kind}: {message}")
-    return errors.PartyError(f"worker {w} failed: {kind}: {message}")
+    return errors.PartyError(f"worker {w} failed: {kind}: {message}",
+                             withheld=f"worker {w} failed: {kind} ({errors.WITHHELD})")
 
 
 def _end(running) -> None:

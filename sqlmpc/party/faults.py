@@ -7,7 +7,8 @@ the MPC, the next does not.  Set it for every party of a federation (the
 embedded federation's party processes inherit the environment of the process
 that starts them); ``SQLMPC_FAIL_PARTY=name`` limits it to that party, whose
 peers then learn of the failure from the coordinator; ``SQLMPC_FAIL_WITH=MemoryError`` makes
-the failure a MemoryError (a party out of memory).  Unset in production; it never opens anything itself.
+the failure a MemoryError (a party out of memory), ``SQLMPC_FAIL_WITH=engine`` a DuckDB error that
+quotes a row's value (``ENGINE_VALUE``), as an engine's own message does.  Unset in production; it never opens anything itself.
 
 ``SQLMPC_PAUSE_AFTER_OPENINGS=n`` with ``SQLMPC_PAUSE_FILE=path`` makes a party
 stall instead, just before its (n+1)-th opening: it creates the file and waits,
@@ -27,12 +28,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
+
 from sqlmpc import errors
 from sqlmpc.mpc.reveal import Ledger
 
 FAIL_AFTER_OPENINGS = "SQLMPC_FAIL_AFTER_OPENINGS"
 FAIL_PARTY = "SQLMPC_FAIL_PARTY"        # with it, only that party fails
-FAIL_WITH = "SQLMPC_FAIL_WITH"          # "MemoryError": fail as a party out of memory does
+FAIL_WITH = "SQLMPC_FAIL_WITH"          # "MemoryError": fail as a party out of memory does; "engine": as DuckDB
+ENGINE_VALUE = "102045.25"              # the row value an injected engine error quotes
 PAUSE_AFTER_OPENINGS = "SQLMPC_PAUSE_AFTER_OPENINGS"
 PAUSE_FILE = "SQLMPC_PAUSE_FILE"
 FAIL_WORKER = "SQLMPC_FAIL_WORKER"
@@ -43,6 +47,16 @@ class InjectedFailure(errors.OperationalError):
     """A failure asked for by ``SQLMPC_FAIL_AFTER_OPENINGS``."""
 
 
+def _failure(message: str) -> BaseException:
+    kind = os.environ.get(FAIL_WITH)
+    if kind == "MemoryError":
+        return MemoryError(message)
+    if kind == "engine":
+        return duckdb.ConversionException(f"Conversion Error: Type DOUBLE with value {ENGINE_VALUE} can't be cast "
+                                          f"because the value is out of range ({message})")
+    return InjectedFailure(message)
+
+
 @dataclass
 class _Tripwire(Ledger):
     limit: int = 0
@@ -50,7 +64,7 @@ class _Tripwire(Ledger):
     def record(self, what: str, count: int, why: str):
         if len(self.entries) >= self.limit:
             message = f"injected failure ({FAIL_AFTER_OPENINGS}={self.limit}) before opening {what!r}"
-            raise MemoryError(message) if os.environ.get(FAIL_WITH) == "MemoryError" else InjectedFailure(message)
+            raise _failure(message)
         return super().record(what, count, why)
 
 
@@ -88,7 +102,7 @@ class _WorkerTripwire(Ledger):
         except FileNotFoundError:
             return super().record(what, count, why)
         message = f"injected failure ({FAIL_WORKER}) in a worker before opening {what!r}"
-        raise MemoryError(message) if os.environ.get(FAIL_WITH) == "MemoryError" else InjectedFailure(message)
+        raise _failure(message)
 
 
 def armed_worker(ledger: Ledger) -> Ledger:

@@ -50,7 +50,8 @@ def rebuild(reply: dict, party: str | None = None) -> Exception:
     cls = getattr(errors, str(reply.get("error")), None)
     message = reply.get("message", "unknown error")
     if not (isinstance(cls, type) and issubclass(cls, errors.Error)):
-        exc = errors.PartyError(f"{reply.get('error')}: {message}", party=party)
+        kind = str(reply.get("error"))
+        exc = errors.PartyError(message if message.startswith(kind) else f"{kind}: {message}", party=party)
     else:
         exc = cls.__new__(cls)
         Exception.__init__(exc, message)

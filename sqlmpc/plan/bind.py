@@ -16,6 +16,7 @@ from sqlmpc import errors
 from sqlmpc.catalog import Column, Federation, Role, Table
 from sqlmpc.plan.query import AGGREGATES, BoundQuery, Join, Relation, RelationPart, conjuncts
 from sqlmpc.plan.roles import RolePolicy
+from sqlmpc.plan.totality import check_total
 from sqlmpc.plan.typecheck import check_types
 from sqlmpc.sql.positions import node_position
 
@@ -269,7 +270,7 @@ class Binder:
         bq = BoundQuery(self.fed, self.sql, relations, joins, select, where, group_by, having,
                         order_by, limit, offset, frozenset(nullable), parsed, parsed.sql("duckdb"))
         RolePolicy(self, bq).check()
-        check_types(bq)
+        check_types(bq, check_total)
         return bq
 
     def int_clause(self, node, clause: str) -> int | None:

@@ -100,8 +100,9 @@ def _combined(q: BoundQuery, source: exp.Select) -> list[exp.Select]:
     return [rows, outputs]
 
 
-def check_types(q: BoundQuery) -> None:
-    """Raise SqlTypeError for the first expression DuckDB cannot evaluate on public sample rows."""
+def check_types(q: BoundQuery, then=None) -> None:
+    """Raise SqlTypeError for the first expression DuckDB cannot evaluate on public sample rows;
+    then call ``then(q, con, source)`` over the same sample tables (the totality check)."""
     con = scratch().cursor()        # its own connection: TEMP tables are private to it
     try:
         _sample_tables(q, con)
@@ -113,14 +114,14 @@ def check_types(q: BoundQuery) -> None:
         try:                                   # usually all is well: check everything at once
             for query in _combined(q, source):
                 con.execute(query.sql("duckdb")).fetchall()
-            return
         except USER_ERRORS:
-            pass
-        for node, query in checks:             # find the expression at fault
-            try:
-                con.execute(query.sql("duckdb")).fetchall()
-            except USER_ERRORS as exc:
-                raise _type_error(q, node, exc) from None
+            for node, query in checks:         # find the expression at fault
+                try:
+                    con.execute(query.sql("duckdb")).fetchall()
+                except USER_ERRORS as exc:
+                    raise _type_error(q, node, exc) from None
+        if then is not None:
+            then(q, con, source)
     finally:
         con.close()
 

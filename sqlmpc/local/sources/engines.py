@@ -23,6 +23,7 @@ import sqlglot
 from sqlglot import exp
 
 from sqlmpc.catalog import Connection, Role, Table
+from sqlmpc import errors
 from sqlmpc.errors import DataFileError, SourceError
 from sqlmpc.local.data import _checks, _col, _ident, match_columns, too_many_rows
 from sqlmpc.local.sources.pushdown import DIALECTS, normalize, table_relation, transpile
@@ -157,7 +158,8 @@ class EngineSource:
         except (DataFileError, SourceError):
             raise
         except Exception as exc:  # the drivers raise their own classes (ADBC, py4j, pyspark)
-            raise SourceError(self._message(exc), party=self.party, source=self.label) from None
+            raise SourceError(self._message(exc), party=self.party, source=self.label,
+                              withheld=f"the database failed ({type(exc).__name__}; {errors.WITHHELD})") from None
 
     def _message(self, exc: Exception) -> str:
         text = str(exc).strip() or type(exc).__name__
