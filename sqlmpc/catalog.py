@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import tomli_w
+
 from sqlmpc.policy import Dominance, Policy, PolicyDraft, policy_draft, policy_of, with_local_policy  # noqa: F401 (re-exported)
 from sqlmpc.tomlfile import Node, check_name, describe, find_duplicate, read_toml
 
@@ -398,6 +400,24 @@ def load_federation(path: str | Path, *, local_policy: str | Path | None = None)
     if local_policy is not None:
         federation = replace(federation, policy=with_local_policy(Path(local_policy), policy, party_names))
     return federation
+
+
+def shared_text(federation: Federation) -> str:
+    """The federation file as anyone it is shown to may read it (an analyst's ``catalog``): the
+    tables, columns, roles and policy every party holds, without the owner's private settings —
+    its database connections, its workers, where its files lie and what its tables are called
+    inside its databases — and without comments.  It loads as the same catalog (every file
+    source renamed ``<table>.<suffix>``; the fingerprint is the one the parties compare)."""
+    data, _ = read_toml(federation.path)
+    for party in data.get("parties", {}).values():
+        for private in (*SOURCE_KINDS, "workers"):
+            party.pop(private, None)
+        for name, table in party.get("tables", {}).items():
+            if table.get("source") not in SOURCE_KINDS:
+                table["source"] = f"{name}{Path(str(table.get('source', ''))).suffix.lower()}"
+            if "table" in table:
+                table["table"] = name
+    return tomli_w.dumps(data)
 
 
 def _fingerprint(federation: Federation, base_dir: Path) -> str:

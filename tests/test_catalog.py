@@ -346,3 +346,25 @@ def test_local_policy_holds_only_policy(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_federation(write(tmp_path, VALID), local_policy=local)
     assert info.value.location == "parties" and info.value.line == 4
+
+
+# -- what an analyst is shown ---------------------------------------------------------
+
+def test_the_shared_catalog_holds_no_partys_private_settings(tmp_path):
+    from sqlmpc.catalog import shared_text
+
+    private = VALID.replace('source = "hospital/patients.parquet"',
+                            'source = "/srv/hospital-private/2024/patients.parquet"  # the EHR export') \
+        .replace('source = "insurer/claims.csv"', 'source = "postgresql"\ntable = "dwh_secret.claims_2024"') \
+        .replace('address = "127.0.0.1:7472"\n', 'address = "127.0.0.1:7472"\nworkers = 4\n\n'
+                 '[parties.insurer.postgresql]\ndsn = "host=db.insurer.internal user=sqlmpc_reader"\n'
+                 'password_file = "/etc/sqlmpc/pw"\n')
+    fed = load_federation(write(tmp_path, private))
+    text = shared_text(fed)
+    for secret in ("hospital-private", "EHR export", "dwh_secret", "db.insurer.internal", "sqlmpc_reader",
+                   "/etc/sqlmpc/pw", "workers", "bureau.duckdb"):
+        assert secret not in text, secret
+    shown = load_federation(write(tmp_path, text, "shown.toml"))
+    assert shown.policy == fed.policy and shown.party_names == fed.party_names
+    assert [(t.party, t.name, t.format, t.columns) for t in shown.tables] == \
+        [(t.party, t.name, t.format, t.columns) for t in fed.tables]

@@ -26,6 +26,8 @@ import tomli_w
 
 import sqlmpc
 from sqlmpc import errors
+from sqlmpc.catalog import load_federation
+from sqlmpc.party.client import RemoteConnection
 from sqlmpc.party.faults import ENGINE_VALUE, FAIL_AFTER_OPENINGS, FAIL_PARTY, FAIL_WITH
 from test_network import Federation
 from test_pg import start_pg, stop
@@ -164,6 +166,14 @@ def test_an_engine_error_leaves_the_party_without_its_text_networked(demo_path, 
         for party in ("hospital", "bureau"):
             assert all(ENGINE_VALUE not in json.dumps(r) for r in fed.audit(party))
         assert ENGINE_VALUE in fed.audit("insurer")[-1]["error"]
+        # The analyst's 'catalog' is the shared one: no comment, no file location of the node's.
+        client = RemoteConnection(fed.url())
+        try:
+            shown = json.loads(client._call("catalog", {})[0])["toml"]
+            assert str(Path(demo_path).parent) not in shown and "#" not in shown
+            assert client.catalog().fingerprint == load_federation(fed.path).fingerprint
+        finally:
+            client.close()
     finally:
         fed.stop()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -103,12 +104,13 @@ class RemoteConnection:
         return result
 
     def catalog(self):
-        """The node's federation file as a Federation (for EXPLAIN, SHOW TABLES, DESCRIBE; no data)."""
+        """The node's shared catalog as a Federation (for EXPLAIN, SHOW TABLES, DESCRIBE; no data, no
+        party's private settings), with the fingerprint the parties compare."""
         reply = json.loads(self._call("catalog", {}, 15.0)[0])
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "federation.toml"
             path.write_text(reply["toml"])
-            return load_federation(path)
+            return replace(load_federation(path), fingerprint=reply["fingerprint"])
 
     def restart(self) -> None:
         """Nothing to restart here: the node's coordinator starts every query afresh."""

@@ -54,7 +54,7 @@ import pyarrow.flight as flight
 
 import sqlmpc
 from sqlmpc import errors
-from sqlmpc.catalog import load_federation
+from sqlmpc.catalog import load_federation, shared_text
 from sqlmpc.mpc import runtime, unpickle
 from sqlmpc.mpc.reveal import Ledger
 from sqlmpc.mpc.session import MpcSession, SessionError, TlsFiles, names_party, session_open
@@ -543,8 +543,7 @@ class _Endpoint(flight.FlightServerBase):
         if action.type == "status":
             return node.on_status(analyst)
         if action.type == "catalog":
-            return results({"toml": Path(node.federation.path).read_text(),
-                            "fingerprint": node.federation.fingerprint})
+            return results({"toml": shared_text(node.federation), "fingerprint": node.federation.fingerprint})
         raise flight.FlightServerError(f"unknown action '{action.type}'")
 
     def list_actions(self, context):
