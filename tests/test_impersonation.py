@@ -10,6 +10,7 @@ A peer that accepts the MPC connection and then stays silent fails the query wit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import ssl
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pyarrow.flight as flight
 import pytest
+from cryptography import x509
 
 import sqlmpc
 from sqlmpc.catalog import load_federation
@@ -148,6 +150,17 @@ def accepted(fed, target: str, **changes) -> tuple[flight.FlightClient, dict, di
 
 
 # -- the control channel: a caller is the party its certificate names ------------------------------
+
+def test_a_party_certificate_names_its_party_first(fed, tmp_path):
+    """The identity both channels check is a certificate's first subjectAltName (gRPC's peer identity):
+    `sqlmpc keys init` puts the party's name there even when its host name sorts before it."""
+    parties = tuple(dataclasses.replace(p, address=f"aaa-{p.name}.example:7000") for p in fed.catalog.parties)
+    init_keys(dataclasses.replace(fed.catalog, parties=parties), tmp_path)
+    for p in parties:
+        cert = x509.load_pem_x509_certificate((tmp_path / p.name / "cert.pem").read_bytes())
+        names = [n.value for n in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value]
+        assert names[0] == p.name.lower() and f"aaa-{p.name}.example" in names, names
+
 
 def test_forged_from_is_refused_and_audited(fed):
     """The insurer's certificate, a proposal `from = "bureau"` by analyst mallory: refused, and the

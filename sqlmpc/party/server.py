@@ -416,8 +416,9 @@ class NodeServer:
         qid = msg.get("qid")
         p = self._pending.get(qid) if isinstance(qid, str) else None
         why = self._impostor(caller, msg.get("from")) if "from" in msg else None
-        if why is None and p is not None and caller is not None and caller != p["from"]:
-            why = f"'{caller}' did not propose this query ('{p['from']}' did)"
+        who = caller if caller is not None else msg.get("from")     # a plaintext node knows only the claim
+        if why is None and p is not None and who is not None and who != p["from"]:
+            why = f"'{who}' did not propose this query ('{p['from']}' did)"
         if why is None:
             return None
         peer_refusal(self.audit, reason=why, action=action, caller=caller, claimed=msg.get("from"), qid=qid, peer=peer)
@@ -427,7 +428,9 @@ class NodeServer:
         refused = self._not_proposer("abort", msg, caller, peer)
         if refused is not None:
             return refused
-        qid = msg["qid"]
+        qid = msg.get("qid")
+        if not isinstance(qid, str):
+            return results({"ok": True})
         self._aborted.append((caller, qid))
         del self._aborted[:-1000]
         p = self._pending.pop(qid, None)
@@ -476,8 +479,8 @@ class NodeServer:
         refused = self._not_proposer("execute", msg, caller, peer)
         if refused is not None:
             return refused
-        qid = msg["qid"]
-        p = self._pending.pop(qid, None)
+        qid = msg.get("qid")
+        p = self._pending.pop(qid, None) if isinstance(qid, str) else None
         if p is None:
             return results(error_reply(errors.PartyError("no accepted proposal with this id (expired?)"),
                                        self.party))
