@@ -269,3 +269,22 @@ def test_plain_questions_still_get_answers(ask):
     result = ask(f"SELECT p.diagnosis, COUNT(DISTINCT p.pid) AS patients, AVG(c.cost_eur) AS avg_cost {JOIN3} "
                  "GROUP BY p.diagnosis")
     assert not any(result.suppressed), result.rows()
+
+
+# -- what the analyst sees of the run ---------------------------------------------------------
+
+
+def test_the_stage_list_does_not_tell_whether_the_target_matches(embedded, target):
+    """The target's own filter against the same filter that nobody meets (a year before the
+    domain): both suppressed, and the stages the analyst hears must be the same too — a stage
+    skipped when nothing joins would tell that the target exists."""
+    heard = {}
+    for name, extra in (("target", ""), ("nobody", " AND p.diagnosis_year < 2015")):
+        stages = []
+        result = embedded.query(f"SELECT c.year, COUNT(*) AS claims FROM hospital.patients p "
+                                f"JOIN insurer.claims c ON c.pid = p.pid JOIN bureau.persons b ON b.pid = p.pid "
+                                f"WHERE {target['where']}{extra} GROUP BY c.year", progress=stages.append)
+        assert all(v is None for row in result.rows() for v in row[1:]), result.rows()
+        heard[name] = [s.partition(" (")[0] for s in stages]
+    assert heard["target"] == heard["nobody"], heard
+    assert "aggregate" in heard["nobody"]

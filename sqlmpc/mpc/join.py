@@ -88,9 +88,9 @@ class JoinMode:
         person_keys: the root's public tokens (None: every joined row is another person)."""
         root = self.plan.relations[0]
         n = len(index[root]) if index else 0
+        self.progress("aggregate")        # entered whatever matched: the stage list must not tell it
         if n == 0:
             return self.empty_moments(), 1
-        self.progress("aggregate")
         rows_of = None if person_keys is None or self.one_row_per_person_and_cell() else \
             person_rows(person_keys[index[root]])           # the root is never NULL
         if rows_of is None:
