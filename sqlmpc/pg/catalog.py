@@ -58,6 +58,8 @@ SEAL = [
 ]
 
 QUERY_SECONDS = 10.0            # a catalog query running longer is interrupted
+MAX_ROWS = 100_000              # a catalog answer with more rows is refused (psql's are a few hundred)
+MAX_BYTES = 64 << 20            # ... and one of more bytes
 
 # Table functions a catalog query may call: they compute, they read nothing.
 SAFE_TABLE_FUNCTIONS = {"unnest", "generate_series", "range"}
@@ -154,8 +156,6 @@ class PgCatalog:
         self.relations, self.unqualified = self._relations()
         for setting in SEAL:
             self.con.execute(setting)
-        self._shared = self.con.cursor()
-        self._lock = threading.Lock()
 
     def _relations(self) -> tuple[set[tuple[str, str]], set[str]]:
         """The catalog relations: (schema, name) pairs, and the names usable without a schema."""
@@ -209,6 +209,9 @@ class PgCatalog:
         schema, name = schema.lower(), name.lower()
         if not schema and name in ctes:
             return True
+        if schema in self.parties and (schema, name) in self.relations:
+            raise CatalogAccessError(f'"{schema}.{name}" is a party\'s table: the catalog only describes it '
+                                     "(information_schema.columns, \\d); its data is asked for through the federation")
         if (schema, name) in self.relations or (not schema and name in self.unqualified):
             return True
         if schema in ("", "pg_catalog") and name.startswith("pg_") and name not in HIDDEN_RELATIONS:
@@ -314,7 +317,11 @@ class CatalogCursor:
         sql = rewrite(sql)
         if self.catalog.check(sql, self.con):
             return _empty_result(sql)
-        return self._guarded(lambda: self.con.sql(sql, params=parameters or None).to_arrow_table())
+        table = self._guarded(lambda: self.con.sql(sql, params=parameters or None).limit(MAX_ROWS + 1)
+                              .to_arrow_table())
+        if table.num_rows > MAX_ROWS or table.nbytes > MAX_BYTES:
+            raise CatalogLimitError(f"a catalog answer is limited to {MAX_ROWS} rows and {MAX_BYTES >> 20} MiB")
+        return table
 
     def describe(self, sql: str) -> pa.Schema | None:
         """The columns a query would return (over the empty tables), checked like a query; raises duckdb.Error."""
@@ -326,6 +333,10 @@ class CatalogCursor:
 
 class CatalogQueryError(errors.ProgrammingError):
     """A statement that names no party's table and that the catalog cannot answer either."""
+
+
+class CatalogLimitError(errors.ProgrammingError):
+    """A catalog answer over MAX_ROWS or MAX_BYTES (SQLSTATE 54000, program_limit_exceeded)."""
 
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from sqlmpc import errors
-from sqlmpc.pg.catalog import CatalogAccessError
+from sqlmpc.pg.catalog import CatalogAccessError, CatalogLimitError
 from sqlmpc.pg.settings import UnknownSettingError
 
 # Most specific class first: the first match wins.
 SQLSTATES: list[tuple[type, str]] = [
     (CatalogAccessError, "42501"),              # insufficient_privilege: not a catalog SELECT
+    (CatalogLimitError, "54000"),               # program_limit_exceeded
     (UnknownSettingError, "42704"),             # undefined_object
     (errors.UnsupportedSqlError, "0A000"),      # feature_not_supported
     (errors.SqlSyntaxError, "42601"),           # syntax_error

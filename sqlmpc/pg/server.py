@@ -1,7 +1,7 @@
 """``sqlmpc pg``: listen for PostgreSQL clients, one thread per connection, one shared federation.
 
 At most ``Limits.connections`` clients are served at once; one more gets SQLSTATE 53300
-(too_many_connections) at once, and the refusal is audited.
+(too_many_connections) after its startup message, and the refusal is audited.
 """
 
 from __future__ import annotations
@@ -12,19 +12,19 @@ import socket
 import ssl
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
-from pygwire import messages as m
-
 from sqlmpc import errors
-from sqlmpc.party.audit import AuditLog, auth_failure
+from sqlmpc.party.audit import AuditLog
 from sqlmpc.party.embedded import state_dir
 from sqlmpc.party.keys import load_tokens
 from sqlmpc.pg.router import Router
-from sqlmpc.pg.errors import TOO_MANY_CONNECTIONS, fatal
 from sqlmpc.pg.session import Auth, Limits, Session
 
 log = logging.getLogger("sqlmpc.pg")
+
+REFUSING = 16          # connections over the limit being told so at once; more are closed at once
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -68,6 +68,8 @@ class PgServer:
         self.port = self.listener.getsockname()[1]
         self._stopped = threading.Event()
         self._slots = threading.BoundedSemaphore(limits.connections)
+        self._refusals = threading.BoundedSemaphore(REFUSING)
+        self.refusal_limits = replace(limits, login_seconds=min(limits.login_seconds, 3.0))
 
     def serve_forever(self) -> None:
         while not self._stopped.is_set():
@@ -77,34 +79,25 @@ class PgServer:
                 if self._stopped.is_set():
                     return
                 raise
-            if not self._slots.acquire(blocking=False):
-                self.refuse(sock)
+            if self._slots.acquire(blocking=False):
+                session, slots = Session(sock, self.router, self.auth, self.limits), self._slots
+            elif self._refusals.acquire(blocking=False):
+                # One too many: its startup message (and TLS) is read, then 53300, as PostgreSQL does
+                # (libpq shows no error sent before that); a few such at a time, the rest just closed.
+                session = Session(sock, self.router, self.auth, self.refusal_limits, overloaded=True)
+                slots = self._refusals
+            else:
+                log.warning("too many connections: closing one without a word")
+                sock.close()
                 continue
-            session = Session(sock, self.router, self.auth, self.limits)
-            threading.Thread(target=self._serve, args=(session,), daemon=True).start()
+            threading.Thread(target=self._serve, args=(session, slots), daemon=True).start()
 
-    def _serve(self, session: Session) -> None:
+    @staticmethod
+    def _serve(session: Session, slots: threading.BoundedSemaphore) -> None:
         try:
             session.serve()
         finally:
-            self._slots.release()
-
-    def refuse(self, sock: socket.socket) -> None:
-        """One connection too many: 53300 before anything is read (libpq shows it), audited."""
-        message = f"sorry, too many clients already ({self.limits.connections} connections)"
-        try:
-            peer = "%s:%s" % sock.getpeername()[:2]
-        except (OSError, TypeError):
-            peer = None
-        try:
-            sock.settimeout(1.0)
-            sock.sendall(m.ErrorResponse(fields=fatal(TOO_MANY_CONNECTIONS, message)).to_wire())
-        except OSError:
-            pass
-        finally:
-            sock.close()
-        if self.auth.audit is not None:
-            auth_failure(self.auth.audit, reason="too many connections", endpoint="pg", action="connect", peer=peer)
+            slots.release()
 
     def close(self) -> None:
         self._stopped.set()

@@ -41,7 +41,8 @@ from sqlmpc.party.audit import AuditLog, auth_failure
 from sqlmpc.party.keys import token_hash
 from sqlmpc.pg import types
 from sqlmpc.pg.errors import (FEATURE_NOT_SUPPORTED, INVALID_AUTHORIZATION, INVALID_PASSWORD,
-                              PROGRAM_LIMIT_EXCEEDED, PROTOCOL_VIOLATION, error_fields, fatal, sqlstate)
+                              PROGRAM_LIMIT_EXCEEDED, PROTOCOL_VIOLATION, TOO_MANY_CONNECTIONS, error_fields,
+                              fatal, sqlstate)
 from sqlmpc.pg.router import Answer, Options, Router, parse_startup_options, placeholder_count
 from sqlmpc.pg.settings import SERVER_PARAMETERS
 from sqlmpc.sql.script import statements
@@ -104,8 +105,10 @@ class Portal:
 
 
 class Session:
-    def __init__(self, sock: socket.socket, router: Router, auth: Auth, limits: Limits = Limits()):
+    def __init__(self, sock: socket.socket, router: Router, auth: Auth, limits: Limits = Limits(),
+                 overloaded: bool = False):
         self.sock = sock
+        self.overloaded = overloaded             # over the connection limit: refuse at the startup message
         self.router = router
         self.auth = auth
         self.limits = limits
@@ -272,6 +275,9 @@ class Session:
         self.user = msg.params.get("user", "")
         self.application_name = msg.params.get("application_name", "")
         parse_startup_options(msg.params.get("options", ""), self.options)
+        if self.overloaded:
+            self.refuse_login(TOO_MANY_CONNECTIONS, "sorry, too many clients already "
+                              f"({self.limits.connections} connections)", "too many connections")
         if self.auth.tls is not None and not self.tls_active:
             self.refuse_login(INVALID_AUTHORIZATION, "this server requires TLS: connect with sslmode=require",
                               "no TLS")
