@@ -52,3 +52,32 @@ def test_variance_of_a_sum_across_parties_equals_sql(embedded, union_db):
     want = union_db.execute(sql).fetchone()
     got = embedded.query(sql)
     assert not got.suppressed[0] and all(close(a, b) for a, b in zip(got.rows()[0], want)), (got.rows(), want)
+
+
+CASE_ITEMS = ["AVG({x})", "COUNT({x})", "SUM({x})", "STDDEV_SAMP({x})", "VAR_POP({x})", "AVG({x}) FILTER (WHERE {y} > 20)"]
+
+
+@pytest.mark.parametrize("x", ["CASE WHEN u.sessions > 100 THEN u.active_weeks END",
+                               "CASE WHEN u.sessions > 100 THEN u.active_weeks ELSE NULL END",
+                               "CASE WHEN u.sessions <= 100 THEN NULL ELSE u.active_weeks + 1 END"])
+def test_null_rows_of_a_case_are_no_values(x, embedded, union_db):
+    """Was: AVG(CASE WHEN u.sessions > 100 THEN u.active_weeks END) = 17.53 (SQL: 27.02): the rows where
+    the CASE is NULL were counted as values (in AVG's, COUNT's, the variances' n) because no column of
+    the CASE may be NULL."""
+    items = ", ".join(f"{item.format(x=x, y='u.active_weeks')} AS a{i}" for i, item in enumerate(CASE_ITEMS))
+    sql = f"SELECT {items} FROM hospital.app_usage u"
+    want = union_db.execute(sql).fetchone()
+    got = embedded.query(sql)
+    assert not got.suppressed[0] and all(close(a, b) for a, b in zip(got.rows()[0], want)), (sql, got.rows(), want)
+
+
+def test_null_rows_of_a_case_are_no_values_across_parties(embedded, union_db):
+    x = "CASE WHEN u.sessions > 100 THEN u.active_weeks END"
+    items = ", ".join(f"{item.format(x=x, y='u.sessions')} AS a{i}" for i, item in enumerate(CASE_ITEMS))
+    sql = f"SELECT p.sex, {items} FROM hospital.app_usage u JOIN bureau.persons b ON b.pid = u.pid " \
+          "JOIN hospital.patients p ON p.pid = u.pid WHERE b.region <> 'North' GROUP BY p.sex ORDER BY p.sex"
+    want = union_db.execute(sql).fetchall()
+    got = embedded.query(sql)
+    assert len(released(got)) == len(want) == 2
+    for row, expected in zip(released(got), want):
+        assert all(close(a, b) if not isinstance(a, str) else a == b for a, b in zip(row, expected)), (row, expected)

@@ -36,6 +36,31 @@ def first_held(node: exp.Expression, q, weight: exp.Expression, moment) -> exp.E
                                                          exp.Tuple(expressions=[literal(v) for v in values])])
 
 
+def may_be_null(e: exp.Expression, q) -> bool:
+    """Whether the row expression ``e`` can be NULL on some row: a NULL column or a LEFT JOIN's missing
+    row inside it, a CASE without ELSE (or with a NULL branch), a NULL literal, a division."""
+    if isinstance(e, exp.Null):
+        return True
+    if isinstance(e, (exp.Literal, exp.Boolean)):
+        return False
+    if isinstance(e, exp.Column):
+        return q.column_of(e).nullable or e.table in q.nullable_relations
+    if isinstance(e, exp.Case):
+        values = [i.args.get("true") for i in e.args.get("ifs", [])] + [e.args.get("default")]
+        return any(v is None or may_be_null(v, q) for v in values)
+    if isinstance(e, exp.If):
+        return any(v is None or may_be_null(v, q) for v in (e.args.get("true"), e.args.get("false")))
+    if isinstance(e, exp.Coalesce):
+        return all(may_be_null(v, q) for v in [e.this, *e.expressions])
+    if isinstance(e, (exp.Div, exp.Mod, exp.IntDiv)):
+        d = e.expression.unnest()
+        if not (isinstance(d, exp.Literal) and d.is_number and float(d.this) != 0):
+            return True              # x / 0 is NULL in DuckDB
+    if isinstance(e, (exp.Nullif, exp.TryCast)):
+        return True
+    return any(may_be_null(c, q) for c in e.iter_expressions())
+
+
 class Formulas:
     """Aggregates → moments, and outputs → formulas over moments.
 
@@ -82,10 +107,8 @@ class Formulas:
         return out
 
     def presence(self, e: exp.Expression) -> exp.Expression:
-        """1 where ``e`` is not NULL: NULL columns, or rows a LEFT JOIN did not match."""
-        nullable = any(self.q.column_of(c).nullable or c.table in self.q.nullable_relations
-                       for c in e.find_all(exp.Column))
-        return flag(exp.Not(this=exp.Is(this=e.copy(), expression=exp.null()))) if nullable else ONE
+        """1 where ``e`` is not NULL: NULL columns, rows a LEFT JOIN did not match, a CASE's NULL branch."""
+        return flag(exp.Not(this=exp.Is(this=e.copy(), expression=exp.null()))) if may_be_null(e, self.q) else ONE
 
     def guard(self, node: exp.Expression, weight: exp.Expression) -> None:
         """Register what the aggregate's value rests on (sqlmpc.plan.release): contributors and dominance."""
