@@ -116,9 +116,10 @@ class Router:
             return "federation"
         return "catalog"
 
-    def run(self, sql: str, parameters: list, options: Options, catalog: CatalogCursor) -> Answer:
+    def run(self, sql: str, parameters: list, options: Options, catalog: CatalogCursor,
+            kind: str | None = None) -> Answer:
         """Answer one statement; ``catalog`` is the client's own cursor on the sealed catalog."""
-        kind = self.kind(sql)
+        kind = kind or self.kind(sql)
         if kind == "session":
             return self._session_command(sql, _SESSION_COMMAND.match(sql).group(1).upper(), options)
         if kind == "show":
@@ -163,13 +164,14 @@ class Router:
                 f"catalog only (parties {', '.join(sorted(self._parties))} are schemas)") from None
         return Answer(f"SELECT {table.num_rows}", table)
 
-    def describe(self, sql: str, options: Options, catalog: CatalogCursor) -> pa.Schema | None:
+    def describe(self, sql: str, options: Options, catalog: CatalogCursor,
+                 kind: str | None = None) -> pa.Schema | None:
         """The result columns of a statement without running it (for Describe); None: not known before Execute.
 
         A catalog query is checked like one and described over the empty catalog (a refused one raises
         CatalogAccessError); a federation query is described by sqlmpc's binder, never run in the catalog.
         """
-        kind = self.kind(sql)
+        kind = kind or self.kind(sql)
         if kind in ("session", "show"):
             return None
         if kind == "federation":

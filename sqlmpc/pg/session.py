@@ -167,7 +167,9 @@ class Session:
         (length,) = struct.unpack_from("!I", self._buffer, header - 4)
         limit = self.limits.message if self.logged_in else self.limits.startup_message
         if length < 4:
-            self.fail(PROTOCOL_VIOLATION, f"invalid message length {length}")
+            if self.logged_in:
+                self.fail(PROTOCOL_VIOLATION, f"invalid message length {length}")
+            self.refuse_login(PROTOCOL_VIOLATION, f"invalid message length {length}", "protocol violation")
         if length > limit:
             self.refuse_oversized(length, limit)
         if self.logged_in:
@@ -213,8 +215,10 @@ class Session:
             log.info("closing connection: %s", exc)
         except PygwireError as exc:
             try:
-                self.fail(PROTOCOL_VIOLATION, f"protocol violation: {exc}")
-            except CloseConnection:
+                if self.logged_in:
+                    self.fail(PROTOCOL_VIOLATION, f"protocol violation: {exc}")
+                self.refuse_login(PROTOCOL_VIOLATION, f"protocol violation: {exc}", "protocol violation")
+            except (CloseConnection, OSError, ssl.SSLError):
                 pass
         except socket.timeout:
             if self.logged_in:
@@ -310,7 +314,8 @@ class Session:
     def run(self, sql: str, parameters: list, step: str = "query") -> Answer:
         """Route one statement (audited); a bug becomes an InternalError for this client, not a dead thread."""
         self.require_login()
-        return self.audited(sql, step, lambda: self.router.run(sql, parameters, self.options, self.catalog))
+        return self.audited(sql, step, lambda kind: self.router.run(sql, parameters, self.options, self.catalog,
+                                                                    kind))
 
     def require_login(self) -> None:
         if not self.logged_in:
@@ -324,7 +329,7 @@ class Session:
                   "decision": "allowed", "outcome": "ok", "sqlstate": None}
         try:
             record["kind"] = self.router.kind(sql)
-            return work()
+            return work(record["kind"])
         except errors.Error as exc:
             code = sqlstate(exc)
             record.update(sqlstate=code, outcome="failed")
@@ -405,7 +410,8 @@ class Session:
                      else types.TEXT) for i in range(n)]
             try:
                 schema = self.audited(statement.sql, "describe",
-                                      lambda: self.router.describe(statement.sql, self.options, self.catalog))
+                                      lambda kind: self.router.describe(statement.sql, self.options,
+                                                                        self.catalog, kind))
             except errors.Error as exc:
                 return self.error(exc, statement.sql)
             self.send(m.ParameterDescription(type_oids=oids),
