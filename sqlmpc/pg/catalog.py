@@ -201,7 +201,8 @@ class PgCatalog:
             raise CatalogAccessError(f"{parsed[0].type.name} statements are not allowed: the catalog is read-only")
         tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
         if tree.get("error") or len(tree.get("statements", [])) != 1:
-            raise CatalogAccessError(f"the catalog runs one SELECT at a time: {tree.get('error_message', '')}".rstrip(": "))
+            detail = tree.get("error_message", "")
+            raise CatalogAccessError(f"the catalog runs one SELECT at a time{': ' + detail if detail else ''}")
         return self._check_duckdb(tree["statements"][0]) or missing
 
     def _relation(self, schema: str, name: str, ctes: set[str]) -> bool:
@@ -214,9 +215,7 @@ class PgCatalog:
                                      "(information_schema.columns, \\d); its data is asked for through the federation")
         if (schema, name) in self.relations or (not schema and name in self.unqualified):
             return True
-        if schema in ("", "pg_catalog") and name.startswith("pg_") and name not in HIDDEN_RELATIONS:
-            return False
-        if schema in ("", "pg_catalog") and name in HIDDEN_RELATIONS:
+        if schema in ("", "pg_catalog") and name.startswith("pg_"):      # pg_policy, ..., and HIDDEN_RELATIONS
             return False
         shown = f"{schema}.{name}" if schema else name
         raise CatalogAccessError(f'relation "{shown}" is not in the catalog')
@@ -276,8 +275,9 @@ class PgCatalog:
             if kind not in _NODE_TYPES:
                 raise CatalogAccessError(f"{kind.lower().replace('_', ' ')} is not allowed in a catalog query")
             if kind == "TABLE_FUNCTION":
-                name = str(node["function"].get("function_name", "")).lower()
-                if name not in SAFE_TABLE_FUNCTIONS or node["function"].get("schema") or node["function"].get("catalog"):
+                function = node["function"]
+                name = str(function.get("function_name", "")).lower()
+                if name not in SAFE_TABLE_FUNCTIONS or function.get("schema") or function.get("catalog"):
                     raise CatalogAccessError(f"table function {name}() is not allowed in a catalog query")
             elif kind == "BASE_TABLE":
                 if node.get("catalog_name") or node.get("at_clause"):
