@@ -16,7 +16,7 @@ from sqlglot import exp
 from sqlmpc import errors
 from sqlmpc.plan.typecheck import scratch
 from sqlmpc.plan.query import BoundQuery, Join, Relation, RelationPart
-from sqlmpc.plan.build import ONE, is_flag, times
+from sqlmpc.plan.build import ONE, flag, is_flag, times
 from sqlmpc.plan.cells import CellGrid, cell_grid
 from sqlmpc.plan.formulas import Formulas, check_computable, check_releasable, parenthesize
 from sqlmpc.plan.perturbation import PerturbationSpec, Target, perturbation_table
@@ -197,8 +197,14 @@ class Planner:
             if self.group_of[g.relation].name != name:
                 continue
             values = [v for v in g.domain if v is not None]
-            pos = exp.Sub(this=exp.func("list_position", exp.Array(expressions=[literal(v) for v in values]),
-                                        g.expr.copy()), expression=ONE)
+            found = exp.func("list_position", exp.Array(expressions=[literal(v) for v in values]), g.expr.copy())
+            pos = exp.Sub(this=found, expression=ONE)
+            if None in g.domain[:-1]:
+                # NULL before some values (WIDTH_BUCKET's domain starts with it): a value's code is its
+                # index in the domain, one more than among the non-NULL values for those after NULL
+                i = g.domain.index(None)
+                pos = found if i == 0 else exp.Add(this=pos, expression=flag(exp.GT(this=found.copy(),
+                                                                                   expression=literal(i))))
             if None in g.domain:
                 pos = exp.Case(ifs=[exp.If(this=exp.Is(this=g.expr.copy(), expression=exp.null()),
                                            true=exp.Literal.number(g.domain.index(None)))], default=pos)
