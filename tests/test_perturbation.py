@@ -10,6 +10,7 @@ within the documented error, approved plans are exact.
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 import secrets
@@ -423,3 +424,73 @@ def test_union_of_three_owners_stays_in_local_mode_within_the_noise(tmp_path):
     for g, w in zip(got, exact):
         m = 1 << -(-int(s2[w[0]]).bit_length() // 2)
         assert g[0] == w[0] and abs(g[1] - w[1]) <= D and abs(g[2] - w[2]) <= m / 100, (g, w, m)
+
+
+# -- rescaling: several noisy looks at one cell (sqlmpc/plan/canonical.py) -------------------------
+
+FACTORS = (1, 3, 5, 7)
+
+
+def denoise(releases: dict[int, float]) -> float:
+    """The analyst's linear algebra on R_k = k·S + v·m_k, where one cell's noise draw v is shared by
+    every rescaling and m_k is a power of two: m_k / m_1 = r_k is one of a few ratios, so for each
+    guess of them R_k − k·R_1 = w·(r_k − k) with w = v·m_1; the guess that fits best gives S = R_1 − w."""
+    best = None
+    ratios = {k: [2 ** e for e in range(0, 5)] for k in FACTORS[1:]}
+    for guess in itertools.product(*ratios.values()):
+        xs = [r - k for r, k in zip(guess, FACTORS[1:])]
+        ys = [releases[k] - k * releases[1] for k in FACTORS[1:]]
+        if not any(xs):
+            continue
+        w = sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs)
+        residual = sum((y - w * x) ** 2 for x, y in zip(xs, ys))
+        if best is None or residual < best[0]:
+            best = (residual, releases[1] - w)
+    return best[1]
+
+
+def rescaled(argument: str) -> str:
+    return ", ".join(f"SUM({k} * {argument}) AS r{k}" for k in FACTORS)
+
+
+@pytest.mark.mpc
+@pytest.mark.parametrize("argument, exact", [
+    ("c.cost_eur", "SUM(c.cost_eur)"),
+    ("1", "COUNT(*)"),
+])
+def test_rescaled_sums_and_counts_give_one_look_only(embedded, union, argument, exact):
+    """SUM(1·x), SUM(3·x), SUM(5·x), SUM(7·x) (and SUM(k) for a count) are released as k times one
+    perturbed base value, so the linear system that would cancel the noise has nothing to solve:
+    the analyst's estimate is the perturbed value itself, in every cell."""
+    group = f"{JOIN} GROUP BY p.diagnosis ORDER BY p.diagnosis"
+    rows = embedded.query(f"SELECT p.diagnosis, {rescaled(argument)} {group}").rows()
+    truth = dict(union.execute(f"SELECT p.diagnosis, {exact} {group}").fetchall())
+    missed = []
+    for diagnosis, *values in rows:
+        releases = dict(zip(FACTORS, (float(v) for v in values)))
+        for k in FACTORS:
+            assert math.isclose(releases[k], k * releases[1], rel_tol=1e-12), releases
+        estimate = denoise(releases)
+        assert math.isclose(estimate, releases[1], rel_tol=1e-12), (releases, estimate)
+        missed.append(not math.isclose(estimate, float(truth[diagnosis]), rel_tol=1e-9, abs_tol=1e-6))
+    # Sums carry noise in every cell; a count's noise is 0 with probability 0.38, so in some cells.
+    assert all(missed) if argument != "1" else any(missed), (rows, truth)
+
+
+@pytest.mark.mpc
+def test_rescaling_through_union_all_and_linear_combinations_add_nothing(embedded):
+    horizontal = ("FROM (SELECT pid, year, drug_class, ddd FROM hospital.medication UNION ALL "
+                  "SELECT pid, year, drug_class, ddd FROM insurer.pharmacy) AS m WHERE m.year = 2024")
+    row = embedded.query(f"SELECT {rescaled('m.ddd')}, SUM(m.ddd / 4 + 2) AS shifted, COUNT(m.ddd) AS n "
+                         f"{horizontal}").rows()[0]
+    r1 = float(row[0])
+    assert all(math.isclose(float(v), k * r1, rel_tol=1e-12) for k, v in zip(FACTORS, row)), row
+    assert math.isclose(float(row[4]), r1 / 4 + 2 * float(row[5]), rel_tol=1e-12), row
+    # A sum of terms is the sum of the terms' releases; a CASE, its arms' (as FILTERs) weighted.
+    both = embedded.query("SELECT SUM(u.sessions + u.active_weeks) AS s, SUM(u.sessions) AS a, "
+                          "SUM(u.active_weeks) AS b, SUM(CASE WHEN u.sessions > 100 THEN 2 * u.sessions "
+                          "ELSE u.sessions END) AS c, SUM(u.sessions) FILTER (WHERE u.sessions > 100) AS d, "
+                          "SUM(u.sessions) FILTER (WHERE NOT (u.sessions > 100)) AS e "
+                          "FROM hospital.app_usage u").rows()[0]
+    s, a, b, c, d, e = (float(v) for v in both)
+    assert math.isclose(s, a + b, rel_tol=1e-12) and math.isclose(c, 2 * d + e, rel_tol=1e-12), both

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 from sqlglot import exp
@@ -9,14 +11,24 @@ from sqlglot import exp
 from sqlmpc import errors
 from sqlmpc.plan.query import conjuncts, is_aggregate
 from sqlmpc.plan.build import ONE, M, flag, is_flag, minus, over, times
+from sqlmpc.plan.canonical import expand
 from sqlmpc.plan.local import interval
 from sqlmpc.plan.plan import Guard, Moment
 from sqlmpc.plan.release import DominanceTest, contributor_conditions, extreme_values, has_measure
 from sqlmpc.sql.params import literal
 from sqlmpc.sql.positions import node_position
 
+ZERO = exp.Literal.number(0)
+
 if TYPE_CHECKING:      # annotations only: planner imports this module, so a run-time import would be a circle
     from sqlmpc.plan.planner import Planner
+
+
+def coefficient(c: Fraction, m: exp.Expression) -> exp.Expression:
+    """``c · m`` for a rational constant c, as the secure engine's formulas spell it."""
+    out = m if abs(c.numerator) == 1 else times(exp.Literal.number(abs(c.numerator)), m)
+    out = out if c.denominator == 1 else over(out, exp.Literal.number(c.denominator))
+    return exp.Neg(this=exp.Paren(this=out)) if c < 0 else out
 
 
 def if_undefined(formula: exp.Expression, guard: exp.Expression, value: str) -> exp.Expression:
@@ -149,6 +161,10 @@ class Formulas:
         s2 = self.moment(times(weight, *factors), "sum2").name
         self.targets[m.name] = ("magnitude", tuple(dict.fromkeys(sets)), s2)
 
+    def scale(self, *factors: exp.Expression) -> int:
+        """The decimal scale of a product's moment: its value factors' scales added (flags have none)."""
+        return sum(interval(f, self.q)[2] for f in factors if not (f is ONE or is_flag(f)))
+
     def aggregate(self, node: exp.Expression) -> exp.Expression:
         weight = ONE
         if isinstance(node, exp.Filter):
@@ -160,6 +176,14 @@ class Formulas:
             m = self.moment(times(weight, *factors))
             self.perturbed(m, weight, factors)
             return over(m, exp.Literal.number(10 ** scale)) if scale else m
+
+        def sums(*factors) -> exp.Expression:
+            """Σ weight·Π factors; in a perturbed plan, the combination of its monomials' sums, each
+            perturbed once as a base statistic (sqlmpc.plan.canonical): SUM(3*x) is 3·SUM(x) as released."""
+            if not self.perturb:
+                return total(*factors, scale=self.scale(*factors))
+            terms = [coefficient(c, total(*mono, scale=self.scale(*mono))) for c, mono in expand(*factors)]
+            return functools.reduce(lambda a, b: exp.Add(this=a, expression=b), terms) if terms else ZERO
 
         if isinstance(node, exp.Count):
             if isinstance(node.this, exp.Star) or node.this is None:
@@ -180,32 +204,32 @@ class Formulas:
             self.guards.setdefault(("extreme", *held), Guard("extreme", held))
             return formula
         x = node.this
-        px, sx = self.presence(x), interval(x, self.q)[2]
+        px = self.presence(x)
 
         if isinstance(node, (exp.Sum, exp.Avg, exp.Stddev, exp.StddevSamp, exp.StddevPop,
                              exp.Variance, exp.VariancePop)):
             n = total(px)
-            s = total(px, x, scale=sx)
+            s = sums(px, x)
             if isinstance(node, exp.Sum):
                 # NULL when the cell has no non-NULL value: s * n / n is undefined exactly then.
                 return over(times(s, n), n)
             if isinstance(node, exp.Avg):
                 return over(s, n)
-            ss = total(px, x, x, scale=2 * sx)
+            ss = sums(px, x, x)
             num = minus(times(n, ss), times(s, s))
             samp = isinstance(node, (exp.Stddev, exp.StddevSamp, exp.Variance))
             var = over(num, times(n, minus(n, ONE) if samp else n))
             return exp.Sqrt(this=var) if isinstance(node, (exp.Stddev, exp.StddevSamp, exp.StddevPop)) else var
 
         # Two-argument aggregates f(y, x), over the rows where both are present.
-        y, py, sy = x, px, sx
+        y, py = x, px
         x = node.expression
-        px, sx = self.presence(x), interval(x, self.q)[2]
+        px = self.presence(x)
         n = total(py, px)
-        sum_x, sum_y = total(py, px, x, scale=sx), total(py, px, y, scale=sy)
-        sxy = total(py, px, x, y, scale=sx + sy)
-        sxx = total(py, px, x, x, scale=2 * sx)
-        syy = total(py, px, y, y, scale=2 * sy)
+        sum_x, sum_y = sums(py, px, x), sums(py, px, y)
+        sxy = sums(py, px, x, y)
+        sxx = sums(py, px, x, x)
+        syy = sums(py, px, y, y)
         cov = minus(times(n, sxy), times(sum_x, sum_y))
         varx = minus(times(n, sxx), times(sum_x, sum_x))
         vary = minus(times(n, syy), times(sum_y, sum_y))
