@@ -185,12 +185,18 @@ class Coordinator:
         waiting = list(self.federation.party_names)
         cause = None
         deadline = time.monotonic() + self.timeout + NO_ANSWER
+        late = f"no answer within {self.timeout + NO_ANSWER:.0f} s"
         while waiting:
             answer = self.transport.next_answer(max(0.0, deadline - time.monotonic()))
             if answer is None:
                 break
             waiting.remove(answer.party)
             answers[answer.party] = answer
+            if not answer.failed and deadline > time.monotonic() + self.timeout:
+                # A party that finished passed the session's closing barrier with every other party: the
+                # rest only have to send their cells, and none is waited for longer than the timeout.
+                deadline = time.monotonic() + self.timeout
+                late = f"no answer within {self.timeout:g} s after party '{answer.party}' finished"
             if answer.failed and (cause is None or consequence(cause) and not consequence(answer)):
                 cause = answer              # a party that lost its peer is not the cause when the peer reports
                 # A party that waited on several silent peers guesses the culprit, and the party that
@@ -199,8 +205,7 @@ class Coordinator:
                 grace = GUESS_GRACE if consequence(answer) else FAIL_GRACE
                 deadline = min(deadline, time.monotonic() + grace)
         if waiting:
-            why = (f"stopped by the coordinator: party '{cause.party}' failed" if cause is not None
-                   else f"no answer within {self.timeout + NO_ANSWER:.0f} s")
+            why = f"stopped by the coordinator: party '{cause.party}' failed" if cause is not None else late
             for answer in self.transport.stop(waiting, why):
                 waiting.remove(answer.party)
                 answers[answer.party] = answer
