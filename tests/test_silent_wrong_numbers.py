@@ -109,3 +109,18 @@ def test_a_left_joined_group_whose_domain_has_null_before_values(group, plain, r
     assert all(s for (b, _), s in zip(got.rows(), got.suppressed) if want.get(b, 0) < k), (got.rows(), want)
     largest = sorted((n, b) for b, n in want.items() if b is not None)[-2:]
     assert {b for _, b in largest} <= {b for b, _ in released(got)}, (got.rows(), want)
+
+
+@pytest.mark.parametrize("where", ["p.sex = 'M'", "c.year = 2024", "p.sex = 'F' AND c.year = 2021",
+                                   "p.sex = 'M' AND c.category <> 'x'"])
+def test_a_group_narrowed_to_one_value_by_the_where(where, embedded, union_db):
+    """Was a party's KeyError: 'p' (the same query without the WHERE answers): a relation whose GROUP BY
+    domain the WHERE narrows to one value needs no one-hot of its cell code, and the Kronecker product
+    of the relations' one-hots looked for it."""
+    sql = (f"SELECT c.year, p.sex, COUNT(*) AS n, SUM(c.cost_eur) AS s FROM insurer.claims c "
+           f"JOIN hospital.patients p ON p.pid = c.pid WHERE {where} GROUP BY c.year, p.sex")
+    want = {(y, s): (n, total) for y, s, n, total in union_db.execute(sql).fetchall()}
+    got = embedded.query(sql)
+    assert len(released(got)) == len(want) > 0, (got.rows(), want)
+    for y, s, n, total in released(got):
+        assert n == want[(y, s)][0] and close(total, want[(y, s)][1]), ((y, s, n, total), want)

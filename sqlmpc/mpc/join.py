@@ -327,6 +327,9 @@ class JoinMode:
             return self.secint.array(np.ones((n, 1), dtype=object))
         E, sizes = None, []
         for rel in plan.cell_relations:
+            if rel not in onehots:        # one cell (a GROUP BY narrowed to one value): every row is in it
+                sizes.append(1)
+                continue
             block = onehots[rel]
             sizes.append(block.shape[1])
             E = block if E is None else (E.reshape(n, -1, 1) * block.reshape(n, 1, -1)).reshape(n, -1)
