@@ -32,6 +32,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 
+from sqlmpc.errors import OperationalError
 from sqlmpc.mpc import runtime, unpickle
 from sqlmpc.mpc.runtime import make_options
 
@@ -73,8 +74,9 @@ def names_party(identity: str | bytes | None, party: str) -> bool:
     return bool(identity) and identity.lower() == party.lower()
 
 
-class SessionError(RuntimeError):
-    """The MPC session could not be started, failed or timed out."""
+class SessionError(OperationalError, RuntimeError):
+    """The MPC session could not be started, failed or timed out (its message holds no data: it
+    leaves the party as it is, errors.shareable)."""
 
 
 _active = None  # the one open session in this process
