@@ -22,7 +22,7 @@ from sqlmpc.plan.cells import CellGrid, cell_grid
 from sqlmpc.plan.local import value_scale
 from sqlmpc.plan.release import (DominanceTest, contributor_conditions, extreme_values, has_measure,
                                  margin_lines, run_steps, secondary_suppression)
-from sqlmpc.plan.compile import bind_query
+from sqlmpc.plan.compile import bind_query, compile
 from sqlmpc.plan.typecheck import USER_ERRORS
 from sqlmpc.sql import Query
 from sqlmpc.sql.params import literal
@@ -237,6 +237,9 @@ class OracleBackend:
         self.federation = federation
 
     def query(self, query: str | Query, params=None, progress=None) -> Result:
+        # Planned first, as the coordinator and every party plan it: the dry run refuses exactly what
+        # the federation refuses (the planner's refusals come after binding), with the same errors.
+        compile(query, self.federation, params)
         return run_oracle(query, self.federation, params=params)
 
     def restart(self) -> None:

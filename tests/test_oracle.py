@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from compare import same
 from sqlmpc.oracle import run_oracle
 
@@ -43,3 +45,36 @@ def test_having_order_and_limit(federation, union_db):
     want = union_db.execute("SELECT b.region, COUNT(*) AS n FROM bureau.persons b GROUP BY b.region "
                             "ORDER BY n DESC LIMIT 2").fetchall()
     assert got.rows() == [tuple(r) for r in want]
+
+
+REFUSED_BY_THE_PLANNER = [
+    "SELECT c.category, ROUND(AVG(c.cost_eur), 2) AS v FROM insurer.claims c GROUP BY 1",
+    "SELECT COVAR_SAMP(c.cost_eur + u.sessions, c.cost_eur) AS v FROM insurer.claims c "
+    "JOIN hospital.app_usage u ON u.pid = c.pid",
+    "SELECT COUNT(CASE WHEN b.region = 'North' THEN c.cost_eur END) AS n FROM insurer.claims c "
+    "JOIN bureau.persons b ON b.pid = c.pid",
+    "SELECT c.category, REGR_SLOPE(c.cost_eur, c.year) * 100 AS v FROM insurer.claims c GROUP BY 1",
+    "SELECT c.category, COUNT(*) AS n FROM insurer.claims c GROUP BY 1 HAVING COUNT(*) BETWEEN 1 AND 5",
+    "SELECT COUNT(*) AS n FROM insurer.claims c JOIN hospital.app_usage u ON u.pid = c.pid "
+    "WHERE c.cost_eur / u.sessions > 2",
+]
+
+
+def test_the_dry_run_refuses_what_the_federation_refuses(demo_path):
+    """Was: the dry run (connect(..., oracle=True), --oracle) bound the query and ran it, skipping the
+    planner, so it answered queries the federation refuses (functions over aggregates, expressions
+    across parties the secure engine cannot compute, ...).  It compiles first now, as the coordinator
+    and every party do, and fails with the federation's own error class."""
+    import sqlmpc
+    from sqlmpc import errors
+
+    with sqlmpc.connect(demo_path) as federation, sqlmpc.connect(demo_path, oracle=True) as dry_run:
+        for sql in REFUSED_BY_THE_PLANNER:
+            with pytest.raises(errors.Error) as refused:
+                federation.execute(sql)
+            assert isinstance(refused.value, errors.ProgrammingError), sql
+            with pytest.raises(type(refused.value)) as dry:
+                dry_run.execute(sql)
+            assert type(dry.value) is type(refused.value) and str(dry.value) == str(refused.value), sql
+        sql = "SELECT c.category, COUNT(*) AS n FROM insurer.claims c GROUP BY 1 ORDER BY 1"
+        assert dry_run.execute(sql).fetchall() == federation.execute(sql).fetchall()
