@@ -255,6 +255,7 @@ def test_mpc_listener_with_another_partys_certificate(fed):
         failed = act(client, "execute", {"qid": body["qid"], "from": "insurer", "addresses": addresses},
                      timeout=TIMEOUT + 30)
         seconds = time.monotonic() - t0
+        print(f"refused after {seconds:.2f} s (local stage included): {failed.get('message')}")
         assert "error" in failed, failed
         assert "bureau" in failed["message"] and "certificate" in failed["message"], failed
         assert seconds < TIMEOUT, seconds          # at once, not after the connect timeout
@@ -300,6 +301,7 @@ def test_mpc_client_announcing_another_partys_position(fed):
     t.join(TIMEOUT + 30)
     sock.close()
     failed = box["reply"]
+    print(f"refused {box['ended'] - sent:.2f} s after the forged pid: {failed.get('message')}")
     assert "error" in failed and "hospital" in failed["message"] and "insurer" in failed["message"], failed
     assert box["ended"] - sent < TIMEOUT, box["ended"] - sent
     (record,) = records_since(fed, "bureau", before)

@@ -258,7 +258,7 @@ class MpcSession:
             def connection_made(self, transport):
                 self.transport = transport
                 if self.peer_pid is not None:           # connecting: the listener is peer_pid
-                    why = session._check_certificate(transport, self.peer_pid, "listens at")
+                    why = session._check_certificate(transport, self.peer_pid, "listening at the MPC address of")
                     if why is not None:
                         self.refused = True
                         transport.abort()
@@ -288,7 +288,7 @@ class MpcSession:
 
         return Authenticated
 
-    def _check_certificate(self, transport, pid: int, verb: str) -> str | None:
+    def _check_certificate(self, transport, pid: int, role: str) -> str | None:
         """Why the peer on ``transport`` is not the party at position pid (None: it is)."""
         name = self._party(pid)
         if name is None:
@@ -297,8 +297,8 @@ class MpcSession:
         identity = certificate_party(ssl_object.getpeercert() if ssl_object is not None else None)
         if names_party(identity, name):
             return None
-        return (f"party {self.pid}: the peer that {verb} the MPC address of party {pid} ('{name}') presented "
-                f"the certificate of '{identity}', not of '{name}'")
+        return (f"party {self.pid}: the peer {role} party {pid} ('{name}') presented the certificate of "
+                f"'{identity}', not of '{name}'")
 
     def _check_announced(self, transport, pid: int) -> str | None:
         """Why a connecting peer announcing ``pid`` may not take that position (None: it may)."""
@@ -308,7 +308,7 @@ class MpcSession:
                     f"0..{self.pid - 1} connect here")
         if rt is not None and rt.parties[pid].protocol is not None:
             return f"party {self.pid}: a second connection announced MPC position {pid}"
-        return self._check_certificate(transport, pid, "connected announcing")
+        return self._check_certificate(transport, pid, "that connected as")
 
     async def _connect(self, rt):
         exchanger = self._exchanger(rt)
