@@ -494,3 +494,25 @@ def test_rescaling_through_union_all_and_linear_combinations_add_nothing(embedde
                           "FROM hospital.app_usage u").rows()[0]
     s, a, b, c, d, e = (float(v) for v in both)
     assert math.isclose(s, a + b, rel_tol=1e-12) and math.isclose(c, 2 * d + e, rel_tol=1e-12), both
+
+
+# -- partial removal: some of one person's rows, the person kept in the cell ----------------------
+
+
+@pytest.mark.mpc
+def test_removing_some_of_a_persons_rows_gives_fresh_noise(embedded, union):
+    """A target stays in the HF cell (claims of other years) while the second query drops only their
+    2024 claims: the persons are the same, but the rows are not, so the cell keys differ and the
+    differences of COUNT(*) and SUM miss the target's 2024 claims and cost."""
+    base = ("SELECT COUNT(*) AS claims, SUM(c.cost_eur) AS cost FROM hospital.patients p "
+            "JOIN insurer.claims c ON c.pid = p.pid JOIN bureau.persons b ON b.pid = p.pid "
+            "WHERE p.diagnosis = 'HF'")
+    full = embedded.query(base).rows()[0]
+    count_hits, cost_hits = [], []
+    for t in targets(union, "HF", 6):
+        conds = " AND ".join(f"{c} = {v!r}" for c, v in t["conds"].items())
+        fewer = embedded.query(f"{base} AND NOT ({conds} AND c.year = 2024)").rows()[0]
+        count_hits.append(full[0] - fewer[0] == t["claims"])
+        cost_hits.append(math.isclose(float(full[1]) - float(fewer[1]), t["cost"], rel_tol=1e-9, abs_tol=1e-6))
+    assert not any(cost_hits), cost_hits
+    assert not all(count_hits), count_hits

@@ -26,7 +26,7 @@ from sqlmpc.mpc.meter import StageMeter
 from sqlmpc.mpc.local_mode import perturbed_local_moments
 from sqlmpc.mpc.record_keys import key_bound
 from sqlmpc.mpc.reveal import current_ledger
-from sqlmpc.plan.plan import LocalPart, Plan
+from sqlmpc.plan.plan import KEYED, LocalPart, Plan
 
 MAX_ROWS = 2 ** 40     # declared maximum of rows per party in local mode (sets bit lengths)
 
@@ -202,7 +202,7 @@ class Engine(JoinMode, CellPhase):
         out = {}
         for m in self.plan.moments:
             e = expr_bound(m.expr, locals_)
-            if m.kind == "cellkey":                          # Σ of record keys (sqlmpc.mpc.record_keys)
+            if m.kind in KEYED:                              # Σ of record keys (sqlmpc.mpc.record_keys)
                 out[m.name] = rows * e * key_bound(len(self.index))
             elif m.kind != "sum2":
                 out[m.name] = rows * e

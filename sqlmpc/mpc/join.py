@@ -174,16 +174,21 @@ class JoinMode:
             totals = np.sum(X, axis=0) if rows_of is None else self.distinct_persons(X, rows_of)
             for j, m in enumerate(counted):
                 moments[m.name] = totals[j * G:(j + 1) * G]
+        R = columns.get((plan.relations[0], RECORD_KEY))
         keyed = [m for m in plan.moments if m.kind == "cellkey"]
         if keyed:                         # Σ of the record keys of each set's persons (perturbation)
             X = weighted(keyed)
-            R = columns[(plan.relations[0], RECORD_KEY)]
             if rows_of is None:
                 totals = R @ X
             else:                         # each person once: present in a column if any row is
                 present = 1 - self.per_person(1 - X, rows_of, lambda acc, x: acc * x, pad=1)
                 totals = R[rows_of[0]] @ present
             for j, m in enumerate(keyed):
+                moments[m.name] = totals[j * G:(j + 1) * G]
+        rowkeyed = [m for m in plan.moments if m.kind == "rowkey"]
+        if rowkeyed:                      # Σ over each set's rows of their person's record key
+            totals = R @ weighted(rowkeyed)
+            for j, m in enumerate(rowkeyed):
                 moments[m.name] = totals[j * G:(j + 1) * G]
         squared = [m for m in plan.moments if m.kind == "sum2"]
         if squared:                       # Σ over persons of (the person's total in the cell)²

@@ -8,7 +8,7 @@ cell (the person's key hash, the cell, the person's sums: the per-key form of jo
 * the ordinary moments (persons, sums, sums of squares) are summed per cell by the owner, in
   the clear, and secret-shared as G totals (exactly what exact local mode inputs);
 * the rows' key hashes (padded like join mode's inputs, :func:`sqlmpc.mpc.join.padded_size`)
-  and, per ``cellkey`` moment, each row's weight in each cell (a 0/1 row × G matrix W: the row's
+  and, per ``cellkey`` or ``rowkey`` moment, each row's weight in each cell (a row × G matrix W: the row's
   cell, times the moment's flag) are secret-shared; MPC computes every row's record key r
   (:mod:`sqlmpc.mpc.record_keys`, one masked opening per row) and the cell keys Σ r·W in one
   matrix product.
@@ -27,6 +27,7 @@ from sqlglot import exp
 from sqlmpc.mpc.join import integers
 from sqlmpc.mpc.prf import token_field
 from sqlmpc.mpc.record_keys import load_share, party_state, record_keys
+from sqlmpc.plan.plan import KEYED
 
 
 async def perturbed_local_moments(engine, sizes) -> dict[str, object]:
@@ -34,8 +35,8 @@ async def perturbed_local_moments(engine, sizes) -> dict[str, object]:
     plan = engine.plan
     G = plan.grid.size
     root = plan.relations[0]
-    plain = [m for m in plan.moments if m.kind != "cellkey"]
-    keyed = [m for m in plan.moments if m.kind == "cellkey"]
+    plain = [m for m in plan.moments if m.kind not in KEYED]
+    keyed = [m for m in plan.moments if m.kind in KEYED]
     keyfield = token_field()
     totals, hashes, weights = None, [], []
     for part in plan.parts:

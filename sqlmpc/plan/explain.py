@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlmpc.plan.plan import Plan
+from sqlmpc.plan.plan import KEYED, Plan
 
 
 def explain(plan: Plan) -> str:
@@ -17,7 +17,7 @@ def explain(plan: Plan) -> str:
     out.append("Secure part (MPC between the parties):")
     step = 1
     if plan.mode == "local" and plan.perturbation is not None:
-        keyed = sum(m.kind == "cellkey" for m in plan.moments)
+        keyed = sum(m.kind in KEYED for m in plan.moments)
         out.append(f"  {step}. secret-share each party's per-cell totals ({plan.grid.size} cells × "
                    f"{len(plan.moments) - keyed} moments) and add them up; for the cell keys, its rows (one per "
                    f"person and cell: key hash, {keyed} × {plan.grid.size} weights), their record keys and "

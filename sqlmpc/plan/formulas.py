@@ -139,24 +139,27 @@ class Formulas:
                 self.guards.setdefault(("dominance", s1.name), Guard("dominance", (s1.name, s2.name),
                                                                       self.dominance.constant))
 
-    def perturbed(self, m: exp.Column, weight: exp.Expression, factors: tuple) -> None:
+    def perturbed(self, m: exp.Column, weight: exp.Expression, factors: tuple, persons: bool = False) -> None:
         """Record a released moment Σ weight·Π factors of a perturbed plan (sqlmpc.plan.perturbation).
 
-        A product of flags is a count: its cell key is over the persons it counts.  Otherwise a
-        sum: its cell key is over the contributor sets of the product of its value factors (the
-        persons whose term is not zero, as the release rules count them), its noise is scaled by
-        its S2.  Both depend on the moment's own expression only, so a rephrased or reordered
-        query gets the same noise for the same moment.
+        A product of flags is a count: its cell key is over what it counts — the persons of a
+        COUNT(DISTINCT) (``persons``), else the rows, each adding its person's record key, so that
+        removing some of a person's rows moves the key as removing the person does.  Otherwise a
+        sum of rows: its cell key is over the rows of the contributor sets of the product of its
+        value factors (the terms that are not zero, as the release rules count them), its noise
+        is scaled by its S2.  Both depend on the moment's own expression only, so a rephrased or
+        reordered query gets the same noise for the same moment.
         """
         if not self.perturb or m.name in self.targets:
             return
+        kind = "cellkey" if persons else "rowkey"
         flags = [f for f in factors if is_flag(f) or f is ONE]
         values = [f for f in factors if not (is_flag(f) or f is ONE)]
         if not values:
-            self.targets[m.name] = ("count", (self.moment(times(weight, *flags), "cellkey").name,), None)
+            self.targets[m.name] = ("count", (self.moment(times(weight, *flags), kind).name,), None)
             return
         sets = [self.moment(times(weight, *flags, *[flag(c) for c in conjuncts(cond) if c != exp.true()]),
-                            "cellkey").name
+                            kind).name
                 for cond in contributor_conditions(exp.Sum(this=times(*values)), self.q)]
         s2 = self.moment(times(weight, *factors), "sum2").name
         self.targets[m.name] = ("magnitude", tuple(dict.fromkeys(sets)), s2)
@@ -192,7 +195,7 @@ class Formulas:
                 col = node.this.expressions[0]
                 present = self.presence(col) if col.table in self.q.nullable_relations else ONE
                 m = self.moment(times(weight, present), "persons")
-                self.perturbed(m, weight, (present,))
+                self.perturbed(m, weight, (present,), persons=True)
                 return m
             return total(self.presence(node.this))
 

@@ -45,15 +45,20 @@ class LocalPart:
         return next(c for c in self.columns if c.name == name)
 
 
+KEYED = ("cellkey", "rowkey")     # moments that sum record keys: a perturbed release's cell keys
+
+
 @dataclass(frozen=True)
 class Moment:
     """Σ over the rows of a cell of ``weight · expr``; exprs are over ``rel.column`` locals."""
 
     name: str
     expr: exp.Expression                  # secure row expression (exp.Literal 1 for a count)
-    kind: str = "sum"                     # "sum" | "persons" | "sum2" | "cellkey"
+    kind: str = "sum"                     # "sum" | "persons" | "sum2" | "cellkey" | "rowkey"
     # sum2: Σ over the cell's persons of (Σ of expr over the person's rows)², for dominance
     # cellkey: Σ over the cell's persons with expr = 1 of their record key (sqlmpc.plan.perturbation)
+    # rowkey: Σ over the cell's rows of expr × the row's person's record key: a row-level release's
+    #         cell key, which moves when any of its rows goes, not only when a whole person does
 
 
 @dataclass(frozen=True)
