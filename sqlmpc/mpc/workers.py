@@ -208,15 +208,16 @@ _LOST = ("ConnectionResetError", "ConnectionAbortedError", "BrokenPipeError", "I
          "InvalidStateError", "EOFError", "PeerGone")
 
 
-def _failure(w: int, kind: str, message: str) -> BaseException:
-    """The error a failed worker stands for, at its party."""
+def _failure(w: int, kind: str, message: str, shared: str | None = None) -> BaseException:
+    """The error a failed worker stands for, at its party (``shared``: its message as it may leave the
+    party, errors.shareable)."""
     if kind == "MemoryError" or kind == "killed":          # killed: by the OOM killer, as a rule
         return MemoryError(f"worker {w}: {message}")          # the party reports it as out of memory
     if kind in _LOST:
         return errors.PeerLostError(f"worker {w} lost its session with the other parties' worker {w} "
                                     f"(a failure elsewhere): {kind}: {message}")
     return errors.PartyError(f"worker {w} failed: {kind}: {message}",
-                             withheld=f"worker {w} failed: {kind} ({errors.WITHHELD})")
+                             withheld=f"worker {w} failed: {kind}: {shared or errors.WITHHELD}")
 
 
 def _end(running) -> None:
@@ -293,7 +294,7 @@ def _worker(conn, life, pid, addresses, tls, timeout, listen_host) -> None:
             # protocol, and the next message to or from it fails): a consequence, not a cause
             kind, message = "PeerGone", f"a peer's worker closed its connection ({kind}: {message})"
         try:
-            reply(False, (kind, message))
+            reply(False, (kind, message, message if kind == "PeerGone" else errors.shareable(exc)))
         except OSError:
             pass
     finally:
