@@ -10,8 +10,8 @@ federation.  Each is a *backend* of the one :class:`Connection`: an object with
 ``last_stats``, ``restart()`` and ``close()``.
 
 Beyond PEP 249: ``Cursor.fetch_arrow_table()``, ``Cursor.fetchdf()``,
-``Cursor.suppressed`` (one flag per result row: the cell had fewer than k
-persons, its values are None), ``Cursor.perturbed`` (the columns whose values
+``Cursor.suppressed`` (one flag per result row: the cell was suppressed, its
+values are None), ``Cursor.perturbed`` (the columns whose values
 carry cell-key noise, docs/disclosure.md) and ``Cursor.leakage`` (what the secure
 computation opened besides the result).
 """
@@ -232,7 +232,8 @@ class Cursor:
 
     @property
     def suppressed(self) -> list[bool]:
-        """Per result row: True when the cell had fewer than k persons (its values are None)."""
+        """Per result row: True when the cell was suppressed — fewer than k persons, a dominant
+        contributor, or protecting another cell (its values are None)."""
         return [] if self._result is None else list(self._result.suppressed)
 
     @property

@@ -18,6 +18,7 @@ import pyarrow as pa
 from sqlmpc.result import Result
 
 SUPPRESSED = "·"   # a cell withheld by disclosure control
+WHY_SUPPRESSED = "suppressed: fewer than {k} persons, a dominant contributor, or protecting another cell"
 PERTURBED = "~"    # after a column name (tables for people): its values carry cell-key noise
 SUPPRESSED_COLUMN = "_suppressed"
 PERTURBED_COLUMN = "_perturbed"
@@ -118,7 +119,7 @@ def summary(result: Result) -> str:
     n = len(result.suppressed)
     text = f"{n} row{'' if n == 1 else 's'}"
     if n_sup:
-        text += f", {n_sup} suppressed ({SUPPRESSED}: fewer than {result.min_cell_size} persons)"
+        text += f", {n_sup} suppressed ({SUPPRESSED} {WHY_SUPPRESSED.format(k=result.min_cell_size)})"
     if result.perturbed:
         text += f"; {PERTURBED} perturbed: counts and sums carry cell-key noise (docs/disclosure.md)"
     return text

@@ -13,7 +13,7 @@ import html
 import pyarrow as pa
 
 from sqlmpc import errors
-from sqlmpc.output import SUPPRESSED, format_value
+from sqlmpc.output import SUPPRESSED, WHY_SUPPRESSED, format_value
 from sqlmpc.result import has_aggregate
 from sqlmpc.sql.parser import parse_query
 
@@ -46,7 +46,7 @@ def table_html(result) -> str:
         cells = []
         for v, num in zip(row, numeric):
             if v is None and suppressed:
-                cells.append(f'<td class="suppressed" title="suppressed: fewer than k persons">{SUPPRESSED}</td>')
+                cells.append(f'<td class="suppressed" title="{WHY_SUPPRESSED.format(k="k")}">{SUPPRESSED}</td>')
             else:
                 cells.append(f'<td class="{"num" if num else "txt"}">{html.escape(format_value(v))}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")

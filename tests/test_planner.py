@@ -105,3 +105,12 @@ def test_explain_shows_local_sql_secure_part_and_leakage(federation):
     text = explain(compile(APP, federation))
     assert "-- hospital" in text and "-- insurer" in text and "-- bureau" in text
     assert "Secure part" in text and "Leakage declaration" in text
+
+
+def test_explain_names_every_release_rule_of_min_and_max(federation):
+    from sqlmpc.plan.explain import explain
+
+    text = explain(compile("SELECT b.region, MIN(b.age_band) AS youngest FROM bureau.persons b GROUP BY b.region",
+                           federation))
+    assert "None" not in text
+    assert "MIN/MAX: the first value from the extreme end that >= 10 persons hold (" in text

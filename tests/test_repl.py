@@ -79,7 +79,7 @@ def test_secure_query_typed_with_completion_over_two_lines(shell):
     table = out[out.index("┏"):]
     assert re.search(r"│ 0-17\s+│\s+· │", table)              # a suppressed cell (numbers are right-aligned)
     assert re.search(r"│ 65-79\s+│\s+\d{2,} │", table)         # a released one
-    assert re.search(r"6 rows, \d suppressed \(·: fewer than 10 persons\)", table)
+    assert re.search(r"6 rows, \d suppressed \(· suppressed: fewer than 10 persons, a dominant contributor, or protecting another cell\)", table)
     shell.run(".timer off")
 
 

@@ -144,7 +144,7 @@ def test_report_screenshot_shows_suppressed_cells_hatched(report, tmp_path):
     # The DOM as the browser built it marks each suppressed cell: '·', a tooltip, a hatched background.
     assert len(layout["suppressed"]) == tags_of(report.read_text()).count("td", **{"class": "suppressed"})
     for cell in layout["suppressed"]:
-        assert cell["text"] == "·" and "fewer than k" in cell["title"]
+        assert cell["text"] == "·" and "fewer than k persons, a dominant contributor, or protecting another cell" in cell["title"]
         assert cell["background"].startswith("repeating-linear-gradient")
     # On the screen (the whole page fits the window): every suppressed cell is striped, no released number
     # is; released bars are drawn in the bar colour, suppressed stubs are hatched instead.

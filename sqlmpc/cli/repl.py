@@ -41,7 +41,8 @@ HELP = """\
 .read FILE            run the statements in FILE
 .quit                 leave (or Ctrl-D)
 Statements end with ';' and may span lines.  Tab completes names.  Ctrl-C clears
-the input or cancels a running query.  Suppressed cells (fewer than k persons) show as ·"""
+the input or cancels a running query.  A suppressed cell (fewer than k persons, a dominant
+contributor, or protecting another cell) shows as ·"""
 
 class UnknownCommandError(errors.InterfaceError):
     """A line starting with '.' that is not one of the shell's dot commands."""

@@ -47,6 +47,9 @@ def explain(plan: Plan) -> str:
     for g in plan.guards:
         if g.kind == "contributors":
             out.append(f"       {g.moments[0]} >= {plan.min_cell_size}")
+        elif g.kind == "extreme":
+            out.append(f"       MIN/MAX: the first value from the extreme end that >= {plan.min_cell_size} persons "
+                       f"hold ({', '.join(g.moments)})")
         else:
             out.append(f"       dominance: {g.constant} · {g.moments[1]} <= {g.moments[0]}²")
     out.append("       then secondary suppression over the grid and its margins")
