@@ -13,12 +13,15 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import tomli_w
 
-from sqlmpc.policy import Dominance, Policy, PolicyDraft, policy_draft, policy_of, with_local_policy  # noqa: F401 (re-exported)
+from sqlmpc.errors import ConfigError
+from sqlmpc.policy import (Dominance, Policy, PolicyDraft, policy_draft, policy_of,  # noqa: F401 (re-exported)
+                           stricter, with_local_policy)
 from sqlmpc.tomlfile import Node, check_name, describe, find_duplicate, read_toml
 
 
@@ -58,10 +61,13 @@ class Column:
 class Table:
     party: str
     name: str
-    source: Path | None                         # absolute path of the data file (None: in a database)
+    source: Path | None                         # absolute path of the data file, under its party's data
+                                                # directory, symlinks resolved (None: in a database)
     format: str                                 # "parquet" | "csv" | "duckdb" | "postgresql" | "spark"
     columns: tuple[Column, ...]
     source_table: str | None = None             # the table inside a .duckdb file, PostgreSQL or Spark
+    source_name: str | None = None              # a file source as the shared file names it (normalised,
+                                                # relative to the party's data directory)
 
     @property
     def kind(self) -> str:
@@ -85,9 +91,12 @@ class Table:
 class Connection:
     """How a party reaches its database (sqlmpc.local.sources); never a password itself.
 
-    ``postgresql``: a libpq URI or DSN without password (``dsn``, or the environment variable
-    ``dsn_env`` that holds it); the password from the environment variable ``password_env`` or
-    the file ``password_file``.  ``spark``: the ``master`` URL and extra ``conf`` settings.
+    Only ever read from the party's own local file (``load_federation(..., local_policy=...)``),
+    never from the shared federation file.  ``postgresql``: a libpq URI or DSN without password
+    (``dsn``, or the environment variable ``dsn_env`` that holds it); the password from the
+    environment variable ``password_env`` or the file ``password_file``, sent only to the host of
+    that DSN.  ``spark``: the ``master`` URL and ``conf`` settings from an allow-list
+    (``SPARK_CONF_ALLOWED``).
     """
 
     kind: str                                   # "postgresql" | "spark"
@@ -106,6 +115,8 @@ class Party:
     tables: tuple[Table, ...] = ()
     connections: tuple[Connection, ...] = ()    # one per database kind its tables use
     workers: int = 1                            # processes for its share of the secure stages
+    data_dir: Path | None = None                # where its files lie (its local file's [data] dir, else the
+                                                # federation file's directory); file sources stay under it
 
     def connection(self, kind: str) -> Connection | None:
         return next((c for c in self.connections if c.kind == kind), None)
@@ -124,6 +135,9 @@ class Federation:
     path: Path | None = field(default=None, compare=False)
     batch_rows: int = DEFAULT_BATCH_ROWS             # rows per batch of the secure stages (bounds memory)
     fingerprint: str = ""                            # sha256 of the canonical catalog content
+    # The local files it was loaded with, party -> path (an embedded federation's party processes
+    # load the same); not part of the fingerprint.
+    local_files: tuple[tuple[str, Path], ...] = field(default=(), compare=False)
 
     def party(self, name: str) -> Party | None:
         lname = name.lower()
@@ -264,10 +278,10 @@ def _domain(node: Node, type_: str) -> tuple:
 
 # -- tables, parties, policy ---------------------------------------------------
 
-def _table(node: Node, party: str, name: str, base_dir: Path) -> Table:
+def _table(node: Node, party: str, name: str, data_dir: Path) -> Table:
     check_name(node, name, "table")
     node.allow(("source", "table", "columns", "description"))
-    source = str(node.require("source", str, "the data file, relative to the federation file, or "
+    source = str(node.require("source", str, "the data file, relative to the party's data directory, or "
                                              f"one of {', '.join(SOURCE_KINDS)}"))
     format_ = source if source in SOURCE_KINDS else SOURCE_FORMATS.get(Path(source).suffix.lower())
     if format_ is None:
@@ -290,18 +304,74 @@ def _table(node: Node, party: str, name: str, base_dir: Path) -> Table:
     if len(keys) != 1:
         found = f"found {len(keys)}: {', '.join(keys)}" if keys else "found none"
         raise columns_node.error(f"a table must have exactly one key column ({found})")
-    path = None if format_ in SOURCE_KINDS else (base_dir / source).resolve()
-    return Table(party, name, path, format_, columns, source_table=source_table)
+    if format_ in SOURCE_KINDS:
+        return Table(party, name, None, format_, columns, source_table=source_table)
+    path, source_name = _file_source(node, party, source, data_dir)
+    return Table(party, name, path, format_, columns, source_table=source_table, source_name=source_name)
 
 
-def _connection(node: Node, kind: str) -> Connection:
-    """A party's [parties.<name>.postgresql] or [parties.<name>.spark] table."""
+_DATA_DIR = ("the party's data directory (the [data] dir of its own local file; without one, the federation "
+             "file's directory)")
+
+
+def _file_source(node: Node, party: str, source: str, data_dir: Path) -> tuple[Path, str]:
+    """A file source: a relative path that stays, symlinks resolved, under the party's data directory.
+
+    The shared file names a table's file, never where on a party's machine it lies: an absolute
+    path, a ``..`` or a symlink out of the data directory would let the file read anything.
+    """
+    written = Path(source)
+    if written.is_absolute() or source.startswith("~"):
+        raise node.error(f"source '{source}' is an absolute path: a file source is a path relative to {_DATA_DIR}; "
+                         f"party '{party}' says where its files lie in its own local file ([data] dir = ...)",
+                         "source")
+    if ".." in written.parts:
+        raise node.error(f"source '{source}' leaves {_DATA_DIR} with '..': a file source must lie under it",
+                         "source")
+    root = data_dir.resolve()
+    path = (root / written).resolve()
+    if not path.is_relative_to(root):
+        raise node.error(f"source '{source}' resolves (through a symbolic link) outside {_DATA_DIR}: a file "
+                         "source must lie under it", "source")
+    return path, Path(os.path.normpath(source)).as_posix()
+
+
+# Spark settings a party's local file may give: what sizes and tunes the session and names its
+# catalogs.  Everything else is refused: settings that put code on the JVM's class path or run it
+# (spark.jars*, spark.*.extraJavaOptions, spark.*.extraClassPath, spark.plugins, listeners,
+# spark.sql.extensions, a Hive metastore's jars) would turn a configuration into code execution.
+SPARK_CONF_ALLOWED = frozenset({
+    "spark.driver.memory", "spark.driver.cores", "spark.driver.maxResultSize",
+    "spark.executor.memory", "spark.executor.cores", "spark.executor.instances", "spark.cores.max",
+    "spark.default.parallelism", "spark.local.dir", "spark.app.name",
+    "spark.hadoop.hive.metastore.uris",
+})
+SPARK_CONF_PREFIXES = ("spark.sql.",)            # includes spark.sql.catalog.* and spark.sql.warehouse.dir
+SPARK_CONF_REFUSED = re.compile(r"extension|listener|jars|classpath|javaoptions|librarypath|plugin|"
+                                r"metastore\.(?:jars|sharedprefixes|barrierprefixes)", re.IGNORECASE)
+
+
+def spark_conf_allowed(key: str) -> bool:
+    if key in SPARK_CONF_ALLOWED:
+        return True
+    return key.startswith(SPARK_CONF_PREFIXES) and SPARK_CONF_REFUSED.search(key) is None
+
+
+def _connection(node: Node, kind: str, base_dir: Path) -> Connection:
+    """A party's [postgresql] or [spark] table (its own local file).  No message quotes a value."""
     if kind == "spark":
         node.allow(("master", "conf"))
         master = str(node.get("master", str, 'a Spark master URL or "local[*]"', default="local[*]"))
         conf = node.child("conf").value if node.has("conf") else {}
-        if not all(isinstance(v, (str, int, float, bool)) for v in conf.values()):
-            raise node.error("'conf' must map Spark settings to plain values", "conf")
+        for key, value in conf.items():
+            if not spark_conf_allowed(key):
+                raise node.child("conf").error(
+                    f"Spark setting '{key}' is not allowed: a party's conf may set spark.sql.* (catalogs, the "
+                    f"warehouse dir; not extensions, listeners or jars) and {', '.join(sorted(SPARK_CONF_ALLOWED))}"
+                    " (settings that load jars or pass JVM options would run code)", key)
+            if not isinstance(value, (str, int, float, bool)):
+                raise node.child("conf").error(f"Spark setting '{key}' must be a plain value (text, number or "
+                                               "boolean)", key)
         return Connection("spark", master=master, conf=tuple(sorted((k, str(v)) for k, v in conf.items())))
     node.allow(("dsn", "dsn_env", "password_env", "password_file"))
     dsn = node.get("dsn", str, "a libpq URI or DSN without password")
@@ -310,11 +380,16 @@ def _connection(node: Node, kind: str) -> Connection:
         raise node.error("a postgresql connection needs exactly one of 'dsn' and 'dsn_env'", "dsn",
                          missing=dsn is None)
     if dsn is not None and re.search(r"password\s*=|://[^/@]*:[^/@]*@", dsn):
-        raise node.error("the DSN holds a password: never write one into the federation file; use "
-                         "'password_env' or 'password_file'", "dsn")
-    return Connection("postgresql", dsn=dsn, dsn_env=dsn_env,
-                      password_env=node.get("password_env", str, "the name of an environment variable"),
-                      password_file=node.get("password_file", str, "the path of a file holding the password"))
+        raise node.error("the DSN holds a password: never write one into a file; use 'password_env' or "
+                         "'password_file'", "dsn")
+    password_env = node.get("password_env", str, "the name of an environment variable")
+    password_file = node.get("password_file", str, "the path of a file holding the password")
+    if password_env is not None and password_file is not None:
+        raise node.error("give 'password_env' or 'password_file', not both", "password_file")
+    if password_file is not None:
+        password_file = str(base_dir / Path(password_file).expanduser())
+    return Connection("postgresql", dsn=dsn, dsn_env=dsn_env, password_env=password_env,
+                      password_file=password_file)
 
 
 def positive_int(node: Node, key: str, default: int, what: str) -> int:
@@ -334,35 +409,104 @@ def _address(node: Node) -> str:
     return address
 
 
-def _party(node: Node, name: str, base_dir: Path) -> Party:
+@dataclass(frozen=True)
+class PrivateSettings:
+    """What one party's own local file says about it alone: where its files lie, how it reaches its databases."""
+
+    data_dir: Path | None = None
+    connections: tuple[Connection, ...] = ()
+
+
+def _party(node: Node, name: str, base_dir: Path, private: PrivateSettings | None) -> Party:
     check_name(node, name, "party")
     if name.lower() in RESERVED_PARTY_NAMES:
         raise node.error(f"'{name}' is reserved by DuckDB and cannot name a party")
-    node.allow(("address", "tables", "description", "workers", *SOURCE_KINDS))
+    for kind in SOURCE_KINDS:
+        if node.has(kind):
+            # Every party holds the shared file: a connection in it would make party 'name' send its
+            # password, read a file or run a JVM as whoever wrote the file says.
+            raise node.error(
+                f"[parties.{name}.{kind}] does not belong in the shared federation file: a party's database "
+                f"connection is its private setting; move it into party '{name}''s own local file as [{kind}] "
+                "(sqlmpc serve --policy FILE; load_federation(..., local_policy=FILE, party=NAME))", kind)
+    node.allow(("address", "tables", "description", "workers"))
     address = _address(node)
     workers = positive_int(node, "workers", 1, "a positive integer (processes for the secure stages)")
-    connections = tuple(_connection(node.child(kind), kind) for kind in SOURCE_KINDS if node.has(kind))
+    private = private or PrivateSettings()
+    data_dir = private.data_dir or base_dir
     tables: tuple[Table, ...] = ()
     if node.has("tables"):
         tables_node = node.child("tables")
-        tables = tuple(_table(t, name, t_name, base_dir) for t_name, t in tables_node.children())
+        tables = tuple(_table(t, name, t_name, data_dir) for t_name, t in tables_node.children())
         duplicate = find_duplicate(t.name for t in tables)
         if duplicate:
             raise tables_node.error(f"duplicate table name '{duplicate}' (names are case-insensitive)", duplicate)
-    # Connections are the owner's business: they are not in the fingerprint, and another
-    # party's copy of the file may leave them out (sqlmpc.local.sources checks the owner's).
-    return Party(name, address, tables, connections, workers)
+    # Connections are the owner's business: they are not in the fingerprint, and only the owner's
+    # local file holds them (sqlmpc.local.sources checks there is one for each kind it uses).
+    return Party(name, address, tables, private.connections, workers, data_dir=data_dir)
+
+
+LOCAL_SECTIONS = ("policy", "data", *SOURCE_KINDS)
+PRIVATE_SECTIONS = ("data", *SOURCE_KINDS)
+
+
+def _local_files(local_policy, party: str | None) -> list[tuple[str | None, Path]]:
+    """(owner, path) pairs from ``local_policy``: one path (its owner ``party``), a mapping party -> path,
+    or a sequence of (owner or None, path) pairs (``Federation.local_files``)."""
+    if local_policy is None:
+        return []
+    if isinstance(local_policy, (str, Path)):
+        return [(party, Path(local_policy))]
+    if isinstance(local_policy, Mapping):
+        return [(owner or None, Path(p)) for owner, p in local_policy.items()]
+    return [(owner or None, Path(p)) for owner, p in local_policy]
+
+
+def _private_settings(root: Node, path: Path) -> PrivateSettings:
+    base_dir = path.resolve().parent
+    data_dir = None
+    if root.has("data"):
+        data = root.child("data")
+        data.allow(("dir",))
+        written = data.require("dir", str, "the directory holding the party's data files")
+        data_dir = (base_dir / Path(written).expanduser()).resolve()
+        if not data_dir.is_dir():
+            raise data.error("the data directory does not exist or is not a directory", "dir")
+    connections = tuple(_connection(root.child(kind), kind, base_dir) for kind in SOURCE_KINDS if root.has(kind))
+    return PrivateSettings(data_dir, connections)
 
 
 # -- the whole file -------------------------------------------------------------
 
-def load_federation(path: str | Path, *, local_policy: str | Path | None = None) -> Federation:
-    """Read and validate a federation file; merge a party's (stricter) local policy file.
+def load_federation(path: str | Path, *, local_policy=None, party: str | None = None) -> Federation:
+    """Read and validate the shared federation file and a party's own local file.
 
-    Data files are not opened here: each party only holds its own.  Every
-    mistake is a ConfigError naming the file, the TOML key path and the line.
+    The local file (``local_policy``) may hold a ``[policy]`` (merged: only stricter) and the
+    private settings of ``party``, the party that loads it: ``[data] dir`` (where its files lie;
+    every file source must stay under it), ``[postgresql]`` and ``[spark]`` (how it reaches its
+    databases).  A federation running several parties at one place (the embedded one, tests) may
+    give a mapping party -> local file instead.  Data files are not opened here: each party only
+    holds its own.  Every mistake is a ConfigError naming the file, the TOML key path and the line.
     """
     path = Path(path)
+    locals_ = _local_files(local_policy, party)
+    private: dict[str, PrivateSettings] = {}
+    local_policies: list[Node] = []
+    for owner, local_path in locals_:
+        local_data, local_source = read_toml(local_path)
+        local_root = Node(local_source, local_data, ())
+        local_root.allow(LOCAL_SECTIONS)
+        if not any(local_root.has(k) for k in LOCAL_SECTIONS):
+            raise local_root.error("a local file holds a [policy] table and the party's private settings "
+                                   "([data], [postgresql], [spark])", "policy", missing=True)
+        given = next((k for k in PRIVATE_SECTIONS if local_root.has(k)), None)
+        if given is not None:
+            if owner is None:
+                raise local_root.error(f"[{given}] is a party's private setting: say which party loads this file "
+                                       "(sqlmpc serve --party NAME; load_federation(..., party=NAME))", given)
+            private[owner.lower()] = _private_settings(local_root, local_path)
+        if local_root.has("policy"):
+            local_policies.append(local_root.child("policy"))
     data, source = read_toml(path)
     root = Node(source, data, ())
     root.allow(("federation", "policy", "parties"))
@@ -380,7 +524,7 @@ def load_federation(path: str | Path, *, local_policy: str | Path | None = None)
                          missing=True)
     parties_node = root.child("parties")
     base_dir = path.resolve().parent
-    parties = tuple(_party(p, p_name, base_dir) for p_name, p in parties_node.children())
+    parties = tuple(_party(p, p_name, base_dir, private.get(p_name.lower())) for p_name, p in parties_node.children())
     duplicate = find_duplicate(p.name for p in parties)
     if duplicate:
         raise parties_node.error(f"duplicate party name '{duplicate}' (names are case-insensitive)", duplicate)
@@ -394,12 +538,17 @@ def load_federation(path: str | Path, *, local_policy: str | Path | None = None)
     draft = policy_draft(root.child("policy"), party_names) if root.has("policy") else PolicyDraft(
         None, None, None, None)
     policy = policy_of(draft)
-    federation = Federation(name, parties, policy, insecure_demo, path=path, batch_rows=batch_rows)
+    unknown = sorted(set(private) - {p.lower() for p in party_names})
+    if unknown:
+        raise ConfigError(f"a local file's private settings are for party '{unknown[0]}', which the federation "
+                          f"does not have (parties: {', '.join(party_names)})", path=str(path))
+    federation = Federation(name, parties, policy, insecure_demo, path=path, batch_rows=batch_rows,
+                            local_files=tuple(locals_))
     # The fingerprint covers the shared file only, so every party computes the same hash.
     federation = replace(federation, fingerprint=_fingerprint(federation, base_dir))
-    if local_policy is not None:
-        federation = replace(federation, policy=with_local_policy(Path(local_policy), policy, party_names))
-    return federation
+    for node in local_policies:
+        policy = stricter(policy, policy_draft(node, party_names), node)
+    return replace(federation, policy=policy)
 
 
 def shared_text(federation: Federation) -> str:
@@ -431,7 +580,7 @@ def _fingerprint(federation: Federation, base_dir: Path) -> str:
         return out
 
     def table(t: Table) -> dict:
-        source = t.format if t.source is None else Path(os.path.relpath(t.source, base_dir)).as_posix()
+        source = t.format if t.source is None else t.source_name   # as written, relative to the data dir
         return {"name": t.name, "source": source,
                 "format": t.format, "source_table": t.source_table, "columns": [column(c) for c in t.columns]}
 

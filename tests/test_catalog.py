@@ -354,12 +354,14 @@ def test_the_shared_catalog_holds_no_partys_private_settings(tmp_path):
     from sqlmpc.catalog import shared_text
 
     private = VALID.replace('source = "hospital/patients.parquet"',
-                            'source = "/srv/hospital-private/2024/patients.parquet"  # the EHR export') \
+                            'source = "hospital-private/2024/patients.parquet"  # the EHR export') \
         .replace('source = "insurer/claims.csv"', 'source = "postgresql"\ntable = "dwh_secret.claims_2024"') \
-        .replace('address = "127.0.0.1:7472"\n', 'address = "127.0.0.1:7472"\nworkers = 4\n\n'
-                 '[parties.insurer.postgresql]\ndsn = "host=db.insurer.internal user=sqlmpc_reader"\n'
-                 'password_file = "/etc/sqlmpc/pw"\n')
-    fed = load_federation(write(tmp_path, private))
+        .replace('address = "127.0.0.1:7472"\n', 'address = "127.0.0.1:7472"\nworkers = 4\n')
+    # The insurer's connection is in its own local file, never in the shared one.
+    local = write(tmp_path, '[postgresql]\ndsn = "host=db.insurer.internal user=sqlmpc_reader"\n'
+                            'password_file = "/etc/sqlmpc/pw"\n', "insurer-local.toml")
+    fed = load_federation(write(tmp_path, private), local_policy=local, party="insurer")
+    assert fed.party("insurer").connection("postgresql").dsn == "host=db.insurer.internal user=sqlmpc_reader"
     text = shared_text(fed)
     for secret in ("hospital-private", "EHR export", "dwh_secret", "db.insurer.internal", "sqlmpc_reader",
                    "/etc/sqlmpc/pw", "workers", "bureau.duckdb"):

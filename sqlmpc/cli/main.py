@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve", help="run a party node")
     common(p, "--federation")
     p.add_argument("--party", required=True)
-    p.add_argument("--policy", help="this party's local policy (TOML, only stricter than the federation's)")
+    p.add_argument("--policy", help="this party's own local file (TOML): a [policy] only stricter than the "
+                   "federation's; its private settings [data] dir, [postgresql], [spark]")
     p.add_argument("--keys", help="directory from 'sqlmpc keys init' (TLS and analyst tokens)")
     p.add_argument("--tokens", help="analyst tokens file (default: KEYS/tokens.json)")
     p.add_argument("--insecure-loopback", action="store_true",

@@ -89,10 +89,8 @@ class _Source:
         self.table = table
         self.path = str(table.source)
         if table.format == "duckdb":
-            self.alias = "src_" + hashlib.sha256(self.path.encode()).hexdigest()[:16]
-            attach = exp.Attach(this=exp.alias_(exp.Literal.string(self.path), _ident(self.alias)), exists=True,
-                                expressions=[exp.AttachOption(this=exp.var("READ_ONLY"))])
-            _run(con, attach)
+            self.alias = "src_" + hashlib.sha256(f"{self.path}\0{table.source_table}".encode()).hexdigest()[:16]
+            _copy_duckdb_table(con, table, self.path, self.alias)
 
     def raw(self, *, row_numbers: bool = False) -> exp.Expression:
         """The file as read: CSV all text (so bad values can be reported rather than failing the read)."""
@@ -101,7 +99,7 @@ class _Source:
             return _call("read_parquet", path, **({"file_row_number": exp.true()} if row_numbers else {}))
         if self.table.format == "csv":
             return _call("read_csv", path, header=exp.true(), all_varchar=exp.true())
-        return exp.Table(this=_ident(self.table.source_table), db=_ident("main"), catalog=_ident(self.alias))
+        return exp.Table(this=_ident(self.alias), db=_ident(DUCKDB_SOURCES))
 
     def typed(self, file_names: dict[str, str]) -> exp.Expression:
         """The relation the view reads: CSV with the catalog's types for its columns."""
@@ -111,6 +109,38 @@ class _Source:
             exp.PropertyEQ(this=exp.Literal.string(file_names[c.name.lower()]), expression=exp.Literal.string(c.type))
             for c in self.table.columns])
         return _call("read_csv", exp.Literal.string(self.path), header=exp.true(), types=types)
+
+
+DUCKDB_SOURCES = "__sqlmpc_duckdb_sources"     # schema of the tables copied out of .duckdb sources
+
+
+def _copy_duckdb_table(con: duckdb.DuckDBPyConnection, table: Table, path: str, alias: str) -> None:
+    """Copy the table out of a .duckdb source, read by a connection of its own that is read-only and
+    cut off from every other file *before* anything in the file runs: a view in it that reads a file
+    (read_csv('/etc/passwd'), another database) fails instead of reading it into the party's DuckDB,
+    whose own external access is still on while it loads its tables (``seal``)."""
+    try:
+        src = duckdb.connect(path, read_only=True, config={"enable_external_access": False,
+                                                           "lock_configuration": True})
+    except duckdb.Error as exc:
+        raise DataFileError(f"cannot open the DuckDB file: {exc}", path=path, table=table.qualified_name,
+                            withheld="cannot open the DuckDB file") from None
+    try:
+        relation = exp.select(exp.Star()).from_(exp.Table(this=_ident(table.source_table), db=_ident("main")))
+        rows = src.sql(relation.sql("duckdb")).to_arrow_table()
+    except duckdb.Error as exc:
+        raise DataFileError(f"cannot read the data file: {exc}", path=path, table=table.qualified_name,
+                            withheld="cannot read the data file") from None
+    finally:
+        src.close()
+    _run(con, exp.Create(kind="SCHEMA", this=exp.Table(db=_ident(DUCKDB_SOURCES)), exists=True))
+    name = "__sqlmpc_rows_" + alias
+    con.register(name, rows)
+    try:
+        _run(con, exp.Create(kind="TABLE", this=exp.Table(this=_ident(alias), db=_ident(DUCKDB_SOURCES)),
+                             expression=exp.select(exp.Star()).from_(exp.Table(this=_ident(name))), replace=True))
+    finally:
+        con.unregister(name)
 
 
 def register_table(con: duckdb.DuckDBPyConnection, table: Table, *, validate: bool = True) -> None:
@@ -345,5 +375,6 @@ def seal(con: duckdb.DuckDBPyConnection, tables) -> None:
         con.execute(f"CREATE TABLE {loaded} AS SELECT * FROM {view}")
         con.execute(f"DROP VIEW {view}")
         con.execute(f"ALTER TABLE {loaded} RENAME TO {_ident(table.name).sql('duckdb')}")
+    con.execute(f"DROP SCHEMA IF EXISTS {_ident(DUCKDB_SOURCES).sql('duckdb')} CASCADE")   # copied above
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")

@@ -51,6 +51,12 @@ class PartyProcess:
     conn: Channel
 
 
+def local_files_arg(federation: Federation) -> str:
+    """The local files the federation was loaded with (JSON [[party or null, path], ...]): each party
+    process loads the same, so a party's private settings ([data], [postgresql], [spark]) reach it."""
+    return json.dumps([[owner, str(path)] for owner, path in federation.local_files])
+
+
 class PipeTransport:
     """The party processes of an embedded federation and the coordinator's messages to them."""
 
@@ -75,7 +81,7 @@ class PipeTransport:
             from_child_r, from_child_w = os.pipe()
             proc = subprocess.Popen(
                 [sys.executable, "-m", "sqlmpc.party.process", str(self.federation.path), p.name,
-                 str(to_child_r), str(from_child_w)],
+                 str(to_child_r), str(from_child_w), local_files_arg(self.federation)],
                 pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL,
                 start_new_session=True)     # the terminal's Ctrl-C reaches the driver only, which cancels
             os.close(to_child_r)
@@ -90,7 +96,8 @@ class PipeTransport:
 
     def reload(self, federation: Federation) -> None:
         """Point every party at another federation file (same parties)."""
-        replies = self._ask_all(START_TIMEOUT, lambda p: {"op": "reload", "federation": str(federation.path)})
+        replies = self._ask_all(START_TIMEOUT, lambda p: {"op": "reload", "federation": str(federation.path),
+                                                                  "local_files": local_files_arg(federation)})
         for name, reply in replies.items():
             if "error" in reply:
                 raise rebuild(reply, name)

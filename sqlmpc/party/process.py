@@ -46,7 +46,7 @@ def _stop(signum, frame):
     raise PartyStopped(STOPPED)
 
 
-def party_main(federation_path: str, party: str, conn: Channel) -> None:
+def party_main(federation_path: str, party: str, conn: Channel, local_files: str = "[]") -> None:
     """Party process: load only this party's data, then serve the coordinator until told to stop.
 
     Messages (JSON, ``op``): ``propose`` (admit the query: answer ok or the refusal),
@@ -57,7 +57,7 @@ def party_main(federation_path: str, party: str, conn: Channel) -> None:
     """
     signal.signal(signal.SIGTERM, _stop)
     try:
-        node = PartyNode(load_federation(federation_path), party)
+        node = PartyNode(load_federation(federation_path, local_policy=json.loads(local_files)), party)
         conn.send(json.dumps({"ready": True}))
     except Exception as exc:  # report start-up failures (bad data file, ...) to the client
         print(f"sqlmpc party {party}: {exc}", file=sys.stderr)      # in full for its operator only
@@ -74,7 +74,8 @@ def party_main(federation_path: str, party: str, conn: Channel) -> None:
             return
         if op == "reload":
             try:
-                node = PartyNode(load_federation(msg["federation"]), party)
+                node = PartyNode(load_federation(msg["federation"], local_policy=msg.get("local_files") and
+                                                 json.loads(msg["local_files"])), party)
                 conn.send(json.dumps({"ready": True}))
             except Exception as exc:
                 conn.send(json.dumps(error_reply(exc, party)))
@@ -150,7 +151,7 @@ def _execute(node: PartyNode, proposal: dict, plan, record: dict, since: float, 
 
 if __name__ == "__main__":
     try:
-        party_main(sys.argv[1], sys.argv[2], Channel(int(sys.argv[3]), int(sys.argv[4])))
+        party_main(sys.argv[1], sys.argv[2], Channel(int(sys.argv[3]), int(sys.argv[4])), *sys.argv[5:6])
     except PartyStopped:
         # Stopped by the driver; the running query's record is written.  Exit without
         # finalising the abandoned MPyC tasks (that only prints errors about them).

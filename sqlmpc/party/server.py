@@ -95,7 +95,7 @@ class NodeServer:
                  mpc_port: int | None = None, state_dir: str | Path | None = None, timeout: float = 30.0,
                  workers: int | None = None):
 
-        self.federation = load_federation(federation_path, local_policy=local_policy)
+        self.federation = load_federation(federation_path, local_policy=local_policy, party=party)
         self.node = PartyNode(self.federation, party)
         self.party = self.node.party
         self.timeout = timeout

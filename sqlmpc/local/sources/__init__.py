@@ -98,8 +98,9 @@ class LocalData:
         for kind in sorted({t.kind for t in me.tables} - {"file"}):
             connection = me.connection(kind)
             if connection is None:
-                raise ConfigError(f"party '{party}' keeps tables in {ENGINE_NAMES[kind]} but its federation file "
-                                  f"has no [parties.{party}.{kind}] table saying how to connect",
+                raise ConfigError(f"party '{party}' keeps tables in {ENGINE_NAMES[kind]} but has no [{kind}] table "
+                                  "saying how to connect: it belongs in the party's own local file "
+                                  "(sqlmpc serve --policy FILE)",
                                   path=str(federation.path) if federation.path else None)
             sources[kind] = {"postgresql": PostgresSource, "spark": SparkSource}[kind](party, connection)
         return cls(party, {(party.lower(), t.name.lower()): t for t in me.tables}, sources)

@@ -22,9 +22,9 @@ import pyarrow as pa
 import sqlglot
 from sqlglot import exp
 
-from sqlmpc.catalog import Connection, Role, Table
+from sqlmpc.catalog import Connection, Role, Table, spark_conf_allowed
 from sqlmpc import errors
-from sqlmpc.errors import DataFileError, SourceError
+from sqlmpc.errors import ConfigError, DataFileError, SourceError
 from sqlmpc.local.data import _checks, _col, _ident, match_columns, too_many_rows
 from sqlmpc.local.sources.pushdown import DIALECTS, normalize, table_relation, transpile
 
@@ -166,7 +166,8 @@ class EngineSource:
         text = re.sub(r"Failed to execute query '.*?': ", "", text, flags=re.DOTALL)
         text = re.sub(r"\s*JVM stacktrace:.*", "", text, flags=re.DOTALL)
         for secret in self._secrets():
-            text = text.replace(secret, "***")
+            if secret:
+                text = text.replace(secret, "***")
         return " ".join(text.split())[:600]
 
     def close(self) -> None:
@@ -186,16 +187,33 @@ class PostgresSource(EngineSource):
         where = f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/{params.get('dbname', '')}"
         self.label = f"postgresql {where}"
 
-    def _params(self, *, with_password: bool) -> dict:
-        from psycopg.conninfo import conninfo_to_dict    # lazy: optional extra [sources]; ~260 ms to import
-
+    def _dsn(self) -> str:
         c = self.connection
         dsn = c.dsn if c.dsn is not None else os.environ.get(c.dsn_env or "")
         if dsn is None:
             raise SourceError(f"the environment variable {c.dsn_env} (the DSN) is not set",
                               party=self.party, source="postgresql")
-        params = conninfo_to_dict(dsn)
+        return dsn
+
+    def _parse(self, dsn: str) -> dict:
+        """The DSN's parameters; a DSN that does not parse is refused without quoting it (the parser's
+        message would: the text may be anything an environment variable holds)."""
+        from psycopg.conninfo import conninfo_to_dict    # lazy: optional extra [sources]; ~260 ms to import
+
+        try:
+            return conninfo_to_dict(dsn)
+        except Exception:   # noqa: BLE001 - psycopg.ProgrammingError quotes the text
+            origin = (f"the environment variable {self.connection.dsn_env}" if self.connection.dsn is None
+                      else "the local file's 'dsn'")
+            raise SourceError(f"the DSN in {origin} is not a libpq URI or key=value connection string",
+                              party=self.party, source="postgresql") from None
+
+    def _params(self, *, with_password: bool) -> dict:
+        params = self._parse(self._dsn())
+        params.pop("password", None)     # only ever password_env / password_file (never in a DSN)
         if with_password:
+            # The password goes only to this DSN's host: the DSN and the password's origin both come
+            # from the party's own local file (catalog.load_federation), never the shared file.
             self.password = self._password()
             if self.password is not None:
                 params["password"] = self.password
@@ -219,8 +237,24 @@ class PostgresSource(EngineSource):
                                   party=self.party, source=self.label) from None
         return None
 
+    # DSN parameters a message may name: they say which database failed (the source's label).
+    SHOWN_PARAMS = frozenset({"host", "hostaddr", "port", "dbname", "user", "connect_timeout", "options"})
+
     def _secrets(self) -> list[str]:
-        return [self.password] if self.password else []
+        """Texts scrubbed from every message: the password, the DSN as written and any of its values but
+        where the database is (an environment variable holds whatever its owner put in it)."""
+        secrets = [self.password] if self.password else []
+        try:
+            dsn = self._dsn()
+        except SourceError:
+            return secrets
+        secrets.append(dsn)
+        try:
+            params = self._parse(dsn)
+        except SourceError:
+            return secrets
+        secrets += [str(v) for k, v in params.items() if k not in self.SHOWN_PARAMS and len(str(v)) >= 4]
+        return sorted(secrets, key=len, reverse=True)
 
     def _batches(self, sql: str):
         import adbc_driver_postgresql.dbapi as adbc     # lazy: optional extra [sources]; ~1 s to import
@@ -248,6 +282,10 @@ class SparkSource(EngineSource):
 
     def __init__(self, party: str, connection: Connection):
         super().__init__(party, connection)
+        for key, _ in connection.conf:     # the local file's loader checks too; never quote the value
+            if not spark_conf_allowed(key):
+                raise ConfigError(f"party '{party}': Spark setting '{key}' is not allowed (sqlmpc.catalog."
+                                  "SPARK_CONF_ALLOWED: settings that load jars or pass JVM options would run code)")
         self.label = f"spark {connection.master}"
         self._session = None
         self._starting = threading.Thread(target=self._start_in_background, name=f"spark-{party}", daemon=True)
