@@ -124,3 +124,21 @@ def test_a_group_narrowed_to_one_value_by_the_where(where, embedded, union_db):
     assert len(released(got)) == len(want) > 0, (got.rows(), want)
     for y, s, n, total in released(got):
         assert n == want[(y, s)][0] and close(total, want[(y, s)][1]), ((y, s, n, total), want)
+
+
+@pytest.mark.parametrize("condition", [
+    "c.year >= p.diagnosis_year", "c.year > p.diagnosis_year", "c.year <= p.diagnosis_year",
+    "c.year < p.diagnosis_year", "c.year = p.diagnosis_year", "c.year <> p.diagnosis_year",
+    "c.cost_eur > p.diagnosis_year * 10 - 20000", "c.cost_eur - 250000 < -p.diagnosis_year",
+    "c.cost_eur >= 0 - p.diagnosis_year"])
+def test_a_comparison_across_parties_at_its_declared_bit_length_equals_sql(condition, embedded, union_db):
+    """A secure comparison runs at the bit length its operands' declared bounds need; at the bounds
+    (a cost of 0 or 250,000, a year against a year, mixed scales, negative differences) it must
+    still be exact."""
+    sql = (f"SELECT p.diagnosis, COUNT(*) AS n, COUNT(*) FILTER (WHERE {condition}) AS hits "
+           f"FROM insurer.claims c JOIN hospital.patients p ON p.pid = c.pid GROUP BY p.diagnosis ORDER BY p.diagnosis")
+    want = {row[0]: row[1:] for row in union_db.execute(sql).fetchall()}
+    got = embedded.query(sql)
+    for row in released(got):
+        assert all(close(a, b) for a, b in zip(row[1:], want[row[0]])), (row, want[row[0]])
+    assert released(got), got.rows()

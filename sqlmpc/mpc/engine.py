@@ -14,6 +14,7 @@ reveal.
 
 from __future__ import annotations
 
+import functools
 import gc
 
 import numpy as np
@@ -191,13 +192,17 @@ class Engine(JoinMode, CellPhase):
             return int(np.prod([len(self.plan.parts_of(r)) for r in self.plan.relations], dtype=object))
         return int(np.prod([self.key_rows(r) for r in self.plan.relations], dtype=object))
 
+    @functools.cached_property
+    def local_columns(self) -> dict:
+        """(relation, local column name) -> its LocalColumn (scale and declared bound)."""
+        return {(p.relation, c.name): c for p in self.plan.parts for c in p.columns}
+
     def max_expr_bound(self) -> int:
-        locals_ = {(p.relation, c.name): c for p in self.plan.parts for c in p.columns}
-        return max([expr_bound(m.expr, locals_) for m in self.plan.moments] + [1])
+        return max([expr_bound(m.expr, self.local_columns) for m in self.plan.moments] + [1])
 
     def moment_bounds(self, rows: int) -> dict[str, int]:
         """|moment| ≤ rows × bound of its row expression: sets the field size for exact ratios."""
-        locals_ = {(p.relation, c.name): c for p in self.plan.parts for c in p.columns}
+        locals_ = self.local_columns
         rows = max(1, rows)
         out = {}
         for m in self.plan.moments:

@@ -38,6 +38,8 @@ REAL = LocalColumn("real_", "flag", 0, 1, 0)   # 1 on a party's real rows, 0 on 
 RECORD_KEY = "record_key_"     # the column of each root row's secret record key (perturbed plans)
 
 
+COMPARISONS = (exp.EQ, exp.NEQ, exp.LT, exp.GT, exp.LTE, exp.GTE)
+
 class JoinMode:
     """The engine's row phase (a mixin of :class:`sqlmpc.mpc.engine.Engine`)."""
 
@@ -392,6 +394,8 @@ class JoinMode:
             return function.secure(mpc, [self.row_expr(a, columns, n) for a in arguments(node)])
         a = self.row_expr(node.this, columns, n)
         b = self.row_expr(node.expression, columns, n)
+        if isinstance(node, COMPARISONS):
+            return self.compare(node, a, b)
         if isinstance(node, exp.Add):
             return a + b
         if isinstance(node, exp.Sub):
@@ -400,19 +404,20 @@ class JoinMode:
             return a * b
         if isinstance(node, exp.Or):
             return a + b - a * b
-        if isinstance(node, exp.EQ):
-            return mpc.np_equal(a, b) if hasattr(mpc, "np_equal") else mpc.eq(a, b)
-        if isinstance(node, exp.NEQ):
-            return 1 - mpc.np_equal(a, b)
-        if isinstance(node, exp.LT):
-            return mpc.np_less(a, b)
-        if isinstance(node, exp.GT):
-            return mpc.np_less(b, a)
-        if isinstance(node, exp.LTE):
-            return 1 - mpc.np_less(b, a)
-        if isinstance(node, exp.GTE):
-            return 1 - mpc.np_less(a, b)
         raise errors.NotSupportedError(f"secure operator {type(node).__name__}")
+
+    def compare(self, node: exp.Expression, a, b):
+        """A comparison of two row expressions, at the bit length their declared bounds need (a year
+        against a year: 13 bits, not the row field's 66 or more; the secure comparison's cost
+        follows the bit length)."""
+        bound = expr_bound(node.this, self.local_columns) + expr_bound(node.expression, self.local_columns)
+        bits = min(bound.bit_length() + 1, self.secint.bit_length)
+        d = b - a if isinstance(node, (exp.GT, exp.LTE)) else a - b
+        if isinstance(node, (exp.EQ, exp.NEQ)):
+            equal = self.mpc.np_sgn(d, l=bits, EQ=True)
+            return equal if isinstance(node, exp.EQ) else 1 - equal
+        less = self.mpc.np_sgn(d, l=bits, LT=True)          # a < b (GT, LTE: b < a)
+        return less if isinstance(node, (exp.LT, exp.GT)) else 1 - less
 
 
 @functools.cache
