@@ -52,8 +52,9 @@ def load_into_postgres(pg: dict, demo: Path) -> None:
         con.commit()
 
 
-def federation_in(kind: str, demo: Path, out: Path, master: str) -> Path:
-    """The demo's federation file with every table in ``kind`` (its saved queries approved again)."""
+def federation_in(kind: str, demo: Path, out: Path, master: str) -> tuple[Path, dict[str, Path]]:
+    """The demo's federation file with every table in ``kind`` (its saved queries approved again), and
+    each party's own local file: its data directory (the demo's) or how it reaches its database."""
     def move(match: re.Match) -> str:
         party, name = match.group(1), match.group(2)
         head = f"[parties.{party}.tables.{name}]\n"
@@ -61,22 +62,24 @@ def federation_in(kind: str, demo: Path, out: Path, master: str) -> Path:
             return head + f'source = "postgresql"\ntable = "bench_{party}_{name}"'
         if kind == "spark":
             return head + f'source = "spark"\ntable = "parquet.`{demo.parent / party / name}.parquet`"'
-        return head + f'source = "{demo.parent / party / name}.parquet"'
+        return head + f'source = "{party}/{name}.parquet"'
 
     text = re.sub(r'\[parties\.(\w+)\.tables\.(\w+)\]\nsource = "[^"]+"', move, demo.read_text())
+    local = {}
     for party in re.findall(r"^\[parties\.(\w+)\]$", text, flags=re.MULTILINE):
-        if kind == "postgresql":
-            text += f'\n[parties.{party}.postgresql]\ndsn_env = "BENCH_PG_DSN"\npassword_env = "BENCH_PG_PASSWORD"\n'
-        elif kind == "spark":
-            text += f'\n[parties.{party}.spark]\nmaster = "{master}"\n'
+        private = {"file": f'[data]\ndir = "{demo.parent}"\n',
+                   "postgresql": '[postgresql]\ndsn_env = "BENCH_PG_DSN"\npassword_env = "BENCH_PG_PASSWORD"\n',
+                   "spark": f'[spark]\nmaster = "{master}"\n'}[kind]
+        local[party] = out.with_name(f"{out.stem}-{party}.toml")
+        local[party].write_text(private)
     out.write_text(text)
-    approved = approve_lines([str(QUERY)], load_federation(out))
+    approved = approve_lines([str(QUERY)], load_federation(out, local_policy=local))
     out.write_text(re.sub(r"approved_plans = \[.*?\n\]", lambda _: approved, text, flags=re.DOTALL))
-    return out
+    return out, local
 
 
-def local_stage(kind: str, path: Path) -> list[str]:
-    federation = load_federation(path)
+def local_stage(kind: str, path: Path, local: dict[str, Path]) -> list[str]:
+    federation = load_federation(path, local_policy=local)
     plan = compile(QUERY.read_text(), federation)
     rows = []
     for party in federation.party_names:
@@ -115,8 +118,8 @@ def main() -> None:
                   "MB crossed |")
             print("|---|---|---|---|---|---|---|")
             for kind in ("file", "postgresql", "spark"):
-                local_stage(kind, federation_in(kind, demo, Path(tmp) / f"federation-{kind}.toml",
-                                                args.spark_master))
+                local_stage(kind, *federation_in(kind, demo, Path(tmp) / f"federation-{kind}.toml",
+                                                 args.spark_master))
     finally:
         if started is not None:
             subprocess.run(["bash", str(ROOT / ".ci" / "postgres"), "stop", started])

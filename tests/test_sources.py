@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import json
 import os
 import re
 import subprocess
@@ -195,7 +196,10 @@ def test_spark_table_that_does_not_fit_the_catalog_is_refused_precisely(case, sp
 
 def federation_in_databases(demo: Path, out: Path, pg: dict, *, dsn_port: str | None = None,
                             hospital_table_prefix: str = "hospital_") -> Path:
-    """The demo's federation file with the hospital's tables in PostgreSQL and the insurer's in Spark."""
+    """The demo's federation file with the hospital's tables in PostgreSQL and the insurer's in Spark.
+
+    Where each party keeps its data is its own business: the shared file names the kinds, each
+    party's local file (``local_files``) its connection or data directory."""
     text = demo.read_text()
 
     def move(match: re.Match) -> str:
@@ -204,18 +208,30 @@ def federation_in_databases(demo: Path, out: Path, pg: dict, *, dsn_port: str | 
             return f'[parties.hospital.tables.{name}]\nsource = "postgresql"\ntable = "{hospital_table_prefix}{name}"'
         if party == "insurer":
             return f'[parties.insurer.tables.{name}]\nsource = "spark"\ntable = "parquet.`{demo.parent}/insurer/{name}.parquet`"'
-        return f'[parties.{party}.tables.{name}]\nsource = "{demo.parent}/{party}/{name}.parquet"'
+        return f'[parties.{party}.tables.{name}]\nsource = "{party}/{name}.parquet"'
 
     text = re.sub(r'\[parties\.(\w+)\.tables\.(\w+)\]\nsource = "[^"]+"', move, text)
-    text += (f'\n[parties.hospital.postgresql]\ndsn_env = "SQLMPC_HOSPITAL_DSN"\n'
-             f'password_file = "{out.parent / "hospital.pgpass"}"\n'
-             f'\n[parties.insurer.spark]\nmaster = "local[1]"\n')
+    local = local_files(out.parent)
+    local["hospital"].write_text(f'[postgresql]\ndsn_env = "SQLMPC_HOSPITAL_DSN"\n'
+                                 f'password_file = "{out.parent / "hospital.pgpass"}"\n')
+    local["insurer"].write_text('[spark]\nmaster = "local[1]"\n')
+    local["bureau"].write_text(f'[data]\ndir = "{demo.parent}"\n')
     out.write_text(text)
     # The demo releases its saved queries exactly: approvals name plans, which cover the file's
     # fingerprint, and that names where each table lives.  Approve them again for this file.
-    approved = approve_lines([str(q) for q in QUERIES], load_federation(out))
+    approved = approve_lines([str(q) for q in QUERIES], load(out))
     out.write_text(re.sub(r"approved_plans = \[.*?\n\]", lambda _: approved, text, flags=re.DOTALL))
     return out
+
+
+def local_files(directory: Path, **replaced: Path) -> dict[str, Path]:
+    """Each party's own local file (next to the federation file), some replaced by others."""
+    return {party: replaced.get(party, directory / f"{party}-local.toml") for party in ("hospital", "insurer", "bureau")}
+
+
+def load(path: Path, **replaced: Path):
+    """The federation as the embedded parties load it: the shared file and each party's local file."""
+    return load_federation(path, local_policy=local_files(path.parent, **replaced))
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +270,7 @@ def embedded(databases, demo_5000, pg):
     from sqlmpc.party.embedded import EmbeddedFederation
 
     path = federation_in_databases(demo_5000, databases / "federation.toml", pg)
-    with EmbeddedFederation(load_federation(path), timeout=120, state=databases / "state") as fed:
+    with EmbeddedFederation(load(path), timeout=120, state=databases / "state") as fed:
         yield fed
 
 
@@ -272,14 +288,20 @@ QUERY = (ROOT / "queries" / "app_engagement_by_age.sql").read_text()
 EXPECTED = (ROOT / "queries" / "app_engagement_by_age.expected.csv").read_text()
 
 
-def failing_query(embedded, federation_path: Path | None) -> errors.Error:
+def failing_query(embedded, federation_path: Path | None, **replaced: Path) -> errors.Error:
     if federation_path is not None:
-        embedded.reload(load_federation(federation_path))
+        embedded.reload(load(federation_path, **replaced))
     started = time.monotonic()
     with pytest.raises(errors.Error) as err:
         embedded.query(QUERY)
     assert time.monotonic() - started < 30       # every party fails at once: no one waits for a timeout
     return err.value
+
+
+def party_log(databases: Path, party: str = "hospital") -> str:
+    """The error of the party's last audit record: the engine's own text stays in the party's log
+    (what reaches the analyst and the peers names the party, the source and the error's class)."""
+    return json.loads((databases / "state" / party / "audit.jsonl").read_text().splitlines()[-1])["error"]
 
 
 def assert_names_the_source_without_password(error: errors.Error, pg: dict, databases: Path) -> None:
@@ -300,29 +322,29 @@ def test_failing_postgresql_source_fails_the_query_then_the_next_runs(fault, emb
             error = failing_query(embedded, None)
         finally:
             (databases / "hospital.pgpass").write_text(pg["password"] + "\n")
-        assert "password authentication failed" in str(error)
+        assert "password authentication failed" in party_log(databases)
     elif fault == "unreachable":
         import socket
 
         with socket.socket() as s:      # a port nobody listens on
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        text = good.read_text().replace('dsn_env = "SQLMPC_HOSPITAL_DSN"',
-                                        f'dsn = "host=127.0.0.1 port={port} user=sqlmpc dbname=postgres"')
-        bad.write_text(text)
-        error = failing_query(embedded, bad)
-        assert f"port {port} failed" in str(error)
+        bad_local = databases / "hospital-local-bad.toml"       # the hospital's own setting
+        bad_local.write_text(local_files(databases)["hospital"].read_text().replace(
+            'dsn_env = "SQLMPC_HOSPITAL_DSN"', f'dsn = "host=127.0.0.1 port={port} user=sqlmpc dbname=postgres"'))
+        error = failing_query(embedded, good, hospital=bad_local)
+        assert f"port {port} failed" in party_log(databases)
     elif fault == "missing table":
         bad.write_text(good.read_text().replace('"hospital_app_usage"', '"no_such_table"'))
         error = failing_query(embedded, bad)
-        assert "no_such_table" in str(error) and "does not exist" in str(error)
+        assert "no_such_table" in party_log(databases) and "does not exist" in party_log(databases)
     else:
         bad.write_text(good.read_text().replace('"hospital_app_usage"', '"broken_app_usage"'))
         error = failing_query(embedded, bad)
-        assert "division by zero" in str(error)
+        assert "division by zero" in party_log(databases)
     assert_names_the_source_without_password(error, pg, databases)
     if fault != "wrong password":
-        embedded.reload(load_federation(good))
+        embedded.reload(load(good))
     result = embedded.query(QUERY)
     assert differences(result_csv_like(result, EXPECTED), EXPECTED) == []
 
@@ -353,22 +375,28 @@ address = "127.0.0.1:7003"
 """
 
 
-def test_federation_file_names_the_source_kind_and_keeps_passwords_out(tmp_path):
+def test_federation_file_names_the_source_kind_and_the_local_file_the_connection(tmp_path):
     path = tmp_path / "federation.toml"
-    path.write_text(federation_text('[parties.hospital.postgresql]\ndsn_env = "PG_DSN"\npassword_env = "PG_PW"\n'
-                                    '[parties.hospital.tables.patients]\nsource = "postgresql"\ntable = "clinic.patients"'))
-    fed = load_federation(path)
+    path.write_text(federation_text('[parties.hospital.tables.patients]\nsource = "postgresql"\n'
+                                    'table = "clinic.patients"'))
+    local = tmp_path / "hospital-local.toml"
+    local.write_text('[postgresql]\ndsn_env = "PG_DSN"\npassword_env = "PG_PW"\n')
+    fed = load_federation(path, local_policy=local, party="hospital")
     table = fed.table("hospital", "patients")
     assert (table.kind, table.source, table.source_table) == ("postgresql", None, "clinic.patients")
     assert fed.party("hospital").connection("postgresql") == Connection("postgresql", dsn_env="PG_DSN",
                                                                         password_env="PG_PW")
     # The connection is the owner's business: not part of the fingerprint.
-    path.write_text(federation_text('[parties.hospital.tables.patients]\nsource = "postgresql"\n'
-                                    'table = "clinic.patients"'))
     assert load_federation(path).fingerprint == fed.fingerprint
+    for private, message in [
+        ('[postgresql]\ndsn = "postgresql://u:secret@db/clinic"\n', "holds a password"),
+        ('[postgresql]\ndsn = "host=db password=secret"\n', "holds a password"),
+    ]:
+        local.write_text(private)
+        with pytest.raises(errors.ConfigError, match=message):
+            load_federation(path, local_policy=local, party="hospital")
     for hospital, message in [
-        ('[parties.hospital.postgresql]\ndsn = "postgresql://u:secret@db/clinic"\n', "holds a password"),
-        ('[parties.hospital.postgresql]\ndsn = "host=db password=secret"\n', "holds a password"),
+        ('[parties.hospital.postgresql]\ndsn_env = "PG_DSN"\n', "move it into party 'hospital''s own local file"),
         ('[parties.hospital.tables.patients]\nsource = "postgresql"', "needs 'table'"),
         ('[parties.hospital.tables.patients]\nsource = "mysql"', "must end in .parquet"),
     ]:
@@ -384,12 +412,14 @@ def test_failing_spark_source_fails_the_query_then_the_next_runs(embedded, datab
     good = databases / "federation.toml"
     bad = databases / "federation-bad.toml"
     bad.write_text(good.read_text().replace("insurer/claims.parquet", "insurer/gone.parquet"))
-    embedded.reload(load_federation(bad))
+    embedded.reload(load(bad))
     started = time.monotonic()
-    with pytest.raises(errors.SourceError, match=r"party 'insurer': source spark local\[1\]: .*gone\.parquet"):
+    with pytest.raises(errors.SourceError, match=r"party 'insurer': source spark local\[1\]: the database failed "
+                                                 r"\(AnalysisException"):
         embedded.query((ROOT / "queries" / "claim_categories.sql").read_text())
+    assert "gone.parquet" in party_log(databases, "insurer")       # the engine's text: in the insurer's log
     # Nobody waited for the 120 s MPC timeout (a cold JVM's first Spark query alone can take tens of seconds).
     assert time.monotonic() - started < 60
-    embedded.reload(load_federation(good))
+    embedded.reload(load(good))
     result = embedded.query(QUERY)
     assert differences(result_csv_like(result, EXPECTED), EXPECTED) == []
