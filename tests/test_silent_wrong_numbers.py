@@ -142,3 +142,22 @@ def test_a_comparison_across_parties_at_its_declared_bit_length_equals_sql(condi
     for row in released(got):
         assert all(close(a, b) for a, b in zip(row[1:], want[row[0]])), (row, want[row[0]])
     assert released(got), got.rows()
+
+
+@pytest.mark.parametrize("aggregate", [
+    "SUM(CASE WHEN c.year >= p.diagnosis_year THEN c.cost_eur ELSE 0 END)",
+    "AVG(CASE WHEN c.year >= p.diagnosis_year THEN c.cost_eur END)",
+    "COUNT(CASE WHEN c.year >= p.diagnosis_year THEN 1 END)",
+    "COUNT(CASE WHEN p.sex = 'F' THEN c.cost_eur END)",
+    "SUM(CASE WHEN p.sex = 'F' THEN c.cost_eur WHEN c.year = 2024 THEN 2 * c.cost_eur ELSE 1 END)",
+    "STDDEV_SAMP(CASE WHEN c.year > p.diagnosis_year THEN c.cost_eur - 100 END)"])
+def test_a_case_across_parties_inside_an_aggregate_equals_sql(aggregate, embedded, union_db):
+    """Was refused ('combines several parties' columns ...') while the same FILTER ran: a CASE whose
+    conditions or values span parties is computed as Σ flag(arm taken) · value."""
+    sql = (f"SELECT p.diagnosis, {aggregate} AS v FROM insurer.claims c JOIN hospital.patients p ON p.pid = c.pid "
+           "GROUP BY p.diagnosis ORDER BY p.diagnosis")
+    want = dict(union_db.execute(sql).fetchall())
+    got = embedded.query(sql)
+    for diagnosis, value in released(got):
+        assert math.isclose(float(value), float(want[diagnosis]), rel_tol=1e-9), (diagnosis, value, want[diagnosis])
+    assert released(got), got.rows()

@@ -392,10 +392,16 @@ class JoinMode:
         function = scalar_of(node)
         if function is not None and function.secure is not None:
             return function.secure(mpc, [self.row_expr(a, columns, n) for a in arguments(node)])
+        if isinstance(node, COMPARISONS):
+            # A secure comparison is the costly step: one per batch, however many moments use it
+            # (a CASE across parties is in a sum, its square and its contributor count).
+            key = ("comparison", node.sql())
+            if key not in columns:
+                columns[key] = self.compare(node, self.row_expr(node.this, columns, n),
+                                            self.row_expr(node.expression, columns, n))
+            return columns[key]
         a = self.row_expr(node.this, columns, n)
         b = self.row_expr(node.expression, columns, n)
-        if isinstance(node, COMPARISONS):
-            return self.compare(node, a, b)
         if isinstance(node, exp.Add):
             return a + b
         if isinstance(node, exp.Sub):

@@ -18,11 +18,13 @@ nor such a CASE (a column, ABS(x), LEAST(x, 100)) is a variable of its own.
 
 from __future__ import annotations
 
+import functools
 from fractions import Fraction
 
 from sqlglot import exp
 
-from sqlmpc.plan.build import flag, is_flag
+from sqlmpc.plan.build import flag, is_flag, times
+from sqlmpc.plan.local import is_boolean
 
 Monomial = tuple[exp.Expression, ...]
 Polynomial = dict[tuple[str, ...], tuple[Fraction, Monomial]]
@@ -58,20 +60,39 @@ def _poly(node: exp.Expression) -> Polynomial:
     return {(node.sql(),): (Fraction(1), (node,))}
 
 
-def _case(node: exp.Case) -> Polynomial:
-    """Σ flag(first arm that holds) · its value; an arm without a value (no ELSE) adds nothing."""
-    out: Polynomial = {}
-    earlier: list[exp.Expression] = []
-    arms = [(i.this, i.args.get("true")) for i in node.args.get("ifs", [])]
-    arms.append((None, node.args.get("default")))
-    for cond, value in arms:
+def arms(node: exp.Case) -> list[tuple[exp.Expression, exp.Expression]]:
+    """A searched CASE as (the condition that its arm is the one taken, the arm's value), for
+    every arm with a value (an arm without one, or no ELSE, is NULL)."""
+    out, earlier = [], []
+    branches = [(i.this, i.args.get("true")) for i in node.args.get("ifs", [])]
+    for cond, value in branches + [(None, node.args.get("default"))]:
         held = [exp.Not(this=exp.Paren(this=c.copy())) for c in earlier] + ([cond.copy()] if cond is not None else [])
         if cond is not None:
             earlier.append(cond)
-        if value is None or isinstance(value, exp.Null):
-            continue
-        guard = _poly(flag(exp.and_(*held))) if held else {(): (Fraction(1), ())}
-        out = _sum(out, _product(guard, _poly(value)))
+        if value is not None and not isinstance(value, exp.Null):
+            out.append((exp.and_(*held), value))
+    return out
+
+
+def case_sum(node: exp.Case) -> exp.Expression:
+    """The CASE as arithmetic, Σ flag(arm taken) · value (0 where it is NULL): a row expression MPC can
+    compute when its conditions or values span parties."""
+    terms = [times(flag(held), flag(value) if is_boolean(value) else value) for held, value in arms(node)]
+    return functools.reduce(lambda a, b: exp.Add(this=a, expression=b), terms) if terms else exp.Literal.number(0)
+
+
+def case_has_value(node: exp.Case) -> exp.Expression:
+    """``node IS NOT NULL`` as a condition over its arms."""
+    taken = [exp.and_(held, exp.Not(this=exp.Is(this=value.copy(), expression=exp.null())))
+             for held, value in arms(node)]
+    return exp.or_(*taken) if taken else exp.false()
+
+
+def _case(node: exp.Case) -> Polynomial:
+    """Σ flag(first arm that holds) · its value; an arm without a value (no ELSE) adds nothing."""
+    out: Polynomial = {}
+    for held, value in arms(node):
+        out = _sum(out, _product(_poly(flag(held)), _poly(value)))
     return out
 
 

@@ -17,6 +17,7 @@ from sqlmpc import errors
 from sqlmpc.plan.typecheck import scratch
 from sqlmpc.plan.query import BoundQuery, Join, Relation, RelationPart
 from sqlmpc.plan.build import ONE, flag, is_flag, times
+from sqlmpc.plan.canonical import case_has_value, case_sum
 from sqlmpc.plan.cells import CellGrid, cell_grid
 from sqlmpc.plan.formulas import Formulas, check_computable, check_releasable, parenthesize
 from sqlmpc.plan.perturbation import PerturbationSpec, Target, perturbation_table
@@ -65,6 +66,10 @@ class Planner:
             return self.localize(node.this)
         if is_flag(node):
             return self.localize(node.args["ifs"][0].this)
+        if isinstance(node, exp.Case) and node.this is None:      # across parties: as arithmetic
+            return self.localize(case_sum(node))
+        if isinstance(node, exp.Is) and isinstance(node.this, exp.Case) and isinstance(node.expression, exp.Null):
+            return self.localize(exp.Not(this=case_has_value(node.this)))
         if isinstance(node, exp.Between):
             return self.localize(exp.and_(exp.GTE(this=node.this.copy(), expression=node.args["low"].copy()),
                                           exp.LTE(this=node.this.copy(), expression=node.args["high"].copy())))
