@@ -230,7 +230,7 @@ class AnalystGenerator(d.Generator):
         a = self.aggregate(sources)
         if self.chance(0.8):
             return a
-        b = self.aggregate(sources)
+        a, b = (agg(self.rng.choice(["SUM", "AVG", "COUNT"]), self.argument(sources)) for _ in range(2))
         return self.rng.choice([lambda: arith("-", a, b), lambda: arith("/", a, agg("COUNT")),
                                 lambda: arith("*", a, lit(100)), lambda: arith("+", a, b)])()
 
@@ -276,7 +276,7 @@ class AnalystGenerator(d.Generator):
             if g.expr.sql() not in [h.expr.sql() for h in groups]:
                 groups.append(g)
         items = [Item(g.expr, rng.choice([None, f"g{i}"]), group=i) for i, g in enumerate(groups)]
-        for j in range(rng.randint(1, 4)):
+        for j in range(rng.randint(1, 3)):
             items.append(Item(self.output(sources), rng.choice([None, f"a{j}"])))
         if self.chance(0.3):
             rng.shuffle(items)
@@ -334,7 +334,7 @@ class Runner:
     report: object = print
     cases: list = field(default_factory=list)
 
-    def run(self, n: int, secure_share: float = 0.0, time_limit: float | None = None) -> list[Case]:
+    def run(self, n: int, secure_share: float = 0.0, time_limit: float | None = None, progress: int = 0) -> list[Case]:
         world = make_world(self.directory, self.persons)
         federation = load_federation(world.path)
         oracle_con = open_union_database(federation)
@@ -352,6 +352,9 @@ class Runner:
                     from sqlmpc.party.embedded import EmbeddedFederation
                     embedded = EmbeddedFederation(federation, timeout=120)
                 t = time.perf_counter()
+                if progress and len(self.cases) % progress == 0 and self.cases:
+                    print(f"{len(self.cases)} queries, {time.perf_counter() - start:.0f} s: {summary(self.cases)}",
+                          flush=True)
                 v = d.judge(q, world, federation, oracle_con, embedded if secure else None)
                 self.cases.append(Case(q, v, time.perf_counter() - t))
                 if v.failed:
