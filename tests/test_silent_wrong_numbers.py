@@ -161,3 +161,15 @@ def test_a_case_across_parties_inside_an_aggregate_equals_sql(aggregate, embedde
     for diagnosis, value in released(got):
         assert math.isclose(float(value), float(want[diagnosis]), rel_tol=1e-9), (diagnosis, value, want[diagnosis])
     assert released(got), got.rows()
+
+
+@pytest.mark.parametrize("y", ["CASE WHEN b.region = 'North' THEN NULL ELSE f.ddd * f.ddd END", "f.ddd * f.ddd"])
+def test_a_correlation_of_a_product_equals_sql(y, embedded, union_db):
+    """Was a party's ValueError in stage 'reveal' (tests/analyst.py, query 149 of the bench):
+    CORR opens num² / den as one fraction, but the cell field was sized for num² and den apart,
+    so with a degree-2 argument (ddd * ddd, bounds of 2000²) p > 2·B² failed."""
+    sql = (f"SELECT CORR({y}, f.ddd / 2) AS r FROM bureau.persons b "
+           "LEFT JOIN insurer.pharmacy f ON f.pid = b.pid")
+    want = union_db.execute(sql).fetchone()[0]
+    got = embedded.query(sql)
+    assert not got.suppressed[0] and close(got.rows()[0][0], want), (sql, got.rows(), want)

@@ -318,8 +318,8 @@ def _ratio_parts(node: exp.Expression):
     elif isinstance(node, exp.Sqrt):
         yield from _ratio_parts(node.this)
     elif isinstance(node, exp.Div) and isinstance(node.expression, exp.Sqrt):
-        yield exp.Mul(this=node.this, expression=node.this)
-        yield node.expression.this
+        # CORR opens num² / den as one fraction (reveal_output): its bounds are products of both
+        yield exp.Div(this=exp.Mul(this=node.this, expression=node.this), expression=node.expression.this)
     elif isinstance(node, (exp.Paren, exp.Not)):         # HAVING (a OR b), NOT a
         yield from _ratio_parts(node.this)
     elif isinstance(node, (exp.And, exp.Or)):
