@@ -10,7 +10,8 @@ failure, while an independent generator over the demo tables found wrong numbers
   ``x * 2 - 1``, ``x * y``, ``x / 2``;
 * CASE with and without ELSE (``CASE WHEN cond THEN x END``), ``THEN NULL`` branches, COALESCE of
   them: NULL-producing expressions inside aggregates;
-* INNER and LEFT JOINs of 1-4 of the demo's tables (1:1 and 1:n), GROUP BY a binning of a
+* INNER and LEFT JOINs of 1-4 of the demo's tables (1:1 and 1:n; not two tables of several rows
+  per person, whose n × m rows per person take minutes in MPC), GROUP BY a binning of a
   LEFT-joined measure (WIDTH_BUCKET, CASE bins with and without ELSE and with a NULL branch);
 * WHERE that narrows a dimension of a non-root party (``=``, ``IN``, ``BETWEEN``, ``<>``), often
   on a dimension that is also grouped by (down to one value), and comparisons across parties;
@@ -61,6 +62,7 @@ TABLES = {(party, name): tuple(d.Col(c.name, c.type, c.role.value if hasattr(c.r
                                for c in columns)
           for party, tables in DEMO_SCHEMA.items() for name, columns in tables.items()}
 KEY = d.Col("pid", "VARCHAR", "key", nullable=False)
+MANY = {("insurer", "claims"), ("insurer", "pharmacy"), ("hospital", "medication")}     # several rows per person
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,10 @@ class AnalystGenerator(d.Generator):
         rest = [t for t in tables if t != first]
         n = rng.choices([0, 1, 2, 3], [0.15, 0.4, 0.3, 0.15])[0]
         chosen = rng.sample(rest, n)
+        if first in MANY:                # at most one table of many rows per person: two of them join
+            chosen = [t for t in chosen if t not in MANY]      # n × m rows per person (minutes in MPC)
+        else:
+            chosen = [t for t in chosen if t not in MANY] + [t for t in chosen if t in MANY][:1]
         if not any(c.role == "measure" for t in [first] + chosen for c in TABLES[t]):
             chosen.append(rng.choice([t for t in rest if t not in chosen and any(c.role == "measure" for c in TABLES[t])]))
         return (DemoSource("t0", *first),) + tuple(
