@@ -213,8 +213,9 @@ class Planner:
             if None in g.domain:
                 pos = exp.Case(ifs=[exp.If(this=exp.Is(this=g.expr.copy(), expression=exp.null()),
                                            true=exp.Literal.number(g.domain.index(None)))], default=pos)
-            # A value outside the (narrowed) domain belongs to no cell: code -1 everywhere.
-            pos = exp.func("coalesce", pos, exp.Literal.number(-10**9))
+            # A value outside the (narrowed) domain belongs to no cell: a code below -1 everywhere, as a
+            # BIGINT (times the other groups' widths it would overflow a party's INTEGER arithmetic).
+            pos = exp.func("coalesce", pos, exp.cast(exp.Literal.number(-10**9), "BIGINT"))
             code = pos if code is None else exp.Add(
                 this=exp.Mul(this=exp.paren(code), expression=exp.Literal.number(len(g.domain))), expression=pos)
             absent = absent * len(g.domain) + self.absent_index(g)
