@@ -22,7 +22,7 @@ from sqlmpc.catalog import Column, Dominance, Party, Role, Table, load_federatio
 from sqlmpc.cli.approve import approvals
 from sqlmpc.demo.toml_writer import federation_toml
 
-DEMO_VERSION = 4      # bump when the generated data or federation file change (names the cache directory)
+DEMO_VERSION = 5      # bump when the generated data or federation file change (names the cache directory)
 SAVED_QUERIES = Path(__file__).resolve().parents[2] / "queries"   # approved in the demo (source tree)
 
 AGE_BANDS = ("0-17", "18-34", "35-49", "50-64", "65-79", "80+")
