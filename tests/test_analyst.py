@@ -21,9 +21,6 @@ pytestmark = pytest.mark.mpc
 CI_QUERIES = 500
 CI_SECURE_SHARE = 0.04
 PERSONS = 500
-# Crashes found and not yet fixed: each is an xfail(strict=True) test in tests/test_silent_wrong_numbers.py
-# (test_a_regression_of_a_measure_on_its_own_multiple..., test_a_left_joined_party_narrowed_and_grouped...).
-KNOWN = ("OutOfRangeException in stage 'local'",)
 SEED = 11
 
 
@@ -39,8 +36,7 @@ def run(tmp_path_factory):
 def test_every_analyst_query_equals_plain_duckdb_or_is_refused_before_any_party_works(run):
     cases, failures = run
     assert len(cases) == CI_QUERIES
-    unknown = [f for f in failures if not (f.startswith("CRASH") and any(k in f for k in KNOWN))]
-    assert not unknown, "\n\n".join(unknown)
+    assert not failures, "\n\n".join(failures)
     assert not any(c.kind == "mismatch" for c in cases)
 
 
