@@ -51,8 +51,8 @@ REFUSED_BY_THE_PLANNER = [
     "SELECT c.category, ROUND(AVG(c.cost_eur), 2) AS v FROM insurer.claims c GROUP BY 1",
     "SELECT COVAR_SAMP(c.cost_eur + u.sessions, c.cost_eur) AS v FROM insurer.claims c "
     "JOIN hospital.app_usage u ON u.pid = c.pid",
-    "SELECT COUNT(CASE WHEN b.region = 'North' THEN c.cost_eur END) AS n FROM insurer.claims c "
-    "JOIN bureau.persons b ON b.pid = c.pid",
+    "SELECT COUNT(*) AS n FROM insurer.claims c JOIN hospital.app_usage u ON u.pid = c.pid "
+    "WHERE ABS(c.cost_eur - u.sessions) > 2",
     "SELECT c.category, REGR_SLOPE(c.cost_eur, c.year) * 100 AS v FROM insurer.claims c GROUP BY 1",
     "SELECT c.category, COUNT(*) AS n FROM insurer.claims c GROUP BY 1 HAVING COUNT(*) BETWEEN 1 AND 5",
     "SELECT COUNT(*) AS n FROM insurer.claims c JOIN hospital.app_usage u ON u.pid = c.pid "
